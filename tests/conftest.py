@@ -1,0 +1,46 @@
+"""Shared pytest fixtures: tiny embedded datasets, generated once per session in a temporary folder."""
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.fixture(scope="session")
+def tiny_coco(tmp_path_factory):
+    """A tiny synthetic COCO instance-segmentation set (16 train / 8 val images, 64x64 px, seed 0).
+
+    Returns a dict (stable contract for every test):
+      root         folder holding the set; it is also ``$US3L_DATASETS/us3l_shapes`` for ``datasets_dir``
+      datasets_dir value to put in ``$US3L_DATASETS`` so that ``us3l_shapes_{train,val}`` resolve to this set
+      train_images / val_images   image folders (``root/train``, ``root/val``)
+      train_json / val_json       ``root/annotations/instances_{train,val}.json``
+      categories   list of COCO category dicts (ids start at 1)
+      num_train, num_val, image_size
+    """
+    from us3l.data.synthetic import DEFAULT_DATASET_NAME, generate_coco_dataset
+
+    datasets_dir = tmp_path_factory.mktemp("datasets")
+    info = generate_coco_dataset(str(datasets_dir / DEFAULT_DATASET_NAME), num_train=16, num_val=8,
+                                 image_size=64, seed=0)
+    info = dict(info, datasets_dir=str(datasets_dir), num_train=16, num_val=8, image_size=64)
+    info.pop("params", None)
+    return info
+
+
+@pytest.fixture(scope="session")
+def tiny_cls(tmp_path_factory):
+    """A tiny synthetic ImageFolder classification set (4 classes, 8 train / 4 val per class, 32x32 px).
+
+    Returns a dict: root, train_dir (``root/train/<class>/*.png``), val_dir, classes (sorted class names,
+    the torchvision ImageFolder order), num_per_class_train, num_per_class_val, image_size.
+    """
+    from us3l.data.synthetic import generate_classification_dataset
+
+    root = tmp_path_factory.mktemp("cls") / "us3l_shapes_cls"
+    info = generate_classification_dataset(str(root), num_per_class_train=8, num_per_class_val=4,
+                                           image_size=32, seed=0)
+    info = dict(info, classes=sorted(info["classes"]), num_per_class_train=8, num_per_class_val=4, image_size=32)
+    info.pop("params", None)
+    return info

@@ -1,0 +1,124 @@
+"""The embedded dataset: deterministic, valid COCO (pycocotools scores its own ground truth as AP 1.0), masks,
+boxes and areas consistent with occlusion."""
+import contextlib
+import hashlib
+import io
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pycocotools = pytest.importorskip("pycocotools")
+from pycocotools.coco import COCO  # noqa: E402
+from pycocotools.cocoeval import COCOeval  # noqa: E402
+
+from us3l.data.synthetic import (generate_classification_dataset, generate_coco_dataset,  # noqa: E402
+                                 mask_bbox, mask_to_polygons, polygons_to_mask)
+
+
+def _digest(root):
+    """Hash of every file's bytes (json and pixels) under root."""
+    h = hashlib.sha256()
+    for dirpath, _, files in sorted(os.walk(root)):
+        for name in sorted(files):
+            path = os.path.join(dirpath, name)
+            h.update(os.path.relpath(path, root).encode())
+            with open(path, "rb") as f:
+                h.update(f.read())
+    return h.hexdigest()
+
+
+def _quiet_coco(path):
+    with contextlib.redirect_stdout(io.StringIO()):
+        return COCO(path)
+
+
+def test_layout_and_determinism(tiny_coco, tmp_path):
+    root = tiny_coco["root"]
+    assert sorted(os.listdir(os.path.join(root, "annotations"))) == ["instances_train.json", "instances_val.json"]
+    assert len(os.listdir(tiny_coco["train_images"])) == 16 and len(os.listdir(tiny_coco["val_images"])) == 8
+    again = generate_coco_dataset(str(tmp_path / "again"), num_train=16, num_val=8, image_size=64, seed=0)
+    assert _digest(again["root"]) == _digest(root)
+    other = generate_coco_dataset(str(tmp_path / "other"), num_train=16, num_val=8, image_size=64, seed=1)
+    assert _digest(other["root"]) != _digest(root)
+    with open(other["train_json"]) as f, open(tiny_coco["train_json"]) as g:
+        assert json.load(f)["annotations"] != json.load(g)["annotations"]
+
+
+def test_idempotent_and_regenerates_on_new_params(tmp_path):
+    root = str(tmp_path / "ds")
+    generate_coco_dataset(root, num_train=2, num_val=1, image_size=32)
+    stamp = os.path.getmtime(os.path.join(root, "annotations", "instances_train.json"))
+    generate_coco_dataset(root, num_train=2, num_val=1, image_size=32)
+    assert os.path.getmtime(os.path.join(root, "annotations", "instances_train.json")) == stamp
+    info = generate_coco_dataset(root, num_train=3, num_val=1, image_size=32)
+    assert len(_quiet_coco(info["train_json"]).getImgIds()) == 3
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "keep.txt").write_text("user data")
+    with pytest.raises(FileExistsError):
+        generate_coco_dataset(str(foreign), num_train=1, num_val=1, image_size=32)
+    assert (foreign / "keep.txt").exists()
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_ground_truth_scores_ap_one(tiny_coco, split):
+    gt = _quiet_coco(tiny_coco[f"{split}_json"])
+    assert [c["id"] for c in gt.loadCats(gt.getCatIds())] == [1, 2, 3, 4]
+    anns = gt.loadAnns(gt.getAnnIds())
+    assert anns and all(a["iscrowd"] == 0 for a in anns)
+    dets = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"],
+             "segmentation": a["segmentation"], "score": 1.0} for a in anns]
+    for iou_type in ("bbox", "segm"):
+        with contextlib.redirect_stdout(io.StringIO()):
+            dt = gt.loadRes([dict(d) for d in dets])
+            ev = COCOeval(gt, dt, iou_type)
+            ev.evaluate()
+            ev.accumulate()
+            ev.summarize()
+        assert ev.stats[0] == pytest.approx(1.0), iou_type
+
+
+def test_masks_boxes_areas_agree_with_pixels(tiny_coco):
+    gt = _quiet_coco(tiny_coco["train_json"])
+    size = tiny_coco["image_size"]
+    n_occluded = 0
+    for img_id in gt.getImgIds():
+        info = gt.loadImgs(img_id)[0]
+        assert (info["height"], info["width"]) == (size, size)
+        pixels = np.asarray(Image.open(os.path.join(tiny_coco["train_images"], info["file_name"])))
+        assert pixels.shape == (size, size, 3) and pixels.dtype == np.uint8
+        anns = gt.loadAnns(gt.getAnnIds(imgIds=img_id))
+        assert anns, "every image holds at least one annotated object"
+        masks = [gt.annToMask(a).astype(bool) for a in anns]
+        for a, m in zip(anns, masks):
+            assert a["area"] == m.sum() >= 12
+            assert a["bbox"] == mask_bbox(m)
+            assert all(len(p) >= 6 and len(p) % 2 == 0 for p in a["segmentation"])
+        # visible masks never overlap: each pixel belongs to at most one object
+        assert (np.sum(masks, axis=0) <= 1).all()
+        n_occluded += sum(1 for a in anns if len(a["segmentation"]) > 1)
+    assert n_occluded > 0, "occlusion should split some objects into several visible pieces"
+
+
+def test_polygon_cover_is_exact_for_arbitrary_masks():
+    rng = np.random.default_rng(3)
+    for _ in range(50):
+        mask = rng.uniform(size=(17, 23)) < rng.uniform(0.2, 0.8)  # holes, islands, diagonal contacts
+        if mask.any():
+            assert np.array_equal(polygons_to_mask(mask_to_polygons(mask), 17, 23), mask)
+
+
+def test_classification_set(tiny_cls, tmp_path):
+    assert tiny_cls["classes"] == ["circle", "cross", "square", "triangle"]
+    for split, n in (("train_dir", 8), ("val_dir", 4)):
+        assert sorted(os.listdir(tiny_cls[split])) == tiny_cls["classes"]
+        for c in tiny_cls["classes"]:
+            files = os.listdir(os.path.join(tiny_cls[split], c))
+            assert len(files) == n
+    again = generate_classification_dataset(str(tmp_path / "c"), 8, 4, 32, seed=0)
+    assert _digest(again["root"]) == _digest(tiny_cls["root"])
+    other = generate_classification_dataset(str(tmp_path / "d"), 8, 4, 32, seed=5)
+    assert _digest(other["root"]) != _digest(tiny_cls["root"])

@@ -1,0 +1,43 @@
+"""``MODEL.US3L`` config keys: the one place the detector's width and BN-statistics choice are declared."""
+from __future__ import annotations
+
+from detectron2.config import CfgNode as CN
+
+from ..checkpoint import BN_STATS_POLICIES
+from ..ops import DEFAULT_WIDTH_RANGE, check_width
+
+
+def add_us3l_config(cfg: CN) -> CN:
+    """Add ``MODEL.US3L`` to a Detectron2 config (idempotent).
+
+    * ``WIDTH_MULT``: the width the detector is built and fine-tuned at.
+    * ``WIDTH_RANGE``: widths the backbone accepts; the pretrained checkpoint's own range is checked at load.
+    * ``BN_STATS``: which BN statistics the pretrained backbone starts from, ``"calibrated"`` (those
+      calibrated for ``WIDTH_MULT``) or ``"reset"`` (mean 0 / var 1, re-estimated while fine-tuning).
+    """
+    if "US3L" in cfg.MODEL:
+        return cfg
+    cfg.MODEL.US3L = CN()
+    cfg.MODEL.US3L.WIDTH_MULT = 1.0
+    cfg.MODEL.US3L.WIDTH_RANGE = list(DEFAULT_WIDTH_RANGE)
+    cfg.MODEL.US3L.BN_STATS = "calibrated"
+    return cfg
+
+
+def us3l_width(cfg: CN) -> float:
+    """The configured width, validated against ``MODEL.US3L.WIDTH_RANGE`` (canonical, 3 decimals)."""
+    if "US3L" not in cfg.MODEL:
+        raise KeyError("the config has no MODEL.US3L section: call us3l.d2.add_us3l_config(cfg) before "
+                       "merge_from_file")
+    lo, hi = (float(v) for v in cfg.MODEL.US3L.WIDTH_RANGE)
+    try:
+        return check_width(cfg.MODEL.US3L.WIDTH_MULT, (lo, hi))
+    except ValueError as e:
+        raise ValueError(f"MODEL.US3L.WIDTH_MULT: {e} (MODEL.US3L.WIDTH_RANGE)") from None
+
+
+def bn_stats_policy(cfg: CN) -> str:
+    policy = cfg.MODEL.US3L.BN_STATS
+    if policy not in BN_STATS_POLICIES:
+        raise ValueError(f"MODEL.US3L.BN_STATS must be one of {BN_STATS_POLICIES}, got {policy!r}")
+    return policy
