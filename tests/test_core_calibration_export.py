@@ -119,3 +119,21 @@ def test_export_traces_and_passes_onnx_checker():
     sess = ort.InferenceSession(buf.getvalue(), providers=["CPUExecutionProvider"])
     out = sess.run(None, {"images": x.numpy()})[0]
     assert abs(out - static(x).detach().numpy()).max() < 1e-4
+
+
+def test_export_tool_writes_plain_state_and_onnx(tmp_path):
+    from tools_loader import load_tool
+
+    model = us_resnet18(num_classes=0, cifar_stem=True)
+    us3l.calibrate_bn(model, _batches(), 0.5)
+    src = str(tmp_path / "bb.pth")
+    save_model_backbone(model, src)
+    export_tool = load_tool("export_static")
+    export_tool.main([src, str(tmp_path / "r18_w050.pth"), "--width", "0.5", "--onnx", str(tmp_path / "m.onnx"),
+                      "--image-size", "32"])
+    saved = torch.load(tmp_path / "r18_w050.pth", weights_only=True)
+    assert saved["state_dict"]["conv1.weight"].shape[0] == 32 and saved["meta"]["width"] == 0.5
+    onnx.checker.check_model(onnx.load(str(tmp_path / "m.onnx")))
+    with pytest.raises(us3l.UncalibratedWidthError):
+        export_tool.main([src, str(tmp_path / "x.pth"), "--width", "0.75"])
+    assert not (tmp_path / "x.pth").exists()
