@@ -23,7 +23,7 @@ from .backbone import find_us3l_resnet
 from .config import bn_stats_policy
 from .pkl_format import META_KEY, read_pkl
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("detectron2.us3l.checkpoint")  # shown by Detectron2's logging set-up
 
 _TRUNK = re.compile(r"^(stem|res[2-5])\.")
 _STATS = re.compile(r"(running_mean|running_var|num_batches_tracked)(_w\d{4})?$")

@@ -170,3 +170,13 @@ class ResumableBatchSampler(tud.Sampler):
         if self.num_iterations is None:
             return self.iterations_per_epoch()
         return max(0, self.num_iterations - self.start)
+
+
+def detect_kind(root: str, split: str = "train") -> str:
+    """``imagefolder`` when ``root[/split]`` holds class sub-folders, else ``images`` (a flat image folder)."""
+    if not root or not os.path.isdir(root):
+        raise FileNotFoundError(f"dataset root {root!r} does not exist")
+    folder = _split_dir(root, split)
+    if not os.listdir(folder):
+        raise FileNotFoundError(f"dataset folder {folder!r} is empty")
+    return "imagefolder" if _has_class_dirs(folder) else "images"

@@ -1,0 +1,16 @@
+#!/usr/bin/env python
+"""Evaluate a fine-tuned US3L detector checkpoint at its width (COCO box / mask AP), MMDetection 3.x.
+
+    python projects/detection/mmdet_test.py CONFIG CHECKPOINT --width 0.5 [--work-dir DIR] [--cfg-options ...]
+
+The width must be the one the checkpoint was fine-tuned at. Metrics go to WORK_DIR/metrics_w0.50.json.
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+from us3l.mmdet.runner import test_main  # noqa: E402
+
+if __name__ == "__main__":
+    test_main()

@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Table-1-style comparison on the embedded dataset, on CPU: naive US+SimSiam, US+SimSiam+inplace distillation,
+# US-SimCLR, US-BYOL without aux head, US3L, and a randomly initialised backbone as the floor.
+# Every method gets the same backbone, heads, data, iterations, widths and optimizer; only the method differs.
+# Usage: scripts/ssl_table1.sh [OUT_DIR]    (env: ITERS, BATCH, LR, PARALLEL, METHODS, THREADS, STEM)
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+OUT="${1:-$ROOT/results/ssl_table1}"
+ITERS="${ITERS:-120}"
+BATCH="${BATCH:-32}"
+LR="${LR:-0.05}"
+PARALLEL="${PARALLEL:-2}"
+THREADS="${THREADS:-1}"
+CIFAR_STEM="${STEM:-false}"   # CIFAR stem at 32 px costs ~7x more on CPU; the ImageNet stem keeps this in minutes
+METHODS="${METHODS:-simsiam_naive simsiam_inplace simclr byol_noaux us3l}"
+export US3L_DATASETS="${US3L_DATASETS:-$OUT/data}"
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+mkdir -p "$OUT"
+COMMON=(model.arch=resnet18 model.cifar_stem=$CIFAR_STEM
+  method.proj_hidden=512 method.proj_dim=128 method.proj_layers=3 method.proj_last_bn=true method.pred_hidden=64
+  sampling.num_widths=3 sampling.dynamic=false sampling.step_mode=accumulate
+  group_reg.enabled=true data.dataset=embedded data.image_size=32 data.batch_size=$BATCH
+  data.embedded_train_per_class=128 data.embedded_val_per_class=64 data.embedded_image_size=32
+  optim.lr=$LR train.iterations=$ITERS train.checkpoint_every=0 train.log_every=20 train.progress=false
+  train.num_threads=$THREADS train.seed=0)
+EVAL=(--widths 1.0 0.75 0.5 0.25 --dataset imagefolder --data-root "$US3L_DATASETS/us3l_shapes_cls"
+  --calib-batches 4 --batch-size 128 --probe-epochs 30 --threads "$THREADS")
+
+# generate the dataset once, before parallel runs race for it
+python -c "from us3l.data.datasets import prepare_embedded; prepare_embedded(None, 128, 64, 32, 0)"
+
+run_one() {
+  local m="$1" dir="$OUT/$1"
+  rm -rf "$dir"
+  python "$ROOT/tools/pretrain.py" --config "$ROOT/configs/us3l_tiny_cpu.yaml" --output-dir "$dir" \
+    "${COMMON[@]}" method.name="$m" > "$OUT/$m.train.log" 2>&1
+  python "$ROOT/tools/eval_ssl.py" "$dir/final.pth" "${EVAL[@]}" --output "$OUT/$m.eval.json" --title "$m" \
+    > "$OUT/$m.eval.log" 2>&1
+  # keep the results small: drop the training checkpoints and TensorBoard files
+  rm -rf "$dir"/*.pth "$dir"/tb
+  echo "done $m"
+}
+
+# floor: the same backbone, randomly initialised (seed 0), never trained
+python - "$OUT/random_init.pth" <<'PY'
+import sys, torch
+from us3l.models import build_us_model
+from us3l.checkpoint.model_io import save_model_backbone
+torch.manual_seed(0)
+save_model_backbone(build_us_model("resnet18", 0, False), sys.argv[1], method="random_init")
+PY
+python "$ROOT/tools/eval_ssl.py" "$OUT/random_init.pth" "${EVAL[@]}" --output "$OUT/random_init.eval.json" \
+  --title random_init > "$OUT/random_init.eval.log" 2>&1
+rm -f "$OUT/random_init.pth"
+
+running=0
+for m in $METHODS; do
+  run_one "$m" &
+  running=$((running + 1))
+  if [ "$running" -ge "$PARALLEL" ]; then wait -n; running=$((running - 1)); fi
+done
+wait
+
+python - "$OUT" $METHODS random_init <<'PY'
+import json, os, sys
+out, methods = sys.argv[1], sys.argv[2:]
+lines = ["| method | " + " | ".join(f"{w}x kNN / lin" for w in ("1.0", "0.75", "0.5", "0.25"))
+         + " | feature spread 1.0x / 0.25x | train collapse (max/min) | train time (s) |",
+         "|---|---|---|---|---|---|---|---|"]
+for m in methods:
+    p = os.path.join(out, f"{m}.eval.json")
+    if not os.path.exists(p):
+        lines.append(f"| {m} | (missing) |||||||")
+        continue
+    rows = {r["width"]: r for r in json.load(open(p))["rows"]}
+    s = os.path.join(out, m, "summary.json")
+    summ = json.load(open(s)) if os.path.exists(s) else {}
+    last = summ.get("last", {})
+    coll = f"{last.get('collapse/max', float('nan')):.3f} / {last.get('collapse/min', float('nan')):.3f}" if last else "-"
+    cells = [f"{rows[w]['knn_top1']:.1f} / {rows[w]['linear_top1']:.1f}" for w in (1.0, 0.75, 0.5, 0.25)]
+    lines.append(f"| {m} | " + " | ".join(cells) + f" | {rows[1.0]['feature_spread']:.3f} / {rows[0.25]['feature_spread']:.3f}"
+                 f" | {coll} | {summ.get('wall_s', float('nan')):.0f} |")
+table = "\n".join(lines) + "\n"
+open(os.path.join(out, "table1.md"), "w").write(table)
+print(table)
+PY

@@ -1,0 +1,212 @@
+#!/usr/bin/env python
+"""Per-width COCO table of one slimmable detector: box/mask AP, backbone GFLOPs, parameters, CPU latency.
+
+Evaluates detector weights at each width with the framework's own test entry point (Detectron2
+``projects/segmentation/train_net.py --eval-only``, or MMDetection ``projects/segmentation/mmdet_test.py``),
+one process per width, then profiles the backbone at that width (``us3l.profiling``) and writes
+``results.{json,csv,md}``, ``metrics.json`` (flat, ``w0.50/bbox_AP`` keys) and ``ap_vs_gflops.png``.
+
+WEIGHTS is either one file used at every width (a checkpoint the width-aware loader slices, e.g. a converted
+backbone), or a template holding ``{width}``, replaced by the width as ``%.2f`` (``runs/w{width}/model_final.pth``
+-> ``runs/w0.50/model_final.pth``): the usual case, one fine-tuned detector per width.
+
+Real COCO on GPUs: ``--config`` a COCO config, ``--num-gpus 8``, and ``--opts DATASETS.TEST "('coco_2017_val',)"``.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.join(REPO, "tools"))
+
+from results_table import render_markdown, write_results  # noqa: E402
+
+D2_CONFIG = "projects/segmentation/configs/mask_rcnn_US-R50_FPN_tiny.yaml"
+MMDET_CONFIG = "projects/segmentation/configs/mask-rcnn_us-r50_fpn_tiny_shapes.py"
+
+
+def width_tag(w: float) -> str:
+    return f"w{w:.2f}"
+
+
+def weights_for(template: str, w: float) -> str:
+    return template.replace("{width}", f"{w:.2f}")
+
+
+# ------------------------------------------------------------------------------------------ Detectron2
+def d2_eval_command(py, config, weights, out_dir, width, num_gpus, opts) -> list:
+    cmd = [py, "projects/segmentation/train_net.py", "--eval-only", "--config-file", config,
+           "--num-gpus", str(max(1, num_gpus)), "OUTPUT_DIR", out_dir, "MODEL.WEIGHTS", weights,
+           "MODEL.US3L.WIDTH_MULT", str(width)]
+    if num_gpus == 0:
+        cmd += ["MODEL.DEVICE", "cpu"]
+    return cmd + list(opts)
+
+
+def d2_read_metrics(out_dir: str, width: float) -> dict:
+    """The ``metrics_<dataset>_w<width>.json`` that ``us3l.d2`` evaluation writes (first test dataset)."""
+    files = sorted(glob.glob(os.path.join(out_dir, "metrics_*.json")), key=os.path.getmtime)
+    records = []
+    for path in files:
+        with open(path) as f:
+            rec = json.load(f)
+        if abs(float(rec.get("width", -1)) - width) < 1e-6:
+            records.append(rec)
+    if not records:
+        raise FileNotFoundError(f"no metrics_*.json for width {width} in {out_dir} (did the evaluation run?)")
+    rec = records[-1]
+    return {"box_AP": rec.get("bbox", {}).get("AP"), "mask_AP": rec.get("segm", {}).get("AP"),
+            "box_AP50": rec.get("bbox", {}).get("AP50"), "mask_AP50": rec.get("segm", {}).get("AP50"),
+            "arch": rec.get("arch"), "dataset": rec.get("dataset")}
+
+
+def d2_arch(config: str) -> str:
+    """``resnet<MODEL.RESNETS.DEPTH>`` read from the YAML and its ``_BASE_`` chain (no Detectron2 import)."""
+    import yaml
+
+    depth, path = None, os.path.abspath(config)
+    while path and depth is None:
+        with open(path) as f:
+            cfg = yaml.safe_load(f) or {}
+        depth = ((cfg.get("MODEL") or {}).get("RESNETS") or {}).get("DEPTH")
+        base = cfg.get("_BASE_")
+        path = os.path.join(os.path.dirname(path), base) if base else None
+    return f"resnet{depth or 50}"
+
+
+# ----------------------------------------------------------------------------------------- MMDetection
+def mmdet_eval_command(py, config, weights, out_dir, width, num_gpus, opts) -> list:
+    cmd = [py, "projects/segmentation/mmdet_test.py", config, weights, "--work-dir", out_dir,
+           "--cfg-options", f"model.backbone.width_mult={width}", *opts]
+    if num_gpus > 1:
+        cmd = [py, "-m", "torch.distributed.run", f"--nproc_per_node={num_gpus}", *cmd[1:], "--launcher", "pytorch"]
+    return cmd
+
+
+def mmdet_read_metrics(out_dir: str, width: float) -> dict:
+    """mmengine's ``<timestamp>/<timestamp>.json`` test log: ``coco/bbox_mAP`` etc. on the 0-1 scale."""
+    logs = sorted(glob.glob(os.path.join(out_dir, "*", "*.json")), key=os.path.getmtime)
+    for path in reversed(logs):
+        with open(path) as f:
+            lines = [json.loads(line) for line in f if line.strip()]
+        for rec in reversed(lines):
+            if "coco/bbox_mAP" in rec or "coco/segm_mAP" in rec:
+                def pct(key):
+                    v = rec.get(key)
+                    return None if v is None or v < 0 else 100.0 * float(v)
+                return {"box_AP": pct("coco/bbox_mAP"), "mask_AP": pct("coco/segm_mAP"),
+                        "box_AP50": pct("coco/bbox_mAP_50"), "mask_AP50": pct("coco/segm_mAP_50")}
+    raise FileNotFoundError(f"no coco/bbox_mAP in the mmengine logs under {out_dir}")
+
+
+def mmdet_arch(config: str) -> str:
+    from mmengine.config import Config
+
+    bb = Config.fromfile(config).model.backbone
+    return bb.get("arch") or f"resnet{bb.get('depth', 50)}"
+
+
+FRAMEWORKS = {
+    "d2": (D2_CONFIG, d2_eval_command, d2_read_metrics, d2_arch),
+    "mmdet": (MMDET_CONFIG, mmdet_eval_command, mmdet_read_metrics, mmdet_arch),
+}
+
+
+# -------------------------------------------------------------------------------------------------- main
+def run_logged(cmd: list, log_path: str, env: dict) -> None:
+    """Run with output shown live and saved; a failure names the log and the command."""
+    print(f"[eval_widths] {shlex.join(cmd)}", flush=True)
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        while True:
+            chunk = os.read(proc.stdout.fileno(), 4096)
+            if not chunk:
+                break
+            sys.stdout.buffer.write(chunk)
+            sys.stdout.flush()
+            log.write(chunk)
+        if proc.wait() != 0:
+            raise SystemExit(f"[eval_widths] evaluation failed (exit {proc.returncode}); log: {log_path}")
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("weights", help="detector weights; '{width}' in the path is replaced by the width (%%.2f)")
+    p.add_argument("--widths", type=float, nargs="+", required=True)
+    p.add_argument("--framework", choices=sorted(FRAMEWORKS), default="d2")
+    p.add_argument("--config", default=None, help="detector config (default: the tiny Mask R-CNN of the framework)")
+    p.add_argument("--output-dir", required=True)
+    p.add_argument("--num-gpus", type=int, default=0, help="0: CPU")
+    p.add_argument("--arch", default=None, help="backbone for profiling (default: read from the config)")
+    p.add_argument("--profile-size", type=int, default=224, help="input side for GFLOPs and latency")
+    p.add_argument("--latency-runs", type=int, default=10, help="timed forward passes per width (0: skip)")
+    p.add_argument("--title", default="")
+    p.add_argument("--opts", nargs=argparse.REMAINDER, default=[],
+                   help="passed to the framework's test entry point (Detectron2 KEY VALUE / MMDetection key=value)")
+    args = p.parse_args(argv)
+
+    default_config, eval_command, read_metrics, arch_of_config = FRAMEWORKS[args.framework]
+    config = args.config or default_config
+    out = os.path.abspath(args.output_dir)
+    os.makedirs(os.path.join(out, "logs"), exist_ok=True)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = REPO + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    widths = sorted({float(w) for w in args.widths}, reverse=True)
+    missing = [weights_for(args.weights, w) for w in widths if not os.path.exists(weights_for(args.weights, w))]
+    if missing:
+        raise SystemExit(f"[eval_widths] weights not found: {missing}")
+
+    rows = []
+    for i, w in enumerate(widths, 1):
+        t0 = time.time()
+        print(f"[eval_widths] ({i}/{len(widths)}) width {w:g}: COCO evaluation", flush=True)
+        wdir = os.path.join(out, "eval", width_tag(w))
+        os.makedirs(wdir, exist_ok=True)
+        run_logged(eval_command(sys.executable, config, os.path.abspath(weights_for(args.weights, w)), wdir, w,
+                                args.num_gpus, args.opts),
+                   os.path.join(out, "logs", f"eval_{width_tag(w)}.log"), env)
+        row = {"width": w, **read_metrics(wdir, w), "weights": os.path.abspath(weights_for(args.weights, w)),
+               "eval_seconds": round(time.time() - t0, 1)}
+        rows.append(row)
+
+    arch = args.arch or rows[0].get("arch") or arch_of_config(config)
+    from us3l.profiling import profile_width
+
+    print(f"[eval_widths] profiling {arch} backbone at {len(widths)} widths "
+          f"(1x3x{args.profile_size}x{args.profile_size}, {args.latency_runs} timed runs)", flush=True)
+    for row in rows:
+        cost = profile_width(arch, row["width"], image_size=args.profile_size, runs=args.latency_runs)
+        row.update(gflops=cost["gflops"], params_m=cost["params_m"],
+                   latency_ms=cost["latency_ms"] if args.latency_runs > 0 else None, arch=arch)
+
+    import torch
+
+    meta = {"framework": args.framework, "config": os.path.abspath(config), "weights": args.weights,
+            "arch": arch, "profile_input": f"1x3x{args.profile_size}x{args.profile_size}",
+            "torch_threads": torch.get_num_threads(), "latency_runs": args.latency_runs}
+    notes = [f"AP: COCO AP (pycocotools, 0-100) of {args.framework} Mask R-CNN fine-tuned and evaluated at each width.",
+             f"Backbone cost: {arch} trunk at the width, fvcore FLOPs (1 multiply-add = 1 flop) on "
+             f"1x3x{args.profile_size}x{args.profile_size}; CPU latency = median of {args.latency_runs} forward "
+             f"passes with {torch.get_num_threads()} threads."]
+    paths = write_results(rows, out, args.title, meta, notes)
+    flat = {}
+    for r in rows:
+        for key in ("box_AP", "mask_AP", "box_AP50", "mask_AP50", "gflops", "params_m", "latency_ms"):
+            flat[f"{width_tag(r['width'])}/{key}"] = r.get(key)
+    with open(os.path.join(out, "metrics.json"), "w") as f:
+        json.dump(flat, f, indent=2)
+    print(render_markdown(sorted(rows, key=lambda r: -r["width"]), args.title))
+    print("[eval_widths] wrote " + ", ".join(paths.values()), flush=True)
+    return {"rows": rows, "paths": paths}
+
+
+if __name__ == "__main__":
+    main()

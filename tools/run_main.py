@@ -1,0 +1,234 @@
+#!/usr/bin/env python
+"""The main job: one slimmable self-supervised backbone -> Mask R-CNN at several widths -> one results table.
+
+Chains the standalone tools, each as its own process (so every stage can be rerun, or run on a cluster, by
+itself with the very command printed here):
+
+  1. tools/make_embedded_dataset.py   the embedded COCO-format dataset (skipped with --datasets pointing at data)
+  2. tools/pretrain.py                US3L pre-training (short)
+  3. tools/calibrate_bn.py            BN statistics for every width
+  4. tools/convert_pretrain_to_d2.py  (or _to_mmdet.py) framework checkpoint
+  5. fine-tuning per width            projects/segmentation/train_net.py (or mmdet_train.py with --mmdet)
+  6. tools/eval_widths.py             COCO evaluation per width + backbone cost -> results.{md,csv,json}, PNG
+
+Finished stages are recorded in OUTPUT/stages.json with their command; a rerun with the same command and
+existing outputs skips them (--force reruns everything). Logs of every stage are in OUTPUT/logs/.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.join(REPO, "tools"))
+
+DEFAULT_WIDTHS = (1.0, 0.75, 0.5, 0.25)
+FRAMEWORKS = {
+    "d2": {
+        "convert": "tools/convert_pretrain_to_d2.py",
+        "converted": "backbone_d2.pkl",
+        "config": "projects/segmentation/configs/mask_rcnn_US-R50_FPN_tiny.yaml",
+    },
+    "mmdet": {
+        "convert": "tools/convert_pretrain_to_mmdet.py",
+        "converted": "backbone_mmdet.pth",
+        "config": "projects/segmentation/configs/mask-rcnn_us-r50_fpn_tiny_shapes.py",
+    },
+}
+
+
+def width_tag(w: float) -> str:
+    """Folder / metric prefix of a width: ``w0.50``."""
+    return f"w{w:.2f}"
+
+
+class Pipeline:
+    """Runs stages as subprocesses with visible, logged output and a resumable record of what finished."""
+
+    def __init__(self, out_dir: str, force: bool, env: dict, dry_run: bool = False):
+        self.out_dir, self.force, self.env, self.dry_run = out_dir, force, env, dry_run
+        self.t0 = time.time()
+        self.record_path = os.path.join(out_dir, "stages.json")
+        self.record = {}
+        if os.path.exists(self.record_path) and not force:
+            with open(self.record_path) as f:
+                self.record = json.load(f)
+        self.timings = {}
+        os.makedirs(os.path.join(out_dir, "logs"), exist_ok=True)
+
+    def _say(self, msg: str) -> None:
+        m, s = divmod(int(time.time() - self.t0), 60)
+        print(f"[us3l-main {m:02d}:{s:02d}] {msg}", flush=True)
+
+    def run(self, name: str, cmd: list, outputs: list, index: str = "") -> None:
+        cmd = [str(c) for c in cmd]
+        rec = self.record.get(name)
+        if (rec and rec.get("cmd") == cmd and all(os.path.exists(o) for o in outputs)):
+            self._say(f"{index} {name}: done earlier, skipped (outputs exist; --force reruns)")
+            self.timings[name] = rec.get("seconds")
+            return
+        log_path = os.path.join(self.out_dir, "logs", f"{name}.log")
+        self._say(f"{index} {name}: {shlex.join(cmd)}")
+        if self.dry_run:
+            return
+        start = time.time()
+        with open(log_path, "wb") as log:
+            log.write((shlex.join(cmd) + "\n").encode())
+            proc = subprocess.Popen(cmd, cwd=REPO, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            while True:  # tee by chunks, not lines, so that progress bars (\r) stay live
+                chunk = os.read(proc.stdout.fileno(), 4096)
+                if not chunk:
+                    break
+                sys.stdout.buffer.write(chunk)
+                sys.stdout.flush()
+                log.write(chunk)
+            rc = proc.wait()
+        seconds = round(time.time() - start, 1)
+        if rc != 0:
+            raise SystemExit(f"[us3l-main] stage {name!r} failed (exit {rc}); log: {log_path}\n"
+                             f"rerun it alone with: {shlex.join(cmd)}")
+        missing = [o for o in outputs if not os.path.exists(o)]
+        if missing:
+            raise SystemExit(f"[us3l-main] stage {name!r} finished but did not write {missing}; log: {log_path}")
+        self.timings[name] = seconds
+        self.record[name] = {"cmd": cmd, "outputs": outputs, "seconds": seconds}
+        with open(self.record_path + ".tmp", "w") as f:
+            json.dump(self.record, f, indent=2)
+        os.replace(self.record_path + ".tmp", self.record_path)
+        self._say(f"{index} {name}: finished in {seconds:.0f}s")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--output-dir", default="results/main")
+    p.add_argument("--widths", type=float, nargs="+", default=list(DEFAULT_WIDTHS))
+    p.add_argument("--mmdet", action="store_true", help="fine-tune/evaluate with MMDetection (default Detectron2)")
+    p.add_argument("--datasets", default=None,
+                   help="folder holding us3l_shapes (sets $US3L_DATASETS; default: $US3L_DATASETS or ./datasets)")
+    p.add_argument("--num-train", type=int, default=256, help="embedded dataset: training images")
+    p.add_argument("--num-val", type=int, default=64, help="embedded dataset: validation images")
+    p.add_argument("--image-size", type=int, default=96, help="embedded dataset: image side")
+    p.add_argument("--pretrain-config", default="configs/us3l_tiny_cpu.yaml")
+    p.add_argument("--pretrain-iters", type=int, default=None, help="override train.iterations")
+    p.add_argument("--pretrain-opts", nargs="*", default=[], help="extra key=value overrides for tools/pretrain.py")
+    p.add_argument("--pretrained", default=None,
+                   help="skip pre-training and start from this checkpoint (us3l.pretrain/1 or us3l.backbone/1)")
+    p.add_argument("--calib-batches", type=int, default=None, help="BN calibration batches per width")
+    p.add_argument("--detector-config", default=None, help="detector config (default: the tiny Mask R-CNN)")
+    p.add_argument("--finetune-iters", type=int, default=None, help="fine-tuning iterations per width")
+    p.add_argument("--finetune-opts", nargs="*", default=[],
+                   help="extra overrides for fine-tuning (Detectron2 KEY VALUE pairs / MMDetection key=value)")
+    p.add_argument("--num-gpus", type=int, default=0, help="GPUs per fine-tuning run (0: CPU)")
+    p.add_argument("--latency-runs", type=int, default=10, help="timed CPU forward passes per width (0: skip)")
+    p.add_argument("--profile-size", type=int, default=224, help="input side for backbone GFLOPs/latency")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true", help="rerun stages that finished before")
+    p.add_argument("--dry-run", action="store_true", help="print the stage commands only")
+    return p
+
+
+def main(argv=None) -> dict:
+    args = build_parser().parse_args(argv)
+    fw_name = "mmdet" if args.mmdet else "d2"
+    fw = FRAMEWORKS[fw_name]
+    out = os.path.abspath(args.output_dir)
+    os.makedirs(out, exist_ok=True)
+    datasets = os.path.abspath(args.datasets or os.environ.get("US3L_DATASETS", "datasets"))
+    env = dict(os.environ, US3L_DATASETS=datasets, PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = REPO + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    py = sys.executable
+    widths = sorted({float(w) for w in args.widths}, reverse=True)
+    pipe = Pipeline(out, args.force, env, args.dry_run)
+    data_root = os.path.join(datasets, "us3l_shapes")
+    n_stages = 5 + len(widths)
+    step = iter(range(1, n_stages + 1))
+
+    def idx():
+        return f"[{next(step)}/{n_stages}]"
+
+    pipe._say(f"main job: widths {widths}, framework {fw_name}, output {out}, datasets {datasets}")
+    pipe.run("dataset", [py, "tools/make_embedded_dataset.py", "--root", data_root, "--num-train", args.num_train,
+                         "--num-val", args.num_val, "--image-size", args.image_size, "--seed", args.seed],
+             [os.path.join(data_root, "annotations", "instances_val.json")], idx())
+
+    if args.pretrained:
+        pretrained = os.path.abspath(args.pretrained)
+        next(step)
+    else:
+        pre_dir = os.path.join(out, "pretrain")
+        overrides = [f"data.root={os.path.join(data_root, 'train')}", f"train.seed={args.seed}"]
+        if args.pretrain_iters is not None:
+            overrides.append(f"train.iterations={args.pretrain_iters}")
+        pretrained = os.path.join(pre_dir, "final.pth")
+        pipe.run("pretrain", [py, "tools/pretrain.py", "--config", args.pretrain_config, "--output-dir", pre_dir,
+                              *overrides, *args.pretrain_opts], [pretrained], idx())
+
+    calibrated = os.path.join(out, "backbone_calibrated.pth")
+    calib = [py, "tools/calibrate_bn.py", pretrained, calibrated, "--widths", *widths,
+             "--data-root", os.path.join(data_root, "train"), "--image-size", args.image_size]
+    if args.calib_batches is not None:
+        calib += ["--num-batches", args.calib_batches]
+    pipe.run("calibrate_bn", calib, [calibrated], idx())
+
+    converted = os.path.join(out, fw["converted"])
+    pipe.run("convert", [py, fw["convert"], calibrated, converted], [converted], idx())
+
+    config = args.detector_config or fw["config"]
+    for w in widths:
+        wdir = os.path.join(out, "finetune", width_tag(w))
+        pipe.run(f"finetune_{width_tag(w)}", finetune_command(fw_name, py, config, converted, wdir, w, args),
+                 [detector_checkpoint(fw_name, wdir)], idx())
+
+    eval_cmd = [py, "tools/eval_widths.py", detector_checkpoint(fw_name, os.path.join(out, "finetune", "w{width}")),
+                "--widths", *widths, "--framework", fw_name, "--config", config, "--output-dir", out,
+                "--profile-size", args.profile_size, "--latency-runs", args.latency_runs,
+                "--title", f"US3L Mask R-CNN on {os.path.basename(data_root)} ({fw_name})"]
+    if args.num_gpus:
+        eval_cmd += ["--num-gpus", args.num_gpus]
+    pipe.run("evaluate", eval_cmd, [os.path.join(out, "results.json")], idx())
+
+    if args.dry_run:
+        return {}
+    with open(os.path.join(out, "results.json")) as f:
+        results = json.load(f)
+    results["meta"]["stage_seconds"] = pipe.timings
+    results["meta"]["total_seconds"] = round(time.time() - pipe.t0, 1)
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    with open(os.path.join(out, "results.md")) as f:
+        print("\n" + f.read())
+    pipe._say(f"done in {results['meta']['total_seconds']:.0f}s: {out}/results.md, results.csv, results.json, "
+              "ap_vs_gflops.png")
+    return results
+
+
+def finetune_command(fw_name, py, config, weights, out_dir, width, args) -> list:
+    if fw_name == "d2":
+        cmd = [py, "projects/segmentation/train_net.py", "--config-file", config,
+               "--num-gpus", max(1, args.num_gpus), "OUTPUT_DIR", out_dir, "MODEL.WEIGHTS", weights,
+               "MODEL.US3L.WIDTH_MULT", width, "SEED", args.seed]
+        if args.num_gpus == 0:
+            cmd += ["MODEL.DEVICE", "cpu"]
+        if args.finetune_iters is not None:
+            cmd += ["SOLVER.MAX_ITER", args.finetune_iters]
+        return cmd + list(args.finetune_opts)
+    opts = [f"model.backbone.width_mult={width}", f"model.backbone.init_cfg.checkpoint={weights}",
+            f"randomness.seed={args.seed}"]
+    if args.finetune_iters is not None:
+        opts.append(f"train_cfg.max_iters={args.finetune_iters}")
+    return [py, "projects/segmentation/mmdet_train.py", config, "--work-dir", out_dir,
+            "--cfg-options", *opts, *args.finetune_opts]
+
+
+def detector_checkpoint(fw_name: str, out_dir: str) -> str:
+    return os.path.join(out_dir, "model_final.pth" if fw_name == "d2" else "final.pth")
+
+
+if __name__ == "__main__":
+    main()

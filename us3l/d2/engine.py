@@ -1,0 +1,115 @@
+"""Training / evaluation entry point shared by ``projects/detection`` and ``projects/segmentation``.
+
+``get_cfg -> add_us3l_config -> merge_from_file -> merge_from_list -> freeze -> default_setup``, then
+Detectron2's ``launch`` (``--num-gpus``/``--num-machines``/``--dist-url``). The trainer is Detectron2's
+``DefaultTrainer`` with three changes: the checkpointer is :class:`US3LCheckpointer` (never a silently
+skipped tensor), the evaluator is pycocotools COCO evaluation, and results are keyed by the width.
+"""
+from __future__ import annotations
+
+import os
+import weakref
+from collections import OrderedDict
+
+# Detectron2's own checkpoints (optimizer, scheduler, iteration) are not weights-only loadable under
+# torch >= 2.6; they are files this program wrote itself.
+os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+
+from detectron2.config import get_cfg  # noqa: E402
+from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch  # noqa: E402
+
+from .checkpoint import US3LCheckpointer  # noqa: E402
+from .config import add_us3l_config, us3l_width  # noqa: E402
+from .datasets import check_datasets, register_coco_json, register_us3l_datasets  # noqa: E402
+from .evaluation import build_coco_evaluator, key_by_width, save_width_metrics  # noqa: E402
+
+
+def _describe_missing_extension() -> None:
+    """A Detectron2 built without C++ ops (see INSTALL_NOTES) has a stand-in ``detectron2._C`` that may lack the
+    version queries ``default_setup`` logs; answer them instead of crashing (inert on a full build)."""
+    from detectron2 import _C
+
+    for name, value in (("get_compiler_version", "none (built without C++ ops)"), ("get_cuda_version", "none")):
+        if not hasattr(_C, name):
+            setattr(_C, name, lambda value=value: value)
+    if str(getattr(_C, "__file__", "")).endswith(".py") and not hasattr(_C, "has_cuda"):
+        _C.has_cuda = lambda: False  # a Python stand-in has no compiled CUDA kernels
+
+
+class US3LTrainer(DefaultTrainer):
+    """``DefaultTrainer`` with the US3L checkpointer and per-width COCO evaluation."""
+
+    def build_hooks(self):
+        # DefaultTrainer.__init__ creates its checkpointer just before building hooks: swap it in here so the
+        # periodic checkpointer and resume_or_load both use ours.
+        self.checkpointer = US3LCheckpointer(self._trainer.model, self.cfg.OUTPUT_DIR, cfg=self.cfg,
+                                             trainer=weakref.proxy(self))
+        return super().build_hooks()
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        return build_coco_evaluator(cfg, dataset_name, output_folder)
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        results = super().test(cfg, model, evaluators)
+        if len(cfg.DATASETS.TEST) == 1:
+            results = {cfg.DATASETS.TEST[0]: results}
+        width = us3l_width(cfg)
+        keyed = OrderedDict()
+        for name, res in results.items():
+            if res:
+                save_width_metrics(cfg, name, res)
+            keyed[name] = key_by_width(width, res or {})
+        return keyed[cfg.DATASETS.TEST[0]] if len(keyed) == 1 else keyed
+
+
+def argument_parser():
+    parser = default_argument_parser()
+    parser.add_argument("--dataset", nargs=3, action="append", default=[], metavar=("NAME", "JSON", "IMAGE_ROOT"),
+                        help="register a COCO-format instance set under NAME (repeatable)")
+    return parser
+
+
+def setup(args):
+    cfg = get_cfg()
+    add_us3l_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    cfg.freeze()
+    us3l_width(cfg)  # a bad width fails here, before any data is read
+    _describe_missing_extension()
+    default_setup(cfg, args)
+    return cfg
+
+
+def register_datasets(args) -> None:
+    register_us3l_datasets()
+    for name, json_file, image_root in args.dataset:
+        register_coco_json(name, json_file, image_root)
+
+
+def main(args):
+    """Runs in every process that ``launch`` starts."""
+    register_datasets(args)
+    cfg = setup(args)
+    check_datasets(list(cfg.DATASETS.TEST) + ([] if args.eval_only else list(cfg.DATASETS.TRAIN)))
+    if args.eval_only:
+        model = US3LTrainer.build_model(cfg)
+        US3LCheckpointer(model, save_dir=cfg.OUTPUT_DIR, cfg=cfg).resume_or_load(cfg.MODEL.WEIGHTS,
+                                                                                 resume=args.resume)
+        return US3LTrainer.test(cfg, model)
+    trainer = US3LTrainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+def run(argv=None):
+    """Command-line entry: parse, then ``launch`` ``main`` on every process."""
+    args = argument_parser().parse_args(argv)
+    print("Command Line Args:", args)
+    return launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+                  dist_url=args.dist_url, args=(args,))
+
+
+__all__ = ["US3LTrainer", "argument_parser", "setup", "main", "run"]

@@ -1,0 +1,55 @@
+"""COCO evaluation of a detector at its width: box / mask AP via pycocotools, results keyed by width.
+
+This Detectron2 build has no C++ ops, hence ``use_fast_impl=False`` (pycocotools' own COCOeval).
+Each evaluated dataset writes ``OUTPUT_DIR/metrics_<dataset>_w<width>.json`` =
+``{"width", "arch", "dataset", "bbox": {...}, "segm": {...}}``, so runs at several widths never overwrite
+each other and a table can be assembled from the files.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+
+from detectron2.evaluation import COCOEvaluator
+from detectron2.utils import comm
+
+from .config import us3l_width
+
+
+def width_tag(width: float) -> str:
+    """``w0.50``, ``w0.35``, ``w0.375``: at least two decimals, never rounding a 3-decimal width away."""
+    text = f"{float(width):.3f}".rstrip("0")
+    whole, frac = text.split(".")
+    return f"w{whole}.{frac.ljust(2, '0')}"
+
+
+def build_coco_evaluator(cfg, dataset_name: str, output_folder: str | None = None) -> COCOEvaluator:
+    output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+    return COCOEvaluator(dataset_name, output_dir=output_folder, use_fast_impl=False)
+
+
+def _finite(metrics: dict) -> dict:
+    """NaN (a category with no ground truth) becomes null so that the file stays valid JSON."""
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
+
+
+def save_width_metrics(cfg, dataset_name: str, results: dict) -> str | None:
+    """Write one dataset's metrics keyed by the configured width (main process only); returns the path."""
+    if not comm.is_main_process():
+        return None
+    width = us3l_width(cfg)
+    record = {"width": width, "arch": f"resnet{cfg.MODEL.RESNETS.DEPTH}", "dataset": dataset_name,
+              "weights": cfg.MODEL.WEIGHTS}
+    record.update({task: _finite(dict(m)) for task, m in results.items()})
+    os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
+    path = os.path.join(cfg.OUTPUT_DIR, f"metrics_{dataset_name}_{width_tag(width)}.json")
+    with open(path, "w") as f:
+        json.dump(record, f, indent=2)
+    return path
+
+
+def key_by_width(width: float, results: dict) -> dict:
+    """``{"bbox": {...}}`` -> ``{"w0.50/bbox": {...}}`` (what the event storage and logs then show)."""
+    tag = width_tag(width)
+    return {f"{tag}/{task}": metrics for task, metrics in results.items()}

@@ -1,0 +1,92 @@
+"""``US3LResNet``: MMDetection's ResNet interface on a US3L ResNet physically sized for one width.
+
+A detector is fine-tuned at ONE width, so the modules are plain ``nn.Conv2d``/norm layers of that width
+(norm from ``norm_cfg``: BN, SyncBN, GN...). Parameter names are torchvision's = mmdet's ``ResNet``
+(``backbone.conv1.weight``, ``backbone.layer1.0.bn1.weight``...), so mmdet tooling and converters apply.
+``init_cfg=dict(type='Pretrained', checkpoint=..., prefix='backbone.')`` loads one full-width US3L
+checkpoint at this width through :mod:`us3l.mmdet.pretrained` (hard error on any mismatch).
+"""
+from __future__ import annotations
+
+from mmdet.registry import MODELS
+from mmengine.model import BaseModule
+
+from ..checkpoint import BN_STATS_POLICIES
+from ._resnet_parts import DEFAULT_NORM_CFG, build_trunk, checked_width, freeze, norms_to_eval, stage_channels
+from .pretrained import load_width_sized, pretrained_cfg
+
+
+@MODELS.register_module()
+class US3LResNet(BaseModule):
+    """ResNet backbone at ``width_mult``; arguments mirror ``mmdet.models.ResNet``.
+
+    Args:
+        depth: 18, 34, 50 or 101 (must match the pretrained checkpoint).
+        width_mult: the width the detector runs at, in (0, 1] and inside the checkpoint's width range.
+        num_stages: stages built (C4 detectors: 3, res5 lives in the RoI head).
+        out_indices: stages whose outputs ``forward`` returns (0 = layer1, stride 4).
+        frozen_stages: -1 nothing frozen, 0 the stem, i the stem and layer1..i (Detectron2 FREEZE_AT - 1).
+        norm_cfg / norm_eval: mmcv norm layer; keep BN layers in eval mode while training.
+        bn_stats: pretrained BN statistics to start from: ``calibrated`` (this width's) or ``reset``.
+    """
+
+    def __init__(self, depth: int = 50, width_mult: float = 1.0, num_stages: int = 4,
+                 out_indices=(0, 1, 2, 3), frozen_stages: int = -1, norm_cfg: dict | None = None,
+                 norm_eval: bool = True, bn_stats: str = "calibrated", init_cfg=None):
+        super().__init__(init_cfg)
+        if not 1 <= num_stages <= 4:
+            raise ValueError(f"num_stages must be in 1..4, got {num_stages}")
+        if not out_indices or max(out_indices) >= num_stages or min(out_indices) < 0:
+            raise ValueError(f"out_indices {tuple(out_indices)} must lie in 0..{num_stages - 1}")
+        if not -1 <= frozen_stages <= num_stages:
+            raise ValueError(f"frozen_stages must be in -1..{num_stages}, got {frozen_stages}")
+        if bn_stats not in BN_STATS_POLICIES:
+            raise ValueError(f"bn_stats must be one of {BN_STATS_POLICIES}, got {bn_stats!r}")
+        self.depth, self.width_mult = depth, checked_width(width_mult)
+        self.num_stages, self.out_indices = num_stages, tuple(out_indices)
+        self.frozen_stages, self.norm_eval, self.bn_stats = frozen_stages, norm_eval, bn_stats
+        self.norm_cfg = dict(norm_cfg or DEFAULT_NORM_CFG)
+        trunk = build_trunk(depth, self.width_mult, self.norm_cfg)
+        for name in ("conv1", "bn1", "relu", "maxpool"):
+            self.add_module(name, getattr(trunk, name))
+        self.res_layers = [f"layer{i + 1}" for i in range(num_stages)]
+        for name in self.res_layers:
+            self.add_module(name, getattr(trunk, name))
+        self._freeze_stages()
+
+    @property
+    def out_channels(self) -> tuple[int, ...]:
+        """Channels of each returned feature map at this width (what the neck / RPN must take)."""
+        chans = stage_channels(self.depth, self.width_mult)
+        return tuple(chans[i] for i in self.out_indices)
+
+    def forward(self, x):
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        outs = []
+        for i, name in enumerate(self.res_layers):
+            x = getattr(self, name)(x)
+            if i in self.out_indices:
+                outs.append(x)
+        return tuple(outs)
+
+    def _freeze_stages(self) -> None:
+        if self.frozen_stages >= 0:
+            freeze(self.conv1)
+            freeze(self.bn1)
+        for i in range(1, self.frozen_stages + 1):
+            freeze(getattr(self, f"layer{i}"))
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self._freeze_stages()
+        if mode and self.norm_eval:
+            norms_to_eval(self)
+        return self
+
+    def init_weights(self):
+        cfg = pretrained_cfg(self.init_cfg)
+        if cfg is None:
+            return super().init_weights()
+        load_width_sized(self, cfg, depth=self.depth, width=self.width_mult, bn_stats=self.bn_stats,
+                         context=f"US3LResNet(depth={self.depth}, width_mult={self.width_mult})")
+        self._is_init = True

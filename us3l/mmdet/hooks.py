@@ -1,0 +1,68 @@
+"""Per-width metrics: every metric named by the detector's width and written as JSON in the work dir.
+
+Why: results at several widths end up side by side; a name like ``w0.50/bbox_mAP`` (and one JSON file
+per width) keeps them from being mixed up, and shows whether the width was applied at all.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from mmdet.registry import HOOKS
+from mmengine.dist import is_main_process
+from mmengine.hooks import Hook
+
+from .width_config import check_width_consistency, detector_width, width_tag
+
+
+def _plain(value):
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+@HOOKS.register_module()
+class WidthMetricsHook(Hook):
+    """Prefixes evaluator metrics with ``w<width>`` and appends them to ``<work_dir>/metrics_w<width>.json``."""
+
+    priority = "VERY_HIGH"
+
+    def __init__(self, filename: str = "metrics_{tag}.json"):
+        self.filename = filename
+        self.tag = None
+
+    def before_run(self, runner) -> None:
+        model = getattr(runner.model, "module", runner.model)
+        check_width_consistency(model)
+        width = detector_width(model)
+        if width is None:
+            return
+        self.width, self.tag = width, width_tag(width)
+        for attr in ("_val_loop", "_test_loop"):
+            evaluator = getattr(getattr(runner, attr, None), "evaluator", None)
+            for metric in getattr(evaluator, "metrics", []):
+                metric.prefix = self.tag
+
+    def _dump(self, runner, mode: str, metrics) -> None:
+        if self.tag is None or not metrics or not is_main_process():
+            return
+        path = os.path.join(runner.work_dir, self.filename.format(tag=self.tag))
+        records = []
+        if os.path.isfile(path):
+            with open(path) as f:
+                records = json.load(f)
+        records.append({"mode": mode, "width": self.width, "epoch": runner.epoch, "iter": runner.iter,
+                        "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+                        "metrics": {k: _plain(v) for k, v in metrics.items()}})
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(records, f, indent=1)
+        os.replace(tmp, path)
+
+    def after_val_epoch(self, runner, metrics=None) -> None:
+        self._dump(runner, "val", metrics)
+
+    def after_test_epoch(self, runner, metrics=None) -> None:
+        self._dump(runner, "test", metrics)
