@@ -24,7 +24,7 @@ COMMON=(model.arch=resnet18 model.cifar_stem=$CIFAR_STEM
   optim.lr=$LR train.iterations=$ITERS train.checkpoint_every=0 train.log_every=20 train.progress=false
   train.num_threads=$THREADS train.seed=0)
 EVAL=(--widths 1.0 0.75 0.5 0.25 --dataset imagefolder --data-root "$US3L_DATASETS/us3l_shapes_cls"
-  --calib-batches 4 --batch-size 128 --probe-epochs 30 --threads "$THREADS")
+  --image-size 32 --recipe cifar --calib-batches 4 --batch-size 128 --probe-epochs 30 --threads "$THREADS")
 
 # generate the dataset once, before parallel runs race for it
 python -c "from us3l.data.datasets import prepare_embedded; prepare_embedded(None, 128, 64, 32, 0)"

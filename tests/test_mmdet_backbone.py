@@ -39,8 +39,9 @@ def test_names_and_shapes_are_mmdet_resnet():
     # same tensors -> same features: the forward pass is mmdet's ResNet (pytorch style)
     ours.load_state_dict(ref.state_dict())
     x = torch.randn(1, 3, 64, 64)
+    ours.eval(), ref.eval()  # (mmdet's ResNet.train returns None)
     with torch.no_grad():
-        for f, g in zip(ours.eval()(x), ref.eval()(x)):
+        for f, g in zip(ours(x), ref(x)):
             assert torch.allclose(f, g, atol=1e-5)
 
 

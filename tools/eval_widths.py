@@ -84,34 +84,50 @@ def d2_arch(config: str) -> str:
 
 # ----------------------------------------------------------------------------------------- MMDetection
 def mmdet_eval_command(py, config, weights, out_dir, width, num_gpus, opts) -> list:
-    cmd = [py, "projects/segmentation/mmdet_test.py", config, weights, "--work-dir", out_dir,
-           "--cfg-options", f"model.backbone.width_mult={width}", *opts]
+    cmd = [py, "projects/segmentation/mmdet_test.py", config, weights, "--width", str(width), "--work-dir", out_dir]
+    if opts:
+        cmd += ["--cfg-options", *opts]
     if num_gpus > 1:
         cmd = [py, "-m", "torch.distributed.run", f"--nproc_per_node={num_gpus}", *cmd[1:], "--launcher", "pytorch"]
     return cmd
 
 
 def mmdet_read_metrics(out_dir: str, width: float) -> dict:
-    """mmengine's ``<timestamp>/<timestamp>.json`` test log: ``coco/bbox_mAP`` etc. on the 0-1 scale."""
-    logs = sorted(glob.glob(os.path.join(out_dir, "*", "*.json")), key=os.path.getmtime)
-    for path in reversed(logs):
+    """The last test record of ``metrics_w<width>.json`` (``us3l.mmdet.hooks.WidthMetricsHook``), 0-1 -> 0-100."""
+    for path in sorted(glob.glob(os.path.join(out_dir, "metrics_w*.json")), key=os.path.getmtime, reverse=True):
         with open(path) as f:
-            lines = [json.loads(line) for line in f if line.strip()]
-        for rec in reversed(lines):
-            if "coco/bbox_mAP" in rec or "coco/segm_mAP" in rec:
+            records = json.load(f)
+        for rec in reversed(records):
+            if rec.get("mode") == "test" and abs(float(rec.get("width", -1)) - width) < 1e-6:
+                m = {k.split("/", 1)[-1]: v for k, v in rec["metrics"].items()}
+
                 def pct(key):
-                    v = rec.get(key)
-                    return None if v is None or v < 0 else 100.0 * float(v)
-                return {"box_AP": pct("coco/bbox_mAP"), "mask_AP": pct("coco/segm_mAP"),
-                        "box_AP50": pct("coco/bbox_mAP_50"), "mask_AP50": pct("coco/segm_mAP_50")}
-    raise FileNotFoundError(f"no coco/bbox_mAP in the mmengine logs under {out_dir}")
+                    v = m.get(key)
+                    return None if not isinstance(v, (int, float)) or v < 0 else 100.0 * float(v)
+                return {"box_AP": pct("bbox_mAP"), "mask_AP": pct("segm_mAP"),
+                        "box_AP50": pct("bbox_mAP_50"), "mask_AP50": pct("segm_mAP_50")}
+    raise FileNotFoundError(f"no test metrics for width {width} in {out_dir}/metrics_w*.json")
 
 
 def mmdet_arch(config: str) -> str:
     from mmengine.config import Config
 
     bb = Config.fromfile(config).model.backbone
-    return bb.get("arch") or f"resnet{bb.get('depth', 50)}"
+    return f"resnet{bb.get('depth', 50)}"
+
+
+def resolve_weights(path: str, framework: str) -> str:
+    """A run folder stands for its final checkpoint (Detectron2 ``model_final.pth``, mmengine ``last_checkpoint``)."""
+    if not os.path.isdir(path):
+        return path
+    if framework == "d2":
+        return os.path.join(path, "model_final.pth")
+    marker = os.path.join(path, "last_checkpoint")
+    if not os.path.isfile(marker):
+        raise FileNotFoundError(f"{path} holds no mmengine last_checkpoint")
+    with open(marker) as f:
+        ckpt = f.read().strip()
+    return ckpt if os.path.isabs(ckpt) else os.path.join(path, os.path.basename(ckpt))
 
 
 FRAMEWORKS = {
@@ -139,7 +155,8 @@ def run_logged(cmd: list, log_path: str, env: dict) -> None:
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("weights", help="detector weights; '{width}' in the path is replaced by the width (%%.2f)")
+    p.add_argument("weights", help="detector weights (or a training run's folder); '{width}' in the path is "
+                                   "replaced by the width (%%.2f)")
     p.add_argument("--widths", type=float, nargs="+", required=True)
     p.add_argument("--framework", choices=sorted(FRAMEWORKS), default="d2")
     p.add_argument("--config", default=None, help="detector config (default: the tiny Mask R-CNN of the framework)")
@@ -160,7 +177,8 @@ def main(argv=None) -> dict:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = REPO + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     widths = sorted({float(w) for w in args.widths}, reverse=True)
-    missing = [weights_for(args.weights, w) for w in widths if not os.path.exists(weights_for(args.weights, w))]
+    weights = {w: os.path.abspath(resolve_weights(weights_for(args.weights, w), args.framework)) for w in widths}
+    missing = [p for p in weights.values() if not os.path.exists(p)]
     if missing:
         raise SystemExit(f"[eval_widths] weights not found: {missing}")
 
@@ -170,10 +188,9 @@ def main(argv=None) -> dict:
         print(f"[eval_widths] ({i}/{len(widths)}) width {w:g}: COCO evaluation", flush=True)
         wdir = os.path.join(out, "eval", width_tag(w))
         os.makedirs(wdir, exist_ok=True)
-        run_logged(eval_command(sys.executable, config, os.path.abspath(weights_for(args.weights, w)), wdir, w,
-                                args.num_gpus, args.opts),
+        run_logged(eval_command(sys.executable, config, weights[w], wdir, w, args.num_gpus, args.opts),
                    os.path.join(out, "logs", f"eval_{width_tag(w)}.log"), env)
-        row = {"width": w, **read_metrics(wdir, w), "weights": os.path.abspath(weights_for(args.weights, w)),
+        row = {"width": w, **read_metrics(wdir, w), "weights": weights[w],
                "eval_seconds": round(time.time() - t0, 1)}
         rows.append(row)
 

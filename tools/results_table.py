@@ -49,8 +49,10 @@ def normalize_row(row: Dict) -> Dict:
 def _fmt(key: str, v) -> str:
     if v is None:
         return "n/a"
+    if key == "width":  # 1.00, 0.75, and three decimals only where needed (0.375)
+        return f"{v:.2f}" if abs(round(v, 2) - v) < 1e-9 else f"{v:.3f}"
     if isinstance(v, float):
-        return f"{v:.{_DIGITS.get(key, 1)}f}" if key != "width" else f"{v:g}"
+        return f"{v:.{_DIGITS.get(key, 1)}f}"
     return str(v)
 
 
@@ -84,6 +86,7 @@ def plot_ap_vs_gflops(rows: List[Dict], path: str, title: str = "") -> Optional[
     ax.set_xlabel("backbone GFLOPs")
     ax.set_ylabel("COCO AP")
     ax.set_title(title or "AP vs backbone GFLOPs (one slimmable backbone)")
+    ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend()

@@ -11,8 +11,9 @@ itself with the very command printed here):
   5. fine-tuning per width            projects/segmentation/train_net.py (or mmdet_train.py with --mmdet)
   6. tools/eval_widths.py             COCO evaluation per width + backbone cost -> results.{md,csv,json}, PNG
 
-Finished stages are recorded in OUTPUT/stages.json with their command; a rerun with the same command and
-existing outputs skips them (--force reruns everything). Logs of every stage are in OUTPUT/logs/.
+Finished stages are recorded in OUTPUT/stages.json with their command; a rerun skips a stage whose command
+is unchanged and whose outputs exist, until the first stage that must run again: from there on every stage
+reruns (--force reruns everything). Logs of every stage are in OUTPUT/logs/.
 """
 from __future__ import annotations
 
@@ -38,9 +39,10 @@ FRAMEWORKS = {
     "mmdet": {
         "convert": "tools/convert_pretrain_to_mmdet.py",
         "converted": "backbone_mmdet.pth",
-        "config": "projects/segmentation/configs/mask-rcnn_us-r50_fpn_tiny_shapes.py",
+        "config": "projects/segmentation/mmdet_configs/mask-rcnn_us-r50_fpn_1x_coco_tiny.py",
     },
 }
+DEPTHS = {"resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101}
 
 
 def width_tag(w: float) -> str:
@@ -60,6 +62,7 @@ class Pipeline:
             with open(self.record_path) as f:
                 self.record = json.load(f)
         self.timings = {}
+        self.ran_any = False  # once a stage reruns, every later stage reruns too (its inputs changed)
         os.makedirs(os.path.join(out_dir, "logs"), exist_ok=True)
 
     def _say(self, msg: str) -> None:
@@ -69,10 +72,11 @@ class Pipeline:
     def run(self, name: str, cmd: list, outputs: list, index: str = "") -> None:
         cmd = [str(c) for c in cmd]
         rec = self.record.get(name)
-        if (rec and rec.get("cmd") == cmd and all(os.path.exists(o) for o in outputs)):
+        if not self.ran_any and rec and rec.get("cmd") == cmd and all(os.path.exists(o) for o in outputs):
             self._say(f"{index} {name}: done earlier, skipped (outputs exist; --force reruns)")
             self.timings[name] = rec.get("seconds")
             return
+        self.ran_any = True
         log_path = os.path.join(self.out_dir, "logs", f"{name}.log")
         self._say(f"{index} {name}: {shlex.join(cmd)}")
         if self.dry_run:
@@ -114,23 +118,62 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-train", type=int, default=256, help="embedded dataset: training images")
     p.add_argument("--num-val", type=int, default=64, help="embedded dataset: validation images")
     p.add_argument("--image-size", type=int, default=96, help="embedded dataset: image side")
+    p.add_argument("--arch", choices=sorted(DEPTHS), default="resnet18", help="slimmable backbone")
     p.add_argument("--pretrain-config", default="configs/us3l_tiny_cpu.yaml")
-    p.add_argument("--pretrain-iters", type=int, default=None, help="override train.iterations")
+    p.add_argument("--pretrain-iters", type=int, default=60, help="pre-training iterations")
+    p.add_argument("--pretrain-batch", type=int, default=32, help="pre-training batch size")
+    p.add_argument("--pretrain-size", type=int, default=64, help="pre-training / calibration crop size")
     p.add_argument("--pretrain-opts", nargs="*", default=[], help="extra key=value overrides for tools/pretrain.py")
     p.add_argument("--pretrained", default=None,
-                   help="skip pre-training and start from this checkpoint (us3l.pretrain/1 or us3l.backbone/1)")
-    p.add_argument("--calib-batches", type=int, default=None, help="BN calibration batches per width")
+                   help="skip pre-training: start from this checkpoint (us3l.pretrain/1, us3l.backbone/1, ...)")
+    p.add_argument("--calib-batches", type=int, default=4, help="BN calibration batches per width")
+    p.add_argument("--calib-batch-size", type=int, default=64)
     p.add_argument("--detector-config", default=None, help="detector config (default: the tiny Mask R-CNN)")
-    p.add_argument("--finetune-iters", type=int, default=None, help="fine-tuning iterations per width")
+    p.add_argument("--finetune-iters", type=int, default=100, help="Detectron2: fine-tuning iterations per width")
+    p.add_argument("--finetune-epochs", type=int, default=1, help="MMDetection: fine-tuning epochs per width")
     p.add_argument("--finetune-opts", nargs="*", default=[],
-                   help="extra overrides for fine-tuning (Detectron2 KEY VALUE pairs / MMDetection key=value)")
-    p.add_argument("--num-gpus", type=int, default=0, help="GPUs per fine-tuning run (0: CPU)")
+                   help="extra fine-tuning overrides (Detectron2 KEY VALUE pairs / MMDetection key=value)")
+    p.add_argument("--num-gpus", type=int, default=0, help="GPUs per fine-tuning / evaluation run (0: CPU)")
     p.add_argument("--latency-runs", type=int, default=10, help="timed CPU forward passes per width (0: skip)")
     p.add_argument("--profile-size", type=int, default=224, help="input side for backbone GFLOPs/latency")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="rerun stages that finished before")
     p.add_argument("--dry-run", action="store_true", help="print the stage commands only")
     return p
+
+
+def arch_opts(fw_name: str, arch: str) -> list:
+    """Detector overrides that size the backbone for ``arch`` (the tiny configs are written for ResNet-50)."""
+    depth = DEPTHS[arch]
+    if fw_name == "d2":
+        return ["MODEL.RESNETS.DEPTH", depth] + (["MODEL.RESNETS.RES2_OUT_CHANNELS", 64] if depth < 50 else [])
+    return [f"model.backbone.depth={depth}"]
+
+
+def finetune_command(fw_name, py, config, weights, out_dir, width, args) -> list:
+    if fw_name == "d2":
+        cmd = [py, "projects/segmentation/train_net.py", "--config-file", config,
+               "--num-gpus", max(1, args.num_gpus), "OUTPUT_DIR", out_dir, "MODEL.WEIGHTS", weights,
+               "MODEL.US3L.WIDTH_MULT", width, "SEED", args.seed, "SOLVER.MAX_ITER", args.finetune_iters,
+               # evaluation is the next stage's job (tools/eval_widths.py): no test set while training
+               "DATASETS.TEST", "()", *arch_opts(fw_name, args.arch)]
+        if args.num_gpus == 0:
+            cmd += ["MODEL.DEVICE", "cpu"]
+        return cmd + list(args.finetune_opts)
+    opts = [f"model.backbone.init_cfg.checkpoint={weights}", f"randomness.seed={args.seed}",
+            f"train_cfg.max_epochs={args.finetune_epochs}", "train_cfg.val_begin=1000000",
+            *arch_opts(fw_name, args.arch), *args.finetune_opts]
+    cmd = [py, "projects/segmentation/mmdet_train.py", config, "--width", width, "--work-dir", out_dir,
+           "--cfg-options", *opts]
+    if args.num_gpus > 1:
+        cmd = [py, "-m", "torch.distributed.run", f"--nproc_per_node={args.num_gpus}", *cmd[1:],
+               "--launcher", "pytorch"]
+    return cmd
+
+
+def finetune_output(fw_name: str, out_dir: str) -> str:
+    """The file whose existence says a fine-tuning run finished."""
+    return os.path.join(out_dir, "model_final.pth" if fw_name == "d2" else "last_checkpoint")
 
 
 def main(argv=None) -> dict:
@@ -146,35 +189,35 @@ def main(argv=None) -> dict:
     widths = sorted({float(w) for w in args.widths}, reverse=True)
     pipe = Pipeline(out, args.force, env, args.dry_run)
     data_root = os.path.join(datasets, "us3l_shapes")
-    n_stages = 5 + len(widths)
+    n_stages = 5 + len(widths) - (1 if args.pretrained else 0)
     step = iter(range(1, n_stages + 1))
 
     def idx():
         return f"[{next(step)}/{n_stages}]"
 
-    pipe._say(f"main job: widths {widths}, framework {fw_name}, output {out}, datasets {datasets}")
+    pipe._say(f"main job: {args.arch}, widths {widths}, {fw_name}, output {out}, datasets {datasets}")
     pipe.run("dataset", [py, "tools/make_embedded_dataset.py", "--root", data_root, "--num-train", args.num_train,
                          "--num-val", args.num_val, "--image-size", args.image_size, "--seed", args.seed],
              [os.path.join(data_root, "annotations", "instances_val.json")], idx())
 
     if args.pretrained:
         pretrained = os.path.abspath(args.pretrained)
-        next(step)
     else:
         pre_dir = os.path.join(out, "pretrain")
-        overrides = [f"data.root={os.path.join(data_root, 'train')}", f"train.seed={args.seed}"]
-        if args.pretrain_iters is not None:
-            overrides.append(f"train.iterations={args.pretrain_iters}")
         pretrained = os.path.join(pre_dir, "final.pth")
+        overrides = [f"model.arch={args.arch}", "model.cifar_stem=false", "data.dataset=images",
+                     f"data.root={data_root}", "data.augment=imagenet", f"data.image_size={args.pretrain_size}",
+                     f"data.batch_size={args.pretrain_batch}", f"train.iterations={args.pretrain_iters}",
+                     f"train.seed={args.seed}", "train.device=cpu" if args.num_gpus == 0 else "train.device=auto",
+                     f"train.log_every={max(1, min(10, args.pretrain_iters // 10))}"]
         pipe.run("pretrain", [py, "tools/pretrain.py", "--config", args.pretrain_config, "--output-dir", pre_dir,
                               *overrides, *args.pretrain_opts], [pretrained], idx())
 
     calibrated = os.path.join(out, "backbone_calibrated.pth")
-    calib = [py, "tools/calibrate_bn.py", pretrained, calibrated, "--widths", *widths,
-             "--data-root", os.path.join(data_root, "train"), "--image-size", args.image_size]
-    if args.calib_batches is not None:
-        calib += ["--num-batches", args.calib_batches]
-    pipe.run("calibrate_bn", calib, [calibrated], idx())
+    pipe.run("calibrate_bn", [py, "tools/calibrate_bn.py", pretrained, calibrated, "--widths", *widths,
+                              "--data-root", data_root, "--num-batches", args.calib_batches,
+                              "--batch-size", args.calib_batch_size, "--image-size", args.pretrain_size,
+                              "--recipe", "imagenet"], [calibrated], idx())
 
     converted = os.path.join(out, fw["converted"])
     pipe.run("convert", [py, fw["convert"], calibrated, converted], [converted], idx())
@@ -183,22 +226,22 @@ def main(argv=None) -> dict:
     for w in widths:
         wdir = os.path.join(out, "finetune", width_tag(w))
         pipe.run(f"finetune_{width_tag(w)}", finetune_command(fw_name, py, config, converted, wdir, w, args),
-                 [detector_checkpoint(fw_name, wdir)], idx())
+                 [finetune_output(fw_name, wdir)], idx())
 
-    eval_cmd = [py, "tools/eval_widths.py", detector_checkpoint(fw_name, os.path.join(out, "finetune", "w{width}")),
-                "--widths", *widths, "--framework", fw_name, "--config", config, "--output-dir", out,
+    eval_cmd = [py, "tools/eval_widths.py", os.path.join(out, "finetune", "w{width}"), "--widths", *widths,
+                "--framework", fw_name, "--config", config, "--output-dir", out, "--arch", args.arch,
                 "--profile-size", args.profile_size, "--latency-runs", args.latency_runs,
-                "--title", f"US3L Mask R-CNN on {os.path.basename(data_root)} ({fw_name})"]
-    if args.num_gpus:
-        eval_cmd += ["--num-gpus", args.num_gpus]
+                "--num-gpus", args.num_gpus,
+                "--title", f"US3L {args.arch} Mask R-CNN on {os.path.basename(data_root)} ({fw_name})",
+                "--opts", *arch_opts(fw_name, args.arch)]
     pipe.run("evaluate", eval_cmd, [os.path.join(out, "results.json")], idx())
 
     if args.dry_run:
         return {}
     with open(os.path.join(out, "results.json")) as f:
         results = json.load(f)
-    results["meta"]["stage_seconds"] = pipe.timings
-    results["meta"]["total_seconds"] = round(time.time() - pipe.t0, 1)
+    results["meta"].update(stage_seconds=pipe.timings, total_seconds=round(time.time() - pipe.t0, 1),
+                           command=[os.path.basename(sys.argv[0])] + list(argv if argv is not None else sys.argv[1:]))
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump(results, f, indent=2)
     with open(os.path.join(out, "results.md")) as f:
@@ -206,28 +249,6 @@ def main(argv=None) -> dict:
     pipe._say(f"done in {results['meta']['total_seconds']:.0f}s: {out}/results.md, results.csv, results.json, "
               "ap_vs_gflops.png")
     return results
-
-
-def finetune_command(fw_name, py, config, weights, out_dir, width, args) -> list:
-    if fw_name == "d2":
-        cmd = [py, "projects/segmentation/train_net.py", "--config-file", config,
-               "--num-gpus", max(1, args.num_gpus), "OUTPUT_DIR", out_dir, "MODEL.WEIGHTS", weights,
-               "MODEL.US3L.WIDTH_MULT", width, "SEED", args.seed]
-        if args.num_gpus == 0:
-            cmd += ["MODEL.DEVICE", "cpu"]
-        if args.finetune_iters is not None:
-            cmd += ["SOLVER.MAX_ITER", args.finetune_iters]
-        return cmd + list(args.finetune_opts)
-    opts = [f"model.backbone.width_mult={width}", f"model.backbone.init_cfg.checkpoint={weights}",
-            f"randomness.seed={args.seed}"]
-    if args.finetune_iters is not None:
-        opts.append(f"train_cfg.max_iters={args.finetune_iters}")
-    return [py, "projects/segmentation/mmdet_train.py", config, "--work-dir", out_dir,
-            "--cfg-options", *opts, *args.finetune_opts]
-
-
-def detector_checkpoint(fw_name: str, out_dir: str) -> str:
-    return os.path.join(out_dir, "model_final.pth" if fw_name == "d2" else "final.pth")
 
 
 if __name__ == "__main__":

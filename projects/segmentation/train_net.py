@@ -1,5 +1,7 @@
 #!/usr/bin/env python
-"""Mask R-CNN (box + mask AP) with a US3L backbone at any width: train, --eval-only, --resume, --num-gpus (Detectron2 launch).
+"""Mask R-CNN (box + mask AP) with a US3L backbone at any width.
+
+Train, --eval-only, --resume, --num-gpus (Detectron2 launch):
 
     python projects/segmentation/train_net.py --config-file projects/segmentation/configs/mask_rcnn_US-R50_FPN_1x.yaml \
         --num-gpus 8 MODEL.WEIGHTS us3l_resnet50.pkl MODEL.US3L.WIDTH_MULT 0.5

@@ -9,7 +9,7 @@ and provides ``add_us3l_config`` (``MODEL.US3L.WIDTH_MULT / WIDTH_RANGE / BN_STA
 """
 from .backbone import US3LResNet, build_us3l_resnet_backbone, build_us3l_resnet_fpn_backbone, find_us3l_resnet
 from .checkpoint import US3LCheckpointer
-from .config import add_us3l_config, bn_stats_policy, us3l_width
+from .config import add_us3l_config, bn_stats_policy, load_config, us3l_width
 from .datasets import DatasetFilesError, check_datasets, register_coco_json, register_us3l_datasets
 from .evaluation import build_coco_evaluator, width_tag
 from .pkl_format import META_KEY, backbone_to_d2, read_pkl, write_pkl
@@ -18,6 +18,6 @@ from .roi_heads import US3LRes5ROIHeads
 register_us3l_datasets()
 
 __all__ = ["US3LResNet", "build_us3l_resnet_backbone", "build_us3l_resnet_fpn_backbone", "find_us3l_resnet",
-           "US3LCheckpointer", "add_us3l_config", "bn_stats_policy", "us3l_width", "DatasetFilesError",
+           "US3LCheckpointer", "add_us3l_config", "bn_stats_policy", "load_config", "us3l_width", "DatasetFilesError",
            "check_datasets", "register_coco_json", "register_us3l_datasets", "build_coco_evaluator", "width_tag",
            "META_KEY", "backbone_to_d2", "read_pkl", "write_pkl", "US3LRes5ROIHeads"]

@@ -8,7 +8,7 @@ Detectron2's. The full-width pretrained tensors are prefix-sliced to these shape
 """
 from __future__ import annotations
 
-from detectron2.layers import ShapeSpec, get_norm
+from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY
 from detectron2.modeling.backbone import FPN, ResNet
 from detectron2.modeling.backbone.fpn import LastLevelMaxPool

@@ -4,8 +4,9 @@ Detectron2 only warns when a tensor's shape does not fit, so a width mismatch wo
 :class:`US3LCheckpointer` places a converted US3L ``.pkl`` (ONE full-width file for every width) onto the
 trunk explicitly (``backbone.bottom_up.*`` for FPN, ``backbone.*`` + ``roi_heads.res5.*`` for C4), selects
 the BN statistics of the model's width, prefix-slices the tensors, logs a :class:`us3l.checkpoint.LoadReport`
-and raises :class:`us3l.checkpoint.CheckpointError` on any missing, unexpected or mismatched backbone key.
-Any other checkpoint (a fine-tuned ``model_final.pth``, a resume) must match the backbone's shapes exactly.
+and raises :class:`us3l.checkpoint.CheckpointError` on any missing, unexpected or mismatched backbone key
+(heads may be missing: they start from scratch). Any other checkpoint must fit exactly: a full detector
+checkpoint (``model_final.pth``, a resume) in every key, backbone-only weights in every trunk key.
 """
 from __future__ import annotations
 
@@ -30,9 +31,28 @@ _STATS = re.compile(r"(running_mean|running_var|num_batches_tracked)(_w\d{4})?$"
 _CONVERT_HINT = "convert it first: python tools/convert_pretrain_to_d2.py {src} OUT.pkl, then set MODEL.WEIGHTS OUT.pkl"
 
 
-def backbone_keys(names) -> list[str]:
-    """Keys a detector's backbone owns: ``backbone.*`` (trunk and FPN) and a C4 model's ``roi_heads.res5.*``."""
-    return [k for k in names if k.startswith(("backbone.", "roi_heads.res5."))]
+def trunk_keys(names, prefix: str) -> list[str]:
+    """ResNet trunk keys of a detector: ``<prefix>stem|res2..res5.*`` and a C4 model's ``roi_heads.res5.*``."""
+    return [k for k in names if (k.startswith(prefix) and _TRUNK.match(k[len(prefix):]))
+            or k.startswith("roi_heads.res5.")]
+
+
+def is_full_detector(state) -> bool:
+    """A fine-tuned / resumable detector checkpoint (has heads), as opposed to pretrained backbone weights."""
+    return any(k.startswith(("proposal_generator.", "roi_heads.")) and not k.startswith("roi_heads.res5.")
+               for k in state)
+
+
+def _us3l_kind(obj) -> str | None:
+    """Which US3L training-side format ``obj`` is (those must go through the converter), else ``None``."""
+    if not isinstance(obj, dict):
+        return None
+    if obj.get("format") in (BACKBONE_FORMAT, PRETRAIN_FORMAT):
+        return obj["format"]
+    inner = obj.get("state_dict")
+    if isinstance(inner, dict) and any(str(k).startswith("module.encoder_q.") for k in inner):
+        return "reference-code"
+    return None
 
 
 class US3LCheckpointer(DetectionCheckpointer):
@@ -57,12 +77,10 @@ class US3LCheckpointer(DetectionCheckpointer):
                 f"cannot read {filename}: {type(e).__name__}: {e}. Detectron2's own checkpoints hold "
                 "non-tensor state: the project's entry points set TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 for them; a "
                 f"US3L pre-training checkpoint must be converted: {_CONVERT_HINT.format(src=filename)}") from e
-        fmt = loaded.get("format") if isinstance(loaded, dict) else None
-        inner = loaded.get("state_dict") if isinstance(loaded, dict) else None
-        if fmt in (BACKBONE_FORMAT, PRETRAIN_FORMAT) or (
-                isinstance(inner, dict) and any(k.startswith("module.encoder_q.") for k in inner)):
-            raise CheckpointError(f"{filename} is a US3L {fmt or 'reference-code'} checkpoint, not Detectron2 "
-                                  f"weights; {_CONVERT_HINT.format(src=filename)}")
+        kind = _us3l_kind(loaded) or _us3l_kind(loaded.get("model"))  # Detectron2 wraps foreign dicts in "model"
+        if kind:
+            raise CheckpointError(f"{filename} is a US3L {kind} checkpoint, not Detectron2 weights; "
+                                  f"{_CONVERT_HINT.format(src=filename)}")
         return loaded
 
     # -- loading -------------------------------------------------------------------------------------------
@@ -85,13 +103,20 @@ class US3LCheckpointer(DetectionCheckpointer):
 
     def _report(self, report: LoadReport, what: str) -> None:
         self.last_report = report
-        logger.info("US3L backbone load report (%s): %s", what, report.summary())
+        logger.info("load report (%s): %s", what, report.summary())
         report.raise_if_bad(f"loading {what}")
 
     def _check_exact(self, state, model_state) -> None:
-        """A checkpoint that is not a US3L .pkl (fine-tuned model, resume) must fit the backbone exactly."""
+        """Any other checkpoint must fit exactly: every key of a full detector checkpoint (eval-only, resume,
+        fine-tuned weights), or every trunk key of backbone-only weights (heads then start from scratch)."""
+        if is_full_detector(state):
+            scope = [k for k in model_state if k not in ("pixel_mean", "pixel_std")]
+            what = "a Detectron2 detector checkpoint"
+        else:
+            scope = trunk_keys(model_state, self._trunk_prefix(model_state))
+            what = "Detectron2 backbone weights"
         report = LoadReport()
-        for k in backbone_keys(model_state):
+        for k in scope:
             if k not in state:
                 if not k.endswith("num_batches_tracked"):
                     report.missing.append(k)
@@ -100,8 +125,10 @@ class US3LCheckpointer(DetectionCheckpointer):
                                          f"{tuple(model_state[k].shape)} (saved at another width?)")
             else:
                 report.loaded.append(k)
-        report.unexpected = [k for k in backbone_keys(state) if k not in model_state]
-        self._report(report, "a Detectron2 checkpoint")
+        report.unexpected = [k for k in state if k not in model_state and (
+            k.startswith(("backbone.", "roi_heads.res5.")) or is_full_detector(state))
+            and "anchor_generator.cell_anchors" not in k]
+        self._report(report, what)
 
     def _place_us3l_backbone(self, state, meta, model_state) -> dict[str, torch.Tensor]:
         trunk = find_us3l_resnet(self.model)
@@ -126,9 +153,7 @@ class US3LCheckpointer(DetectionCheckpointer):
         res5 = next((p for p in (prefix, "roi_heads.") if f"{p}res5.0.conv1.weight" in model_state), None)
         if res5 is None:  # e.g. OUT_FEATURES stop at res4 and the heads have no res5
             tensors = {k: v for k, v in tensors.items() if not k.startswith("res5.")}
-        target = {k: model_state[k] for k in model_state
-                  if (k.startswith(prefix) and _TRUNK.match(k[len(prefix):]))
-                  or (res5 and k.startswith(f"{res5}res5."))}
+        target = {k: model_state[k] for k in trunk_keys(model_state, prefix)}
 
         if any(k.endswith("running_mean") for k in target):
             tensors = select_width_stats(tensors, width, self.bn_stats)

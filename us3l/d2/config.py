@@ -24,6 +24,17 @@ def add_us3l_config(cfg: CN) -> CN:
     return cfg
 
 
+def load_config(config_file: str, opts=()) -> CN:
+    """Detectron2 defaults + ``MODEL.US3L`` + a YAML file (``_BASE_`` inherited) + ``KEY VALUE`` overrides."""
+    from detectron2.config import get_cfg
+
+    cfg = get_cfg()
+    add_us3l_config(cfg)
+    cfg.merge_from_file(config_file)
+    cfg.merge_from_list(list(opts))
+    return cfg
+
+
 def us3l_width(cfg: CN) -> float:
     """The configured width, validated against ``MODEL.US3L.WIDTH_RANGE`` (canonical, 3 decimals)."""
     if "US3L" not in cfg.MODEL:

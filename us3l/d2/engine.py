@@ -11,17 +11,12 @@ import os
 import weakref
 from collections import OrderedDict
 
-# Detectron2's own checkpoints (optimizer, scheduler, iteration) are not weights-only loadable under
-# torch >= 2.6; they are files this program wrote itself.
-os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
 
-from detectron2.config import get_cfg  # noqa: E402
-from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch  # noqa: E402
-
-from .checkpoint import US3LCheckpointer  # noqa: E402
-from .config import add_us3l_config, us3l_width  # noqa: E402
-from .datasets import check_datasets, register_coco_json, register_us3l_datasets  # noqa: E402
-from .evaluation import build_coco_evaluator, key_by_width, save_width_metrics  # noqa: E402
+from .checkpoint import US3LCheckpointer
+from .config import load_config, us3l_width
+from .datasets import check_datasets, register_coco_json, register_us3l_datasets
+from .evaluation import build_coco_evaluator, key_by_width, save_width_metrics
 
 
 def _describe_missing_extension() -> None:
@@ -72,10 +67,7 @@ def argument_parser():
 
 
 def setup(args):
-    cfg = get_cfg()
-    add_us3l_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = load_config(args.config_file, args.opts)
     cfg.freeze()
     us3l_width(cfg)  # a bad width fails here, before any data is read
     _describe_missing_extension()
@@ -106,6 +98,9 @@ def main(args):
 
 def run(argv=None):
     """Command-line entry: parse, then ``launch`` ``main`` on every process."""
+    # torch >= 2.6 loads weights-only by default; some Detectron2 checkpoints (model zoo, numpy scalars in
+    # trainer state) are not weights-only loadable. Set for this program only, never on library import.
+    os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
     args = argument_parser().parse_args(argv)
     print("Command Line Args:", args)
     return launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,

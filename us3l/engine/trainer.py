@@ -139,7 +139,7 @@ class Pretrainer:
 
         per_width_step = cfg.sampling.step_mode == "per_width"
         method.train()
-        step_times, passes, images = [], 0, 0
+        step_times, passes, images, opt_steps = [], 0, 0, 0
         last_losses: dict[str, float] = {}
         stopped = None
         it = start
@@ -177,6 +177,7 @@ class Pretrainer:
                     du.all_reduce_grads(params)
                     scaler.step(opt)
                     scaler.update()
+                    opt_steps += 1
                 score = monitor.update(w, info["std"], info["dim"], it)
                 scalars[f"loss/{names[k]}"] = float(loss.detach())
                 scalars[f"collapse/{names[k]}"] = score
@@ -186,6 +187,7 @@ class Pretrainer:
                 du.all_reduce_grads(params)
                 scaler.step(opt)
                 scaler.update()
+                opt_steps += 1
             set_width(online, 1.0)
             if "momentum" in ctx:
                 scalars["ema_momentum"] = ctx["momentum"]
@@ -219,13 +221,14 @@ class Pretrainer:
         writer.close()
         summary = {"method": cfg.method.name, "iterations_done": it, "total_iterations": total, "stopped": stopped,
                    "wall_s": wall, "step_time_s": sum(step_times), "steps_timed": len(step_times),
-                   "forward_backward_passes": passes, "images_per_s": images / max(sum(step_times), 1e-9),
+                   "forward_backward_passes": passes, "optimizer_steps": opt_steps, "images_per_s": images / max(sum(step_times), 1e-9),
                    "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
                    "peak_cuda_mb": (torch.cuda.max_memory_allocated() / 2 ** 20) if device.type == "cuda" else None,
                    "last": last_losses, "step_times": step_times}
-        if main:
-            with open(os.path.join(self.output_dir, "summary.json"), "w") as f:
-                json.dump(summary, f, indent=1)
+        summary["param_checksum"] = float(sum(p.detach().double().sum() for p in online.parameters()))
+        name = "summary.json" if main else f"summary_rank{du.rank()}.json"
+        with open(os.path.join(self.output_dir, name), "w") as f:
+            json.dump(summary, f, indent=1)
         du.barrier()
         return summary
 

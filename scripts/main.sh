@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The main job on CPU: US3L pre-training -> BN calibration -> conversion -> Mask R-CNN at widths
+# 1.0/0.75/0.5/0.25 -> COCO evaluation -> results/main/results.{md,csv,json} + ap_vs_gflops.png.
+#   bash scripts/main.sh                 # Detectron2 (default)
+#   bash scripts/main.sh --mmdet         # MMDetection
+#   bash scripts/main.sh --help          # every option (widths, budgets, output folder, ...)
+# The first call installs the pinned environment (scripts/bootstrap.sh, cached outside the repository).
+set -euo pipefail
+_here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck disable=SC1091
+source "$_here/bootstrap.sh"
+cd "$_here/.."
+exec python tools/run_main.py "$@"
