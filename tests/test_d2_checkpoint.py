@@ -28,6 +28,7 @@ CALIBRATED = (0.35, 0.5)
 
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 from convert_pretrain_to_d2 import convert  # noqa: E402
+from convert_pretrain_to_d2 import main as converter_main  # noqa: E402
 
 
 def _pretrained(model):
@@ -184,7 +185,7 @@ def test_stride_in_1x1_is_rejected(r50):
         US3LCheckpointer(model, cfg=cfg).load(r50["pkl"])
 
 
-def test_pth_where_pkl_is_expected(r50, tmp_path):
+def test_pth_where_pkl_is_expected(r50, tmp_path, capsys):
     cfg, model = detector(FPN_CPU, 0.5)
     with pytest.raises(CheckpointError, match="convert_pretrain_to_d2"):  # our .pth as MODEL.WEIGHTS
         US3LCheckpointer(model, cfg=cfg).load(r50["pth"])
@@ -196,9 +197,8 @@ def test_pth_where_pkl_is_expected(r50, tmp_path):
     renamed.write_bytes(open(r50["pth"], "rb").read())
     with pytest.raises(CheckpointError, match="torch checkpoint"):  # a torch file named .pkl
         US3LCheckpointer(model, cfg=cfg).load(str(renamed))
-    out = subprocess.run([sys.executable, CONVERTER, r50["pth"], str(tmp_path / "out.pth")], capture_output=True,
-                         text=True, cwd=ROOT)
-    assert out.returncode == 2 and "must end in .pkl" in out.stderr
+    assert converter_main([r50["pth"], str(tmp_path / "out.pth")]) == 2
+    assert "must end in .pkl" in capsys.readouterr().err
     assert not (tmp_path / "out.pth").exists()
 
 

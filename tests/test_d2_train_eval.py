@@ -123,3 +123,11 @@ def test_coco_json_by_path_and_coco_hint(tiny_coco):
     if not os.path.isfile(coco_json):
         with pytest.raises(DatasetFilesError, match="DETECTRON2_DATASETS"):
             check_datasets(["coco_2017_val"])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only message")
+def test_multi_process_launch_without_gpus_is_a_clear_error():
+    from us3l.d2.engine import run
+
+    with pytest.raises(SystemExit, match="need CUDA GPUs"):
+        run(["--num-gpus", "2", "--config-file", CONFIG])

@@ -8,7 +8,8 @@ pytest.importorskip("mmdet")
 pytest.importorskip("mmcv.ops")
 
 from ckpt_helpers import ROOT  # noqa: E402
-from us3l.mmdet.runner import test_main, train_main  # noqa: E402
+from us3l.mmdet.runner import test_main as run_test  # noqa: E402  (not collected as a test)
+from us3l.mmdet.runner import train_main as run_train  # noqa: E402
 
 DET = os.path.join(ROOT, "projects", "detection", "mmdet_configs")
 SEG = os.path.join(ROOT, "projects", "segmentation", "mmdet_configs")
@@ -27,7 +28,7 @@ def datasets_env(tiny_coco, monkeypatch):
 
 
 def _run(config, work_dir, width, extra=("model.backbone.init_cfg=None",)):
-    return train_main([config, "--work-dir", str(work_dir), "--width", str(width), "--cfg-options", *TINY, *extra])
+    return run_train([config, "--work-dir", str(work_dir), "--width", str(width), "--cfg-options", *TINY, *extra])
 
 
 def test_configs_parse_and_tiny_classes_are_the_embedded_datasets():
@@ -63,8 +64,13 @@ def test_faster_rcnn_fpn_train_and_test_at_a_width(datasets_env, tmp_path):
     records = json.loads((tmp_path / "metrics_w0.25.json").read_text())
     assert records[-1]["mode"] == "val" and "w0.25/bbox_mAP" in records[-1]["metrics"]
     assert 0.0 <= records[-1]["metrics"]["w0.25/bbox_mAP"] <= 1.0
-    metrics = test_main([cfg, str(tmp_path / "epoch_1.pth"), "--work-dir", str(tmp_path), "--width", "0.25"])
+    metrics = run_test([cfg, str(tmp_path / "epoch_1.pth"), "--work-dir", str(tmp_path), "--width", "0.25"])
     assert metrics["w0.25/bbox_mAP"] == pytest.approx(records[-1]["metrics"]["w0.25/bbox_mAP"])
+    # a fine-tuned mmengine checkpoint converts to Detectron2 as a whole detector
+    conv = load_tool("convert_mmdet_to_d2").convert(str(tmp_path / "epoch_1.pth"), str(tmp_path / "d2.pkl"),
+                                                     verbose=False)
+    assert conv.layout == "fpn" and not conv.skipped
+    assert len(conv.renamed) == len(runner.model.state_dict())
 
 
 def test_mask_rcnn_c4_train_reports_box_and_mask_ap(datasets_env, tmp_path):

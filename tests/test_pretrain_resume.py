@@ -70,3 +70,25 @@ def test_accumulate_mode_steps_once_per_iteration(tiny_cls, tmp_path):
                                              "sampling.dynamic=false", "method.name=simsiam_inplace",
                                              "train.checkpoint_every=0")), str(tmp_path / "acc"))
     assert s["optimizer_steps"] == 3 and s["forward_backward_passes"] == 9
+
+
+def test_sigterm_saves_and_stops(tiny_cls, tmp_path):
+    """A preempted run (SIGTERM) finishes its iteration, writes last.pth and exits with status 3."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "sig"
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    cmd = [sys.executable, os.path.join(ROOT, "tools", "pretrain.py"), "--config", TINY, "--output-dir", str(out),
+           *overrides(tiny_cls["root"], "train.iterations=200", "train.log_every=1", "train.checkpoint_every=0")]
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not ((out / "log.txt").exists() and "it 1/200" in (out / "log.txt").read_text()):
+        time.sleep(0.2)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 3, err[-2000:]
+    ck = torch.load(str(out / "last.pth"), map_location="cpu", weights_only=True)
+    assert 1 <= ck["progress"]["iteration"] < 200 and not (out / "final.pth").exists()

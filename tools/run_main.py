@@ -120,8 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=96, help="embedded dataset: image side")
     p.add_argument("--arch", choices=sorted(DEPTHS), default="resnet18", help="slimmable backbone")
     p.add_argument("--pretrain-config", default="configs/us3l_tiny_cpu.yaml")
-    p.add_argument("--pretrain-iters", type=int, default=60, help="pre-training iterations")
-    p.add_argument("--pretrain-batch", type=int, default=32, help="pre-training batch size")
+    p.add_argument("--pretrain-iters", type=int, default=50, help="pre-training iterations")
+    p.add_argument("--pretrain-batch", type=int, default=16, help="pre-training batch size")
     p.add_argument("--pretrain-size", type=int, default=64, help="pre-training / calibration crop size")
     p.add_argument("--pretrain-opts", nargs="*", default=[], help="extra key=value overrides for tools/pretrain.py")
     p.add_argument("--pretrained", default=None,

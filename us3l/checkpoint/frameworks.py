@@ -64,8 +64,8 @@ def _load_trusted(path: str):
 def _as_tensor(name: str, value) -> torch.Tensor:
     if isinstance(value, torch.Tensor):
         return value
-    if isinstance(value, np.ndarray):
-        return torch.from_numpy(np.ascontiguousarray(value))
+    if isinstance(value, np.ndarray):  # (np.ascontiguousarray would turn a 0-d counter into shape (1,))
+        return torch.from_numpy(value if value.flags.c_contiguous else value.copy(order="C"))
     if isinstance(value, (np.generic, int, float)):
         return torch.as_tensor(np.asarray(value))
     raise CheckpointError(f"entry {name!r} of the model is a {type(value).__name__}, not a tensor")

@@ -11,6 +11,7 @@ import os
 import weakref
 from collections import OrderedDict
 
+import torch
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
 
 from .checkpoint import US3LCheckpointer
@@ -98,11 +99,14 @@ def main(args):
 
 def run(argv=None):
     """Command-line entry: parse, then ``launch`` ``main`` on every process."""
+    args = argument_parser().parse_args(argv)
+    print("Command Line Args:", args)
+    if args.num_gpus * args.num_machines > 1 and not torch.cuda.is_available():
+        raise SystemExit("--num-gpus/--num-machines > 1 need CUDA GPUs: Detectron2's launch starts one NCCL process "
+                         "per GPU. On CPU run one process (--num-gpus 1) with a *_cpu.yaml or *_tiny.yaml config")
     # torch >= 2.6 loads weights-only by default; some Detectron2 checkpoints (model zoo, numpy scalars in
     # trainer state) are not weights-only loadable. Set for this program only, never on library import.
     os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
-    args = argument_parser().parse_args(argv)
-    print("Command Line Args:", args)
     return launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
                   dist_url=args.dist_url, args=(args,))
 
