@@ -14,6 +14,21 @@ itself with the very command printed here):
 Finished stages are recorded in OUTPUT/stages.json with their command; a rerun skips a stage whose command
 is unchanged and whose outputs exist, until the first stage that must run again: from there on every stage
 reruns (--force reruns everything). Logs of every stage are in OUTPUT/logs/.
+
+The same tools on real data and GPUs (ResNet-50, ImageNet pre-training, COCO fine-tuning):
+
+  torchrun --nproc_per_node 8 tools/pretrain.py --config configs/us3l_imagenet_r50.yaml --output-dir runs/r50 \
+      data.root=/data/imagenet
+  python tools/calibrate_bn.py runs/r50/final.pth runs/r50/calibrated.pth --widths 1.0 0.75 0.5 0.25 \
+      --data-root /data/imagenet --num-batches 50
+  python tools/convert_pretrain_to_d2.py runs/r50/calibrated.pth runs/r50/us3l_r50.pkl
+  for w in 1.00 0.75 0.50 0.25; do
+    python projects/segmentation/train_net.py --num-gpus 8 \
+        --config-file projects/segmentation/configs/mask_rcnn_US-R50_FPN_1x.yaml \
+        OUTPUT_DIR runs/mask_w$w MODEL.WEIGHTS runs/r50/us3l_r50.pkl MODEL.US3L.WIDTH_MULT $w
+  done
+  python tools/eval_widths.py 'runs/mask_w{width}' --widths 1.0 0.75 0.5 0.25 --num-gpus 8 \
+      --config projects/segmentation/configs/mask_rcnn_US-R50_FPN_1x.yaml --output-dir runs/table
 """
 from __future__ import annotations
 

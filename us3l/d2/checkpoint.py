@@ -20,6 +20,7 @@ from detectron2.modeling.backbone.resnet import BottleneckBlock
 
 from ..checkpoint import (BACKBONE_FORMAT, PRETRAIN_FORMAT, CheckpointError, LoadReport, select_width_stats,
                           slice_to_shapes)
+from ..ops import DEFAULT_WIDTH_RANGE
 from .backbone import find_us3l_resnet
 from .config import bn_stats_policy
 from .pkl_format import META_KEY, read_pkl
@@ -136,10 +137,12 @@ class US3LCheckpointer(DetectionCheckpointer):
             raise CheckpointError("this is a US3L backbone .pkl but the model has no US3L backbone: set "
                                   "MODEL.BACKBONE.NAME to build_us3l_resnet_fpn_backbone or build_us3l_resnet_backbone")
         width, arch = trunk.us3l_width, f"resnet{trunk.us3l_depth}"
+        if not isinstance(meta, dict) or "arch" not in meta:
+            raise CheckpointError(f"the {META_KEY} metadata of this .pkl has no 'arch' entry: {meta!r}")
         if meta.get("arch") != arch:
             raise CheckpointError(f"the checkpoint is a {meta.get('arch')} backbone but the model is {arch} "
                                   f"(MODEL.RESNETS.DEPTH={trunk.us3l_depth}); use a checkpoint of the same depth")
-        lo, hi = (float(v) for v in meta["width_range"])
+        lo, hi = (float(v) for v in meta.get("width_range", DEFAULT_WIDTH_RANGE))  # as load_backbone assumes
         if not lo - 1e-9 <= width <= hi + 1e-9:
             raise CheckpointError(f"MODEL.US3L.WIDTH_MULT={width} is outside the width range [{lo}, {hi}] this "
                                   "backbone was pre-trained for")
