@@ -16,7 +16,10 @@ SEG = os.path.join(ROOT, "projects", "segmentation", "mmdet_configs")
 # one epoch of 2 iterations (4 images, batch 2), then CocoMetric on the 8 validation images
 TINY = ["train_cfg.max_epochs=1", "train_cfg.val_interval=1", "train_dataloader.batch_size=2",
         "train_dataloader.dataset.indices=4", "default_hooks.checkpoint.interval=1",
-        "default_hooks.logger.interval=1", "randomness.seed=0"]
+        "default_hooks.logger.interval=1", "randomness.seed=0",
+        # few RoIs: a C4 head runs res5 on every one of them (2 CPU cores)
+        "model.train_cfg.rpn_proposal.max_per_img=100", "model.train_cfg.rcnn.sampler.num=64",
+        "model.test_cfg.rpn.nms_pre=200", "model.test_cfg.rpn.max_per_img=50"]
 
 
 @pytest.fixture
@@ -64,7 +67,8 @@ def test_faster_rcnn_fpn_train_and_test_at_a_width(datasets_env, tmp_path):
     records = json.loads((tmp_path / "metrics_w0.25.json").read_text())
     assert records[-1]["mode"] == "val" and "w0.25/bbox_mAP" in records[-1]["metrics"]
     assert 0.0 <= records[-1]["metrics"]["w0.25/bbox_mAP"] <= 1.0
-    metrics = run_test([cfg, str(tmp_path / "epoch_1.pth"), "--work-dir", str(tmp_path), "--width", "0.25"])
+    metrics = run_test([cfg, str(tmp_path / "epoch_1.pth"), "--work-dir", str(tmp_path), "--width", "0.25",
+                        "--cfg-options", *[o for o in TINY if o.startswith("model.test_cfg")]])
     assert metrics["w0.25/bbox_mAP"] == pytest.approx(records[-1]["metrics"]["w0.25/bbox_mAP"])
     # a fine-tuned mmengine checkpoint converts to Detectron2 as a whole detector
     conv = load_tool("convert_mmdet_to_d2").convert(str(tmp_path / "epoch_1.pth"), str(tmp_path / "d2.pkl"),

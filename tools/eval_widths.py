@@ -149,6 +149,7 @@ def run_logged(cmd: list, log_path: str, env: dict) -> None:
             sys.stdout.buffer.write(chunk)
             sys.stdout.flush()
             log.write(chunk)
+            log.flush()
         if proc.wait() != 0:
             raise SystemExit(f"[eval_widths] evaluation failed (exit {proc.returncode}); log: {log_path}")
 

@@ -60,6 +60,16 @@ FRAMEWORKS = {
 DEPTHS = {"resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101}
 
 
+def _children_cpu_seconds() -> float:
+    """CPU time (user + system) of finished child processes: a load-independent measure of a stage's cost."""
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return float("nan")
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def width_tag(w: float) -> str:
     """Folder / metric prefix of a width: ``w0.50``."""
     return f"w{w:.2f}"
@@ -76,7 +86,7 @@ class Pipeline:
         if os.path.exists(self.record_path) and not force:
             with open(self.record_path) as f:
                 self.record = json.load(f)
-        self.timings = {}
+        self.timings, self.cpu = {}, {}
         self.ran_any = False  # once a stage reruns, every later stage reruns too (its inputs changed)
         os.makedirs(os.path.join(out_dir, "logs"), exist_ok=True)
 
@@ -90,13 +100,14 @@ class Pipeline:
         if not self.ran_any and rec and rec.get("cmd") == cmd and all(os.path.exists(o) for o in outputs):
             self._say(f"{index} {name}: done earlier, skipped (outputs exist; --force reruns)")
             self.timings[name] = rec.get("seconds")
+            self.cpu[name] = rec.get("cpu_seconds")
             return
         self.ran_any = True
         log_path = os.path.join(self.out_dir, "logs", f"{name}.log")
         self._say(f"{index} {name}: {shlex.join(cmd)}")
         if self.dry_run:
             return
-        start = time.time()
+        start, cpu0 = time.time(), _children_cpu_seconds()
         with open(log_path, "wb") as log:
             log.write((shlex.join(cmd) + "\n").encode())
             proc = subprocess.Popen(cmd, cwd=REPO, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -107,8 +118,9 @@ class Pipeline:
                 sys.stdout.buffer.write(chunk)
                 sys.stdout.flush()
                 log.write(chunk)
+                log.flush()
             rc = proc.wait()
-        seconds = round(time.time() - start, 1)
+        seconds, cpu = round(time.time() - start, 1), round(_children_cpu_seconds() - cpu0, 1)
         if rc != 0:
             raise SystemExit(f"[us3l-main] stage {name!r} failed (exit {rc}); log: {log_path}\n"
                              f"rerun it alone with: {shlex.join(cmd)}")
@@ -116,11 +128,12 @@ class Pipeline:
         if missing:
             raise SystemExit(f"[us3l-main] stage {name!r} finished but did not write {missing}; log: {log_path}")
         self.timings[name] = seconds
-        self.record[name] = {"cmd": cmd, "outputs": outputs, "seconds": seconds}
+        self.cpu[name] = cpu
+        self.record[name] = {"cmd": cmd, "outputs": outputs, "seconds": seconds, "cpu_seconds": cpu}
         with open(self.record_path + ".tmp", "w") as f:
             json.dump(self.record, f, indent=2)
         os.replace(self.record_path + ".tmp", self.record_path)
-        self._say(f"{index} {name}: finished in {seconds:.0f}s")
+        self._say(f"{index} {name}: finished in {seconds:.0f}s ({cpu:.0f}s CPU)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -255,7 +268,8 @@ def main(argv=None) -> dict:
         return {}
     with open(os.path.join(out, "results.json")) as f:
         results = json.load(f)
-    results["meta"].update(stage_seconds=pipe.timings, total_seconds=round(time.time() - pipe.t0, 1),
+    results["meta"].update(stage_seconds=pipe.timings, stage_cpu_seconds=pipe.cpu,
+                           total_seconds=round(time.time() - pipe.t0, 1),
                            command=[os.path.basename(sys.argv[0])] + list(argv if argv is not None else sys.argv[1:]))
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump(results, f, indent=2)
