@@ -122,3 +122,9 @@ def test_every_config_builds_at_a_width():
 def test_import_us3l_does_not_import_detectron2():
     code = "import sys, us3l, us3l.checkpoint, us3l.models; assert 'detectron2' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_width_tags_name_metrics_without_collisions():
+    from us3l.d2 import width_tag
+
+    assert [width_tag(w) for w in (1.0, 0.5, 0.35, 0.375, 0.25)] == ["w1.00", "w0.50", "w0.35", "w0.375", "w0.25"]
