@@ -50,7 +50,10 @@ if zoo.is_dir() and not pathlib.Path("configs").exists():
 t = pathlib.Path("detectron2/data/transforms/transform.py")
 t.write_text(t.read_text().replace("Image.LINEAR", "Image.BILINEAR"))
 pathlib.Path("detectron2/_C.py").write_text(
-    '"""Stand-in for the C++ extension, which this build does not ship (no deformable/rotated ops)."""\n')
+    '"""Stand-in for the C++ extension, which this build does not ship (no deformable/rotated ops)."""\n\n\n'
+    'def get_compiler_version():\n    return "none (built without C++ ops)"\n\n\n'
+    'def get_cuda_version():\n    return "none"\n\n\n'
+    'def has_cuda():\n    return False\n')
 PY
     pip wheel --no-deps --no-build-isolation -w "$_WHEELS" . >/dev/null )
   rm -rf "$work"
@@ -83,12 +86,12 @@ if [ ! -f "$US3L_VENV/.complete" ]; then
   pip install -q --upgrade pip "setuptools<81" wheel ninja
   pip install -q torch==2.14.1 torchvision==0.29.1
   pip install -q -r "$_US3L_ROOT/requirements.txt"
-  ls "$_WHEELS"/detectron2-"$D2_VERSION"*.whl >/dev/null 2>&1 || _build_detectron2_wheel
+  ls "$_WHEELS"/pb1_detectron2-"$D2_VERSION"-*.whl >/dev/null 2>&1 || _build_detectron2_wheel
   ls "$_WHEELS"/mmcv-"$MMCV_VERSION"*.whl >/dev/null 2>&1 || _build_mmcv_wheel
-  pip install -q --no-deps "$_WHEELS"/detectron2-"$D2_VERSION"*.whl "$_WHEELS"/mmcv-"$MMCV_VERSION"*.whl
+  pip install -q --no-deps "$_WHEELS"/pb1_detectron2-"$D2_VERSION"-*.whl "$_WHEELS"/mmcv-"$MMCV_VERSION"*.whl
   # detectron2's runtime deps (its wheel is installed --no-deps to keep torch pinned)
   pip install -q "iopath<0.1.10,>=0.1.7" "omegaconf>=2.1" "hydra-core>=1.1" yacs tabulate cloudpickle termcolor \
-    black "addict" "rich" "opencv-python-headless" "terminaltables" "shapely" "scipy"
+    black "addict" "rich" "opencv-python-headless" "terminaltables" "shapely" "scipy" packaging yapf future pydot
   touch "$US3L_VENV/.complete"
   _log "venv ready"
 else
