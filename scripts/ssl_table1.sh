@@ -19,7 +19,7 @@ PARALLEL="${PARALLEL:-3}"
 THREADS="${THREADS:-1}"
 CIFAR_STEM="${STEM:-false}"   # CIFAR stem at 32 px costs ~7x more on CPU; the ImageNet stem keeps this in minutes
 METHODS="${METHODS:-simsiam_naive simsiam_inplace us3l}"
-export US3L_DATASETS="${US3L_DATASETS:-$OUT/data}"
+export US3L_DATASETS="${US3L_DATASETS:-${TMPDIR:-/tmp}/us3l_datasets}"  # generated images stay out of the results
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 mkdir -p "$OUT"
 COMMON=(model.arch=resnet18 model.cifar_stem=$CIFAR_STEM

@@ -32,7 +32,7 @@ def main(argv=None) -> int:
     try:
         cfg = load_config(args.config, args.overrides)
         summary = pretrain(cfg, args.output_dir, args.resume)
-    except (ConfigError, CheckpointError, FileNotFoundError) as e:
+    except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     finally:

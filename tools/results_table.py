@@ -86,6 +86,7 @@ def plot_ap_vs_gflops(rows: List[Dict], path: str, title: str = "") -> Optional[
     ax.set_xlabel("backbone GFLOPs")
     ax.set_ylabel("COCO AP")
     ax.set_title(title or "AP vs backbone GFLOPs (one slimmable backbone)")
+    ax.margins(x=0.08, y=0.15)
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:

@@ -148,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=96, help="embedded dataset: image side")
     p.add_argument("--arch", choices=sorted(DEPTHS), default="resnet18", help="slimmable backbone")
     p.add_argument("--pretrain-config", default="configs/us3l_tiny_cpu.yaml")
-    p.add_argument("--pretrain-iters", type=int, default=50, help="pre-training iterations")
+    p.add_argument("--pretrain-iters", type=int, default=30, help="pre-training iterations")
     p.add_argument("--pretrain-batch", type=int, default=16, help="pre-training batch size")
     p.add_argument("--pretrain-size", type=int, default=64, help="pre-training / calibration crop size")
     p.add_argument("--pretrain-opts", nargs="*", default=[], help="extra key=value overrides for tools/pretrain.py")
@@ -157,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib-batches", type=int, default=4, help="BN calibration batches per width")
     p.add_argument("--calib-batch-size", type=int, default=64)
     p.add_argument("--detector-config", default=None, help="detector config (default: the tiny Mask R-CNN)")
-    p.add_argument("--finetune-iters", type=int, default=100, help="Detectron2: fine-tuning iterations per width")
+    p.add_argument("--finetune-iters", type=int, default=80, help="Detectron2: fine-tuning iterations per width")
     p.add_argument("--finetune-epochs", type=int, default=1, help="MMDetection: fine-tuning epochs per width")
     p.add_argument("--finetune-opts", nargs="*", default=[],
                    help="extra fine-tuning overrides (Detectron2 KEY VALUE pairs / MMDetection key=value)")
