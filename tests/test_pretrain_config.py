@@ -92,3 +92,11 @@ def test_wrong_resume_and_existing_run_overwrite_nothing(tiny_cls, tmp_path):
     # checkpoints hold only tensors and plain values
     ck = torch.load(str(last), map_location="cpu", weights_only=True)
     assert ck["format"] == "us3l.pretrain/1" and ck["progress"]["iteration"] == 1
+
+
+def test_every_shipped_config_loads():
+    import glob
+    paths = sorted(glob.glob(os.path.join(ROOT, "configs", "*.yaml")))
+    assert len(paths) >= 4
+    for p in paths:
+        load_config(p)

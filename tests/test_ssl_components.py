@@ -113,3 +113,18 @@ def test_collapse_metric():
     z = torch.randn(256, 64)
     assert normalized_std(z) * math.sqrt(64) == pytest.approx(1.0, abs=0.1)
     assert normalized_std(torch.ones(256, 64) + 1e-6 * torch.randn(256, 64)) < 1e-3
+
+
+def test_collapse_monitor_warns_once(caplog):
+    import logging
+
+    from us3l.engine.logging import CollapseMonitor
+
+    log = logging.getLogger("test.collapse")
+    mon = CollapseMonitor(0.1, log)
+    with caplog.at_level(logging.WARNING, logger="test.collapse"):
+        assert mon.update(0.25, 0.5 / math.sqrt(64), 64, 1) == pytest.approx(0.5)
+        assert not caplog.records
+        mon.update(0.25, 0.01 / math.sqrt(64), 64, 2)
+        mon.update(0.25, 0.01 / math.sqrt(64), 64, 3)
+    assert len(caplog.records) == 1 and "COLLAPSE WARNING" in caplog.text and "0.250" in caplog.text

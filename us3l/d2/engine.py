@@ -62,6 +62,9 @@ class US3LTrainer(DefaultTrainer):
 
 def argument_parser():
     parser = default_argument_parser()
+    parser.add_argument("--cpu-processes", type=int, default=0, metavar="N",
+                        help="train with N CPU processes (gloo) instead of --num-gpus GPU processes: distributed "
+                             "code paths without GPUs (use a config with plain BN and MODEL.DEVICE cpu)")
     parser.add_argument("--dataset", nargs=3, action="append", default=[], metavar=("NAME", "JSON", "IMAGE_ROOT"),
                         help="register a COCO-format instance set under NAME (repeatable)")
     return parser
@@ -101,12 +104,17 @@ def run(argv=None):
     """Command-line entry: parse, then ``launch`` ``main`` on every process."""
     args = argument_parser().parse_args(argv)
     print("Command Line Args:", args)
-    if args.num_gpus * args.num_machines > 1 and not torch.cuda.is_available():
-        raise SystemExit("--num-gpus/--num-machines > 1 need CUDA GPUs: Detectron2's launch starts one NCCL process "
-                         "per GPU. On CPU run one process (--num-gpus 1) with a *_cpu.yaml or *_tiny.yaml config")
     # torch >= 2.6 loads weights-only by default; some Detectron2 checkpoints (model zoo, numpy scalars in
     # trainer state) are not weights-only loadable. Set for this program only, never on library import.
     os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    if args.cpu_processes:
+        from .cpu_launch import launch_cpu
+
+        return launch_cpu(main, args.cpu_processes, args=(args,))
+    if args.num_gpus * args.num_machines > 1 and not torch.cuda.is_available():
+        raise SystemExit("--num-gpus/--num-machines > 1 need CUDA GPUs: Detectron2's launch starts one NCCL process "
+                         "per GPU. On CPU run one process (--num-gpus 1) with a *_cpu.yaml or *_tiny.yaml config, "
+                         "or --cpu-processes N for N gloo CPU processes")
     return launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
                   dist_url=args.dist_url, args=(args,))
 
