@@ -25,7 +25,9 @@ def make_us_r50(seed: int = 0, widths=CALIBRATED):
             if isinstance(m, nn.BatchNorm2d):
                 m.weight.uniform_(0.5, 1.5)
                 m.bias.uniform_(-0.2, 0.2)
-    data = [torch.randn(2, 3, 32, 32)]  # layer4 sees 1x1 maps: 2 values per channel
+    # 64 px, batch 4: layer4 statistics from 16 values per channel (from 1x1 maps they would be so poor
+    # that a detector's features explode in eval mode)
+    data = [torch.randn(4, 3, 64, 64)]
     for w in (1.0, *widths):
         calibrate_bn(model, data, w)
     return model.eval()

@@ -10,7 +10,8 @@ WEIGHTS is either one file used at every width (a checkpoint the width-aware loa
 backbone), or a template holding ``{width}``, replaced by the width as ``%.2f`` (``runs/w{width}/model_final.pth``
 -> ``runs/w0.50/model_final.pth``): the usual case, one fine-tuned detector per width.
 
-Real COCO on GPUs: ``--config`` a COCO config, ``--num-gpus 8``, and ``--opts DATASETS.TEST "('coco_2017_val',)"``.
+Real COCO on GPUs: ``--config projects/segmentation/configs/mask_rcnn_US-R50_FPN_1x.yaml --num-gpus 8`` (its test
+set is ``coco_2017_val`` under ``$DETECTRON2_DATASETS``); ``--opts`` passes anything else to the test entry point.
 """
 from __future__ import annotations
 
@@ -163,6 +164,7 @@ def main(argv=None) -> dict:
     p.add_argument("--config", default=None, help="detector config (default: the tiny Mask R-CNN of the framework)")
     p.add_argument("--output-dir", required=True)
     p.add_argument("--num-gpus", type=int, default=0, help="0: CPU")
+    p.add_argument("--datasets", default=None, help="sets $US3L_DATASETS (where us3l_shapes is looked up)")
     p.add_argument("--arch", default=None, help="backbone for profiling (default: read from the config)")
     p.add_argument("--profile-size", type=int, default=224, help="input side for GFLOPs and latency")
     p.add_argument("--latency-runs", type=int, default=10, help="timed forward passes per width (0: skip)")
@@ -176,6 +178,8 @@ def main(argv=None) -> dict:
     out = os.path.abspath(args.output_dir)
     os.makedirs(os.path.join(out, "logs"), exist_ok=True)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if args.datasets:
+        env["US3L_DATASETS"] = os.path.abspath(args.datasets)
     env["PYTHONPATH"] = REPO + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     widths = sorted({float(w) for w in args.widths}, reverse=True)
     weights = {w: os.path.abspath(resolve_weights(weights_for(args.weights, w), args.framework)) for w in widths}

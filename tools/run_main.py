@@ -90,6 +90,11 @@ class Pipeline:
         self.ran_any = False  # once a stage reruns, every later stage reruns too (its inputs changed)
         os.makedirs(os.path.join(out_dir, "logs"), exist_ok=True)
 
+    def _save_record(self) -> None:
+        with open(self.record_path + ".tmp", "w") as f:
+            json.dump(self.record, f, indent=2)
+        os.replace(self.record_path + ".tmp", self.record_path)
+
     def _say(self, msg: str) -> None:
         m, s = divmod(int(time.time() - self.t0), 60)
         print(f"[us3l-main {m:02d}:{s:02d}] {msg}", flush=True)
@@ -107,6 +112,8 @@ class Pipeline:
         self._say(f"{index} {name}: {shlex.join(cmd)}")
         if self.dry_run:
             return
+        if self.record.pop(name, None) is not None:  # an interrupted rerun must not pass for the old success
+            self._save_record()
         start, cpu0 = time.time(), _children_cpu_seconds()
         with open(log_path, "wb") as log:
             log.write((shlex.join(cmd) + "\n").encode())
@@ -130,9 +137,7 @@ class Pipeline:
         self.timings[name] = seconds
         self.cpu[name] = cpu
         self.record[name] = {"cmd": cmd, "outputs": outputs, "seconds": seconds, "cpu_seconds": cpu}
-        with open(self.record_path + ".tmp", "w") as f:
-            json.dump(self.record, f, indent=2)
-        os.replace(self.record_path + ".tmp", self.record_path)
+        self._save_record()
         self._say(f"{index} {name}: finished in {seconds:.0f}s ({cpu:.0f}s CPU)")
 
 
