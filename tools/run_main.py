@@ -188,6 +188,8 @@ def finetune_command(fw_name, py, config, weights, out_dir, width, args) -> list
         cmd = [py, "projects/segmentation/train_net.py", "--config-file", config,
                "--num-gpus", max(1, args.num_gpus), "OUTPUT_DIR", out_dir, "MODEL.WEIGHTS", weights,
                "MODEL.US3L.WIDTH_MULT", width, "SEED", args.seed, "SOLVER.MAX_ITER", args.finetune_iters,
+               # the learning-rate drop at 80% of whatever budget was asked for (must precede MAX_ITER)
+               "SOLVER.STEPS", f"({int(0.8 * args.finetune_iters)},)" if args.finetune_iters >= 2 else "()",
                # evaluation is the next stage's job (tools/eval_widths.py): no test set while training
                "DATASETS.TEST", "()", *arch_opts(fw_name, args.arch)]
         if args.num_gpus == 0:

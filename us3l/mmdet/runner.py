@@ -11,6 +11,8 @@ import json
 import os
 import os.path as osp
 
+import torch
+import torch.distributed as dist
 from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
@@ -20,6 +22,26 @@ from .width_config import apply_width, width_tag
 def _allow_runner_checkpoints() -> None:
     """mmengine's own checkpoints (resume, testing) hold more than tensors; torch>=2.6 refuses them by default."""
     os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+
+
+def _cpu_distributed(cfg: Config) -> None:
+    """Multi-process runs on machines without GPUs (e.g. ``torchrun --nproc_per_node 2 ... --launcher pytorch``).
+
+    mmengine's pytorch launcher pins a CUDA device before it creates the process group, and wraps the model
+    in DDP with ``device_ids=[LOCAL_RANK]``; both need a GPU. Here the gloo group is created first (mmengine
+    then keeps it) and DDP gets no ``device_ids``, as a CPU module requires.
+    """
+    if cfg.launcher == "none" or torch.cuda.is_available():
+        return
+    if cfg.launcher != "pytorch":
+        raise SystemExit(f"--launcher {cfg.launcher} without GPUs is not supported; use torchrun and --launcher pytorch")
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")
+    wrapper = dict(cfg.get("model_wrapper_cfg") or {})
+    wrapper.setdefault("type", "MMDistributedDataParallel")
+    wrapper.setdefault("broadcast_buffers", False)
+    wrapper["device_ids"] = None
+    cfg.model_wrapper_cfg = wrapper
 
 
 def _common_args(p: argparse.ArgumentParser) -> None:
@@ -37,6 +59,7 @@ def build_cfg(args) -> Config:
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
     cfg.launcher = args.launcher
+    _cpu_distributed(cfg)
     if "LOCAL_RANK" not in os.environ:
         os.environ["LOCAL_RANK"] = str(args.local_rank)
     width = apply_width(cfg, args.width)
