@@ -1,4 +1,5 @@
 """Channel rounding shared by every slimmable layer, so that adjacent layers agree on active channels."""
+import functools
 
 
 def make_divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:
@@ -11,6 +12,7 @@ def make_divisible(value: float, divisor: int = 8, min_value: int | None = None)
     return rounded
 
 
+@functools.lru_cache(maxsize=8192)  # pure, and called by every layer on every forward
 def active_channels(full: int, width: float, divisor: int = 8) -> int:
     """Channels a layer with ``full`` channels uses at ``width``; exactly ``full`` at width 1.0."""
     if width >= 1.0:

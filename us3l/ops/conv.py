@@ -26,6 +26,7 @@ class USConv2d(SlimmableMixin, nn.Conv2d):
             raise ValueError("grouped slimmable convs are supported only as depthwise convs")
         self.slice_in, self.slice_out, self.depthwise = slice_in, slice_out, depthwise
         self._init_width(width_range)
+        self._inference_slice = None  # (key, contiguous weight slice) reused while weights do not change
 
     def active_in_out(self) -> tuple[int, int]:
         w = self.width_mult
@@ -38,9 +39,19 @@ class USConv2d(SlimmableMixin, nn.Conv2d):
         groups = c_in if self.depthwise else 1
         weight = self.weight
         if c_out != self.out_channels or (c_in != self.in_channels and not self.depthwise):
-            weight = weight[:c_out, : c_in // groups]
+            weight = self._sliced_weight(c_out, c_in // groups)
         bias = self.bias[:c_out] if self.bias is not None else None
         return weight, bias, groups
+
+    def _sliced_weight(self, c_out: int, c_in: int) -> torch.Tensor:
+        """The input-channel slice is strided; without autograd, keep one contiguous copy per width so that
+        inference does not re-copy it on every call (the copy is invalidated when the weights change)."""
+        if torch.is_grad_enabled() and self.weight.requires_grad:
+            return self.weight[:c_out, :c_in]
+        key = (c_out, c_in, self.weight._version, self.weight.data_ptr(), self.weight.device)
+        if self._inference_slice is None or self._inference_slice[0] != key:
+            self._inference_slice = (key, self.weight.detach()[:c_out, :c_in].contiguous())
+        return self._inference_slice[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight, bias, groups = self.active_weight()

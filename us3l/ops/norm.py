@@ -11,6 +11,7 @@ reference code): mixing widths would corrupt them. Statistics come only from BN 
 """
 from __future__ import annotations
 
+import functools
 import re
 
 import torch
@@ -21,6 +22,14 @@ from .channels import active_channels
 from .width_state import DEFAULT_WIDTH_RANGE, SlimmableMixin, width_key
 
 WIDTH_STATS_RE = re.compile(r"^running_(mean|var)_w(\d{4})$")
+
+
+@functools.lru_cache(maxsize=1024)
+def _stats_names(width: float) -> tuple[str, str]:
+    if float(width) >= 1.0:
+        return "running_mean", "running_var"
+    k = width_key(width)
+    return f"running_mean_w{k}", f"running_var_w{k}"
 
 
 class UncalibratedWidthError(RuntimeError):
@@ -43,10 +52,7 @@ class USBatchNorm2d(SlimmableMixin, nn.BatchNorm2d):
 
     @staticmethod
     def stats_names(width: float) -> tuple[str, str]:
-        if float(width) >= 1.0:
-            return "running_mean", "running_var"
-        k = width_key(width)
-        return f"running_mean_w{k}", f"running_var_w{k}"
+        return _stats_names(width)
 
     def calibrated_widths(self) -> list[float]:
         found = {int(m.group(2)) / 1000 for m in map(WIDTH_STATS_RE.match, self._buffers) if m}
