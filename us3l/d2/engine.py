@@ -20,18 +20,6 @@ from .datasets import check_datasets, register_coco_json, register_us3l_datasets
 from .evaluation import build_coco_evaluator, key_by_width, save_width_metrics
 
 
-def _describe_missing_extension() -> None:
-    """A Detectron2 built without C++ ops (see INSTALL_NOTES) has a stand-in ``detectron2._C`` that may lack the
-    version queries ``default_setup`` logs; answer them instead of crashing (inert on a full build)."""
-    from detectron2 import _C
-
-    for name, value in (("get_compiler_version", "none (built without C++ ops)"), ("get_cuda_version", "none")):
-        if not hasattr(_C, name):
-            setattr(_C, name, lambda value=value: value)
-    if str(getattr(_C, "__file__", "")).endswith(".py") and not hasattr(_C, "has_cuda"):
-        _C.has_cuda = lambda: False  # a Python stand-in has no compiled CUDA kernels
-
-
 class US3LTrainer(DefaultTrainer):
     """``DefaultTrainer`` with the US3L checkpointer and per-width COCO evaluation."""
 
@@ -74,7 +62,6 @@ def setup(args):
     cfg = load_config(args.config_file, args.opts)
     cfg.freeze()
     us3l_width(cfg)  # a bad width fails here, before any data is read
-    _describe_missing_extension()
     default_setup(cfg, args)
     return cfg
 
