@@ -1,4 +1,8 @@
-"""Shared pytest fixtures: tiny embedded datasets, generated once per session in a temporary folder."""
+"""Shared pytest fixtures: tiny embedded datasets, generated once per session in a temporary folder.
+
+Test modules import Detectron2 / MMDetection / mmcv.ops / pycocotools directly, never with importorskip:
+scripts/test.sh installs them, so a missing framework must fail the run rather than skip its tests.
+"""
 import os
 import sys
 

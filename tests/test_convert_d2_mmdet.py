@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-pytest.importorskip("detectron2")
-pytest.importorskip("mmdet")
-pytest.importorskip("mmcv.ops")
+import detectron2  # noqa: E402,F401
+import mmdet  # noqa: E402,F401
+import mmcv.ops  # noqa: E402,F401
 
 import us3l.d2  # noqa: E402,F401
 import us3l.mmdet  # noqa: E402,F401

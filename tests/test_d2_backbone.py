@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-pytest.importorskip("detectron2")
+import detectron2  # noqa: E402,F401
 
 from detectron2.layers import FrozenBatchNorm2d, ShapeSpec  # noqa: E402
 from detectron2.modeling import build_backbone, build_model  # noqa: E402

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-pytest.importorskip("detectron2")
+import detectron2  # noqa: E402,F401
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

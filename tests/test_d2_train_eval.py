@@ -12,7 +12,7 @@ import sys
 import pytest
 import torch
 
-pytest.importorskip("detectron2")
+import detectron2  # noqa: E402,F401
 
 import us3l  # noqa: E402
 from us3l.checkpoint.model_io import save_model_backbone  # noqa: E402

@@ -37,8 +37,6 @@ def _is_number(v):
 
 @pytest.mark.timeout(600)
 def test_main_job_tiny(tmp_path):
-    pytest.importorskip("detectron2")
-    pytest.importorskip("pycocotools")
     out, datasets = tmp_path / "main", tmp_path / "datasets"
     log, _ = _run_main(out, datasets)
     assert "[us3l-main" in log and "evaluate" in log  # progress is shown stage by stage

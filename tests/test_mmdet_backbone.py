@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-pytest.importorskip("mmdet")
-pytest.importorskip("mmcv.ops")
+import mmdet  # noqa: E402,F401
+import mmcv.ops  # noqa: E402,F401
 
 import us3l.mmdet  # noqa: E402,F401  (registers the modules)
 from ckpt_helpers import load_tool, us_r50_checkpoint  # noqa: E402

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-pytest.importorskip("mmdet")
+import mmdet  # noqa: E402,F401
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -4,8 +4,8 @@ import os
 
 import pytest
 
-pytest.importorskip("mmdet")
-pytest.importorskip("mmcv.ops")
+import mmdet  # noqa: E402,F401
+import mmcv.ops  # noqa: E402,F401
 
 from ckpt_helpers import ROOT  # noqa: E402
 from us3l.mmdet.runner import test_main as run_test  # noqa: E402  (not collected as a test)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-pycocotools = pytest.importorskip("pycocotools")
+import pycocotools
 from pycocotools.coco import COCO  # noqa: E402
 from pycocotools.cocoeval import COCOeval  # noqa: E402
 
