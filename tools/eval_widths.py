@@ -20,7 +20,6 @@ import glob
 import json
 import os
 import shlex
-import subprocess
 import sys
 import time
 
@@ -28,6 +27,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.join(REPO, "tools"))
 
+from live_log import tee_process  # noqa: E402
 from results_table import render_markdown, write_results  # noqa: E402
 
 D2_CONFIG = "projects/segmentation/configs/mask_rcnn_US-R50_FPN_tiny.yaml"
@@ -142,17 +142,9 @@ def run_logged(cmd: list, log_path: str, env: dict) -> None:
     """Run with output shown live and saved; a failure names the log and the command."""
     print(f"[eval_widths] {shlex.join(cmd)}", flush=True)
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        while True:
-            chunk = os.read(proc.stdout.fileno(), 4096)
-            if not chunk:
-                break
-            sys.stdout.buffer.write(chunk)
-            sys.stdout.flush()
-            log.write(chunk)
-            log.flush()
-        if proc.wait() != 0:
-            raise SystemExit(f"[eval_widths] evaluation failed (exit {proc.returncode}); log: {log_path}")
+        rc = tee_process(cmd, log, REPO, env)
+    if rc != 0:
+        raise SystemExit(f"[eval_widths] evaluation failed (exit {rc}); log: {log_path}")
 
 
 def main(argv=None) -> dict:

@@ -36,13 +36,14 @@ import argparse
 import json
 import os
 import shlex
-import subprocess
 import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.join(REPO, "tools"))
+
+from live_log import tee_process  # noqa: E402
 
 DEFAULT_WIDTHS = (1.0, 0.75, 0.5, 0.25)
 FRAMEWORKS = {
@@ -117,16 +118,7 @@ class Pipeline:
         start, cpu0 = time.time(), _children_cpu_seconds()
         with open(log_path, "wb") as log:
             log.write((shlex.join(cmd) + "\n").encode())
-            proc = subprocess.Popen(cmd, cwd=REPO, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-            while True:  # tee by chunks, not lines, so that progress bars (\r) stay live
-                chunk = os.read(proc.stdout.fileno(), 4096)
-                if not chunk:
-                    break
-                sys.stdout.buffer.write(chunk)
-                sys.stdout.flush()
-                log.write(chunk)
-                log.flush()
-            rc = proc.wait()
+            rc = tee_process(cmd, log, REPO, self.env)
         seconds, cpu = round(time.time() - start, 1), round(_children_cpu_seconds() - cpu0, 1)
         if rc != 0:
             raise SystemExit(f"[us3l-main] stage {name!r} failed (exit {rc}); log: {log_path}\n"

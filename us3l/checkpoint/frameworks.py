@@ -161,6 +161,26 @@ def _fail_unmapped(unmapped: list[str], backbone: list[str], direction: str, ski
     conv.skipped.extend(unmapped)
 
 
+def _rename_state(state: Mapping[str, torch.Tensor], rename, is_backbone, *, src: int, num_ratios: int,
+                  skip_unmapped_heads: bool, conv: Conversion) -> tuple[dict[str, torch.Tensor], Conversion]:
+    """Rename every key one way (``src`` 0: from Detectron2, 1: from MMDetection), reordering RPN anchors
+    where the frameworks list them differently; unmapped backbone keys always fail."""
+    direction, to = ("Detectron2 -> MMDetection", "mmdet") if src == 0 else ("MMDetection -> Detectron2", "d2")
+    grid = _rpn_grid(state, RPN_CLS[src], num_ratios, conv)
+    out, unmapped, backbone = {}, [], []
+    for k, v in state.items():
+        new = rename(k)
+        if new is None:
+            (backbone if is_backbone(k) else unmapped).append(k)
+            continue
+        if grid and k.startswith((RPN_CLS[src], RPN_REG[src])):
+            v = permute_anchors(v, *grid, to=to)
+        out[new] = v
+        conv.renamed.append((k, new))
+    _fail_unmapped(unmapped, backbone, direction, skip_unmapped_heads, conv)
+    return out, conv
+
+
 def d2_to_mmdet_state(state: Mapping[str, torch.Tensor], num_ratios: int = 3, skip_unmapped_heads: bool = False,
                       layout: str | None = None) -> tuple[dict[str, torch.Tensor], Conversion]:
     """MMDetection state dict of a Detectron2 one (trunk, ResNet-FPN or C4 detector)."""
@@ -169,19 +189,8 @@ def d2_to_mmdet_state(state: Mapping[str, torch.Tensor], num_ratios: int = 3, sk
     has_stats = any(k.startswith("backbone.fpn_") and k.endswith(".norm.running_mean") for k in state)
     has_norm = any(k.startswith("backbone.fpn_") and ".norm." in k for k in state)
     fpn_norm = "gn" if has_norm and not has_stats else "bn"
-    grid = _rpn_grid(state, RPN_CLS[0], num_ratios, conv)
-    out, unmapped, backbone = {}, [], []
-    for k, v in state.items():
-        new = d2_to_mmdet(k, layout, fpn_norm)
-        if new is None:
-            (backbone if _is_backbone_d2(k, layout) else unmapped).append(k)
-            continue
-        if grid and k.startswith((RPN_CLS[0], RPN_REG[0])):
-            v = permute_anchors(v, *grid, to="mmdet")
-        out[new] = v
-        conv.renamed.append((k, new))
-    _fail_unmapped(unmapped, backbone, "Detectron2 -> MMDetection", skip_unmapped_heads, conv)
-    return out, conv
+    return _rename_state(state, lambda k: d2_to_mmdet(k, layout, fpn_norm), lambda k: _is_backbone_d2(k, layout),
+                         src=0, num_ratios=num_ratios, skip_unmapped_heads=skip_unmapped_heads, conv=conv)
 
 
 def mmdet_to_d2_state(state: Mapping[str, torch.Tensor], num_ratios: int = 3, skip_unmapped_heads: bool = False,
@@ -189,19 +198,9 @@ def mmdet_to_d2_state(state: Mapping[str, torch.Tensor], num_ratios: int = 3, sk
     """Detectron2 state dict of an MMDetection one; ``layout`` defaults to what the keys show."""
     layout = layout or detect_mmdet_layout(state)
     conv = Conversion(layout)
-    grid = _rpn_grid(state, RPN_CLS[1], num_ratios, conv)
-    out, unmapped, backbone = {}, [], []
-    for k, v in state.items():
-        new = mmdet_to_d2(k, layout)
-        if new is None:
-            (backbone if k.startswith(("backbone.", "roi_head.shared_head.")) else unmapped).append(k)
-            continue
-        if grid and k.startswith((RPN_CLS[1], RPN_REG[1])):
-            v = permute_anchors(v, *grid, to="d2")
-        out[new] = v
-        conv.renamed.append((k, new))
-    _fail_unmapped(unmapped, backbone, "MMDetection -> Detectron2", skip_unmapped_heads, conv)
-    return out, conv
+    return _rename_state(state, lambda k: mmdet_to_d2(k, layout),
+                         lambda k: k.startswith(("backbone.", "roi_head.shared_head.")),
+                         src=1, num_ratios=num_ratios, skip_unmapped_heads=skip_unmapped_heads, conv=conv)
 
 
 def d2_meta_to_mmdet(extras: Mapping, layout: str) -> dict:

@@ -9,15 +9,13 @@ checkpoint at this width through :mod:`us3l.mmdet.pretrained` (hard error on any
 from __future__ import annotations
 
 from mmdet.registry import MODELS
-from mmengine.model import BaseModule
 
-from ..checkpoint import BN_STATS_POLICIES
-from ._resnet_parts import DEFAULT_NORM_CFG, build_trunk, checked_width, freeze, norms_to_eval, stage_channels
-from .pretrained import load_width_sized, pretrained_cfg
+from ._resnet_parts import build_trunk, freeze, stage_channels
+from .width_sized import WidthSizedResNetPart
 
 
 @MODELS.register_module()
-class US3LResNet(BaseModule):
+class US3LResNet(WidthSizedResNetPart):
     """ResNet backbone at ``width_mult``; arguments mirror ``mmdet.models.ResNet``.
 
     Args:
@@ -33,19 +31,14 @@ class US3LResNet(BaseModule):
     def __init__(self, depth: int = 50, width_mult: float = 1.0, num_stages: int = 4,
                  out_indices=(0, 1, 2, 3), frozen_stages: int = -1, norm_cfg: dict | None = None,
                  norm_eval: bool = True, bn_stats: str = "calibrated", init_cfg=None):
-        super().__init__(init_cfg)
+        super().__init__(depth, width_mult, norm_cfg, norm_eval, bn_stats, init_cfg)
         if not 1 <= num_stages <= 4:
             raise ValueError(f"num_stages must be in 1..4, got {num_stages}")
         if not out_indices or max(out_indices) >= num_stages or min(out_indices) < 0:
             raise ValueError(f"out_indices {tuple(out_indices)} must lie in 0..{num_stages - 1}")
         if not -1 <= frozen_stages <= num_stages:
             raise ValueError(f"frozen_stages must be in -1..{num_stages}, got {frozen_stages}")
-        if bn_stats not in BN_STATS_POLICIES:
-            raise ValueError(f"bn_stats must be one of {BN_STATS_POLICIES}, got {bn_stats!r}")
-        self.depth, self.width_mult = depth, checked_width(width_mult)
-        self.num_stages, self.out_indices = num_stages, tuple(out_indices)
-        self.frozen_stages, self.norm_eval, self.bn_stats = frozen_stages, norm_eval, bn_stats
-        self.norm_cfg = dict(norm_cfg or DEFAULT_NORM_CFG)
+        self.num_stages, self.out_indices, self.frozen_stages = num_stages, tuple(out_indices), frozen_stages
         trunk = build_trunk(depth, self.width_mult, self.norm_cfg)
         for name in ("conv1", "bn1", "relu", "maxpool"):
             self.add_module(name, getattr(trunk, name))
@@ -75,18 +68,3 @@ class US3LResNet(BaseModule):
             freeze(self.bn1)
         for i in range(1, self.frozen_stages + 1):
             freeze(getattr(self, f"layer{i}"))
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        self._freeze_stages()
-        if mode and self.norm_eval:
-            norms_to_eval(self)
-        return self
-
-    def init_weights(self):
-        cfg = pretrained_cfg(self.init_cfg)
-        if cfg is None:
-            return super().init_weights()
-        load_width_sized(self, cfg, depth=self.depth, width=self.width_mult, bn_stats=self.bn_stats,
-                         context=f"US3LResNet(depth={self.depth}, width_mult={self.width_mult})")
-        self._is_init = True
