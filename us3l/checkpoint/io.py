@@ -102,9 +102,8 @@ def extract_backbone(ckpt) -> tuple[dict[str, torch.Tensor], dict]:
         raise CheckpointError(f"checkpoint metadata says {meta['arch']} but its tensors are {arch}")
     meta.update(arch=arch, cifar_stem=bool(meta.get("cifar_stem", cifar)))
     meta.setdefault("width_range", list(DEFAULT_WIDTH_RANGE))
-    widths = set(calibrated_widths_in(state)) | set(meta.get("calibrated_widths", []))
-    meta["calibrated_widths"] = sorted(w for w in widths if w < 1.0 and w in calibrated_widths_in(state)
-                                       ) + ([1.0] if 1.0 in widths else [])
+    # below 1.0 only what the tensors back; 1.0 (the standard running stats) as the metadata says
+    meta["calibrated_widths"] = calibrated_widths_in(state) + ([1.0] if 1.0 in meta.get("calibrated_widths", []) else [])
     return state, meta
 
 
