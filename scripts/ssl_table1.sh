@@ -4,7 +4,8 @@
 # Every method gets the same backbone, heads, data, iterations, widths and optimizer; only the method differs.
 # Usage: scripts/ssl_table1.sh [OUT_DIR]
 #   env: ITERS, BATCH, LR, SCHEDULE (cosine|constant), STEP_MODE (per_width|accumulate), IMAGE (px),
-#        PARALLEL (concurrent runs), METHODS, THREADS, STEM (CIFAR stem true/false)
+#        PARALLEL (concurrent runs), METHODS, THREADS, STEM (CIFAR stem true/false),
+#        STYLE (embedded set: category | shape), PROJ_LAST_BN (true|false), EXTRA (more key=value overrides)
 # Defaults = the setting whose results are committed in results/ssl_table1/ (see its README.md).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -19,21 +20,25 @@ PARALLEL="${PARALLEL:-3}"
 THREADS="${THREADS:-1}"
 CIFAR_STEM="${STEM:-false}"   # CIFAR stem at 32 px costs ~7x more on CPU; the ImageNet stem keeps this in minutes
 METHODS="${METHODS:-simsiam_naive simsiam_inplace us3l}"
+STYLE="${STYLE:-category}"
+PROJ_LAST_BN="${PROJ_LAST_BN:-true}"
+read -r -a EXTRA_ARGS <<< "${EXTRA:-}"
 export US3L_DATASETS="${US3L_DATASETS:-${TMPDIR:-/tmp}/us3l_datasets}"  # generated images stay out of the results
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 mkdir -p "$OUT"
 COMMON=(model.arch=resnet18 model.cifar_stem=$CIFAR_STEM
-  method.proj_hidden=512 method.proj_dim=128 method.proj_layers=3 method.proj_last_bn=true method.pred_hidden=64
+  method.proj_hidden=512 method.proj_dim=128 method.proj_layers=3 method.proj_last_bn=$PROJ_LAST_BN method.pred_hidden=64
   sampling.num_widths=3 sampling.dynamic=false sampling.step_mode=$STEP_MODE
-  group_reg.enabled=true data.dataset=embedded data.image_size=$IMAGE data.batch_size=$BATCH
+  group_reg.enabled=true data.dataset=embedded data.embedded_style=$STYLE data.image_size=$IMAGE data.batch_size=$BATCH
   data.embedded_train_per_class=128 data.embedded_val_per_class=64 data.embedded_image_size=32
   optim.lr=$LR optim.schedule=$SCHEDULE train.iterations=$ITERS train.checkpoint_every=0 train.log_every=20 train.progress=false
-  train.num_threads=$THREADS train.seed=0)
-EVAL=(--widths 1.0 0.75 0.5 0.25 --dataset imagefolder --data-root "$US3L_DATASETS/us3l_shapes_cls"
+  train.num_threads=$THREADS train.seed=0 "${EXTRA_ARGS[@]}")
+DATA_ROOT="$(python -c "from us3l.data.datasets import embedded_root; print(embedded_root('$STYLE'))")"
+EVAL=(--widths 1.0 0.75 0.5 0.25 --dataset imagefolder --data-root "$DATA_ROOT"
   --image-size $IMAGE --recipe cifar --calib-batches 4 --batch-size 128 --probe-epochs 30 --threads "$THREADS")
 
 # generate the dataset once, before parallel runs race for it
-python -c "from us3l.data.datasets import prepare_embedded; prepare_embedded(None, 128, 64, 32, 0)"
+python -c "from us3l.data.datasets import prepare_embedded; prepare_embedded(None, 128, 64, 32, 0, '$STYLE')"
 
 run_one() {
   local m="$1" dir="$OUT/$1"

@@ -49,6 +49,7 @@ def test_configs_load_with_inheritance():
     ("data.batch_size=2.5", "integer"),
     ("sampling.step_mode=sometimes", "step_mode"),
     ("group_reg.type=cubic", "group_reg.type"),
+    ("data.embedded_style=texture", "data.embedded_style"),
 ])
 def test_bad_config_values_are_errors(override, match):
     with pytest.raises(ConfigError, match=match):

@@ -122,3 +122,31 @@ def test_classification_set(tiny_cls, tmp_path):
     assert _digest(again["root"]) == _digest(tiny_cls["root"])
     other = generate_classification_dataset(str(tmp_path / "d"), 8, 4, 32, seed=5)
     assert _digest(other["root"]) != _digest(tiny_cls["root"])
+
+
+def _centre_colour_accuracy(root) -> float:
+    """Accuracy of a nearest-class-mean classifier on the mean colour of each image's centre (the object)."""
+    from PIL import Image
+
+    colours = {}
+    for c in sorted(os.listdir(os.path.join(root, "train"))):
+        d = os.path.join(root, "train", c)
+        colours[c] = np.stack([np.asarray(Image.open(os.path.join(d, f)), dtype=np.float64)[10:22, 10:22]
+                               .reshape(-1, 3).mean(0) for f in sorted(os.listdir(d))])
+    means = {c: v.mean(0) for c, v in colours.items()}
+    hits = sum(min(means, key=lambda n: np.linalg.norm(x - means[n])) == c for c, v in colours.items() for x in v)
+    return hits / sum(len(v) for v in colours.values())
+
+
+def test_shape_style_hides_the_class_colour(tmp_path):
+    """Shape style: same classes and layout as the category style, but the class no longer sets the colour:
+    a colour classifier that is near perfect on the category style drops to about chance (25 %)."""
+    cat = generate_classification_dataset(str(tmp_path / "cat"), 24, 4, 32, seed=0)
+    shp = generate_classification_dataset(str(tmp_path / "shp"), 24, 4, 32, seed=0, style="shape")
+    assert shp["classes"] == cat["classes"] and shp["params"]["style"] == "shape" and "style" not in cat["params"]
+    assert _digest(shp["root"]) != _digest(cat["root"])
+    assert generate_classification_dataset(str(tmp_path / "shp"), 24, 4, 32, seed=0, style="shape") == shp
+    assert _centre_colour_accuracy(cat["root"]) > 0.8
+    assert _centre_colour_accuracy(shp["root"]) < 0.55
+    with pytest.raises(ValueError, match="style"):
+        generate_classification_dataset(str(tmp_path / "bad"), 2, 2, 32, style="texture")

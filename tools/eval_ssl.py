@@ -22,6 +22,7 @@ import torch.utils.data as tud  # noqa: E402
 from us3l.checkpoint.report import CheckpointError  # noqa: E402
 from us3l.data import build_dataset, eval_transform  # noqa: E402
 from us3l.data.datasets import embedded_root, prepare_embedded  # noqa: E402
+from us3l.data.synthetic import CLASSIFICATION_STYLES  # noqa: E402
 from us3l.ssl.evaluation import evaluate_widths, markdown_table  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -34,6 +35,8 @@ def main(argv=None) -> int:
     ap.add_argument("--widths", type=float, nargs="+", default=[1.0, 0.75, 0.5, 0.25])
     ap.add_argument("--dataset", choices=("embedded", "imagefolder", "cifar10", "cifar100"), default="embedded")
     ap.add_argument("--data-root", default=None)
+    ap.add_argument("--embedded-style", choices=CLASSIFICATION_STYLES, default="category",
+                    help="which embedded set (--dataset embedded): category or shape (see make_embedded_dataset)")
     ap.add_argument("--image-size", type=int, default=None)
     ap.add_argument("--recipe", choices=("cifar", "imagenet"), default=None)
     ap.add_argument("--batch-size", type=int, default=128)
@@ -53,9 +56,9 @@ def main(argv=None) -> int:
         size = args.image_size or (32 if recipe == "cifar" else 224)
         root, kind = args.data_root, args.dataset
         if kind == "embedded":
-            root = root or embedded_root()
+            root = root or embedded_root(args.embedded_style)
             if not os.path.isdir(os.path.join(root, "train")):
-                prepare_embedded(root)
+                prepare_embedded(root, style=args.embedded_style)
             kind = "imagefolder"
         tf = eval_transform(recipe, size)
         train = build_dataset(kind, root, "train", tf)

@@ -10,7 +10,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from us3l.data.synthetic import (default_dataset_root, generate_classification_dataset,  # noqa: E402
+from us3l.data.synthetic import (CLASSIFICATION_STYLES, default_dataset_root,  # noqa: E402
+                                 generate_classification_dataset,
                                  generate_coco_dataset)
 
 
@@ -25,10 +26,14 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--classification", action="store_true",
                    help="write an ImageFolder set (one dominant object per image) for kNN / linear probes")
+    p.add_argument("--style", choices=CLASSIFICATION_STYLES, default="category",
+                   help="with --classification: 'category' (each class its own colours and pattern) or 'shape' "
+                        "(random colours and patterns: only the outline tells the class)")
     args = p.parse_args(argv)
     if args.classification:
-        root = args.root or default_dataset_root() + "_cls"
-        info = generate_classification_dataset(root, args.num_train, args.num_val, args.image_size or 64, args.seed)
+        root = args.root or default_dataset_root() + ("_cls" if args.style == "category" else f"_cls_{args.style}")
+        info = generate_classification_dataset(root, args.num_train, args.num_val, args.image_size or 64, args.seed,
+                                               args.style)
     else:
         info = generate_coco_dataset(args.root or default_dataset_root(), num_train=args.num_train,
                                      num_val=args.num_val, image_size=args.image_size or 96, seed=args.seed)

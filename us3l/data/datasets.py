@@ -19,18 +19,20 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 EMBEDDED_DIRNAME = "us3l_shapes_cls"
 
 
-def embedded_root() -> str:
-    """Default home of the embedded classification set (``$US3L_DATASETS/us3l_shapes_cls``)."""
-    return os.path.join(os.environ.get("US3L_DATASETS", "datasets"), EMBEDDED_DIRNAME)
+def embedded_root(style: str = "category") -> str:
+    """Default home of the embedded classification set: ``$US3L_DATASETS/us3l_shapes_cls`` (category style)
+    or ``us3l_shapes_cls_<style>``, so that the styles never overwrite each other."""
+    name = EMBEDDED_DIRNAME if style == "category" else f"{EMBEDDED_DIRNAME}_{style}"
+    return os.path.join(os.environ.get("US3L_DATASETS", "datasets"), name)
 
 
 def prepare_embedded(root: str | None, num_per_class_train: int = 256, num_per_class_val: int = 64,
-                     image_size: int = 32, seed: int = 0) -> str:
+                     image_size: int = 32, seed: int = 0, style: str = "category") -> str:
     """Generate (or reuse) the embedded ImageFolder set; returns its root. Deterministic, offline."""
     from .synthetic import generate_classification_dataset
 
-    root = root or embedded_root()
-    generate_classification_dataset(root, num_per_class_train, num_per_class_val, image_size, seed)
+    root = root or embedded_root(style)
+    generate_classification_dataset(root, num_per_class_train, num_per_class_val, image_size, seed, style)
     return root
 
 

@@ -79,9 +79,14 @@ def _shape_mask(name: str, dx: np.ndarray, dy: np.ndarray, r: float, theta: floa
     raise ValueError(f"unknown shape {name!r}")
 
 
-def _texture(name: str, rng: np.random.Generator, dx, dy, r: float, theta: float) -> np.ndarray:
-    """Per-pixel RGB of the object's surface (HxWx3 float); category-specific pattern, jittered colours."""
-    c0, c1 = (np.array(c, dtype=np.float32) + rng.uniform(-25, 25, size=3) for c in _PALETTE[name])
+def _texture(name: str, rng: np.random.Generator, dx, dy, r: float, theta: float,
+             colors: Optional[Tuple[Sequence[float], Sequence[float]]] = None) -> np.ndarray:
+    """Per-pixel RGB of the object's surface (HxWx3 float): the pattern of category ``name``, in its jittered
+    palette or in the given ``colors``."""
+    if colors is None:
+        c0, c1 = (np.array(c, dtype=np.float32) + rng.uniform(-25, 25, size=3) for c in _PALETTE[name])
+    else:
+        c0, c1 = (np.asarray(c, dtype=np.float32) for c in colors)
     u = dx * math.cos(theta) + dy * math.sin(theta)
     v = -dx * math.sin(theta) + dy * math.cos(theta)
     if name == "circle":
@@ -108,7 +113,7 @@ def _render(rng: np.random.Generator, size: int, objects: Sequence[dict]) -> Tup
     for ob in objects:
         dx, dy = xx - ob["cx"], yy - ob["cy"]
         m = _shape_mask(ob["name"], dx, dy, ob["r"], ob["theta"])
-        tex = _texture(ob["name"], rng, dx, dy, ob["r"], ob["theta"])
+        tex = _texture(ob.get("pattern", ob["name"]), rng, dx, dy, ob["r"], ob["theta"], ob.get("colors"))
         img[m] = tex[m]
         masks.append(m)
     img = img + rng.normal(0, 4, size=img.shape)
@@ -341,19 +346,30 @@ def generate_coco_dataset(root: Optional[str] = None, num_train: int = 256, num_
     return _coco_info(root, params)
 
 
+CLASSIFICATION_STYLES = ("category", "shape")
+
+
 def generate_classification_dataset(root: str, num_per_class_train: int = 64, num_per_class_val: int = 16,
-                                    image_size: int = 64, seed: int = 0) -> dict:
+                                    image_size: int = 64, seed: int = 0, style: str = "category") -> dict:
     """Write (or reuse) an ImageFolder set ``root/{train,val}/<class>/*.png``: one dominant object per image.
 
     Used for kNN / linear-probe evaluation of pre-training. Some images carry a small distractor of another
-    class behind the dominant object. Returns ``{root, train_dir, val_dir, classes, params}``; ``classes`` is
-    sorted, the order torchvision's ImageFolder assigns labels in.
+    class behind the dominant object. ``style``: ``category`` paints each class in its own palette and
+    pattern (colour alone nearly gives the class away, as in the detection set); ``shape`` paints every
+    object in random colours with a random one of the four patterns, so only the outline tells the class:
+    random features do much worse there, which leaves room to see what pre-training learned.
+    Returns ``{root, train_dir, val_dir, classes, params}``; ``classes`` is sorted, the order torchvision's
+    ImageFolder assigns labels in.
     """
     if num_per_class_train < 1 or num_per_class_val < 1 or image_size < 16:
         raise ValueError("need at least one image per class and image_size >= 16")
+    if style not in CLASSIFICATION_STYLES:
+        raise ValueError(f"unknown classification style {style!r}; choose from {CLASSIFICATION_STYLES}")
     params = {"kind": "classification", "generator_version": GENERATOR_VERSION,
               "num_per_class_train": int(num_per_class_train), "num_per_class_val": int(num_per_class_val),
               "image_size": int(image_size), "seed": int(seed)}
+    if style != "category":  # the category style keeps its original parameters (existing folders stay valid)
+        params["style"] = style
     info = {"root": root, "train_dir": os.path.join(root, "train"), "val_dir": os.path.join(root, "val"),
             "classes": sorted(CLASS_NAMES), "params": params}
     if _read_params(root) == params:
@@ -372,6 +388,10 @@ def generate_classification_dataset(root: str, num_per_class_train: int = 64, nu
                     main = _sample_objects(rng, image_size, 1, (0.25, 0.40), [name])[0]
                     main["cx"] = float(image_size / 2 + rng.uniform(-0.15, 0.15) * image_size)
                     main["cy"] = float(image_size / 2 + rng.uniform(-0.15, 0.15) * image_size)
+                    if style == "shape":
+                        for ob in objects + [main]:
+                            ob["pattern"] = CLASS_NAMES[int(rng.integers(len(CLASS_NAMES)))]
+                            ob["colors"] = tuple(rng.uniform(20, 235, size=3) for _ in range(2))
                     img, _ = _render(rng, image_size, objects + [main])
                     Image.fromarray(img).save(os.path.join(tmp, split, name, f"{i:06d}.png"))
         _publish(tmp, root, params)

@@ -75,6 +75,7 @@ class DataConfig:
     embedded_val_per_class: int = 64
     embedded_image_size: int = 32
     embedded_seed: int = 0
+    embedded_style: str = "category"  # category (colour gives the class away) | shape (only the outline does)
 
 
 @dataclass
@@ -216,6 +217,7 @@ def _coerce(value, f: dataclasses.Field, where: str):
 def validate(cfg: PretrainConfig) -> PretrainConfig:
     """Names and ranges checked before anything is built or written."""
     from ..data.datasets import DATASETS
+    from ..data.synthetic import CLASSIFICATION_STYLES
     from ..data.transforms import RECIPES
     from ..models import ARCHS
     from ..ssl.methods import BASE_LOSSES, METHODS
@@ -230,6 +232,7 @@ def validate(cfg: PretrainConfig) -> PretrainConfig:
     choose(cfg.method.ema_schedule, ("constant", "cosine"), "method.ema_schedule")
     choose(cfg.data.dataset, DATASETS, "data.dataset")
     choose(cfg.data.augment, RECIPES, "data.augment")
+    choose(cfg.data.embedded_style, CLASSIFICATION_STYLES, "data.embedded_style")
     choose(cfg.sampling.step_mode, ("per_width", "accumulate"), "sampling.step_mode")
     choose(cfg.group_reg.type, ("linear", "exp"), "group_reg.type")
     choose(cfg.optim.name, ("sgd",), "optim.name")

@@ -236,7 +236,7 @@ class Pretrainer:
     def _embedded_args(self) -> dict:
         d = self.cfg.data
         return {"num_per_class_train": d.embedded_train_per_class, "num_per_class_val": d.embedded_val_per_class,
-                "image_size": d.embedded_image_size, "seed": d.embedded_seed}
+                "image_size": d.embedded_image_size, "seed": d.embedded_seed, "style": d.embedded_style}
 
     def _meta(self) -> dict:
         c = self.cfg
