@@ -10,18 +10,18 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT="${1:-$ROOT/results/ssl_table1}"
-ITERS="${ITERS:-150}"
+ITERS="${ITERS:-300}"
 BATCH="${BATCH:-32}"
 LR="${LR:-0.5}"
 SCHEDULE="${SCHEDULE:-constant}"
 STEP_MODE="${STEP_MODE:-per_width}"
 IMAGE="${IMAGE:-16}"
-PARALLEL="${PARALLEL:-3}"
+PARALLEL="${PARALLEL:-2}"
 THREADS="${THREADS:-1}"
 CIFAR_STEM="${STEM:-false}"   # CIFAR stem at 32 px costs ~7x more on CPU; the ImageNet stem keeps this in minutes
-METHODS="${METHODS:-simsiam_naive simsiam_inplace us3l}"
+METHODS="${METHODS:-simsiam_naive simsiam_inplace us3l simclr byol_noaux}"
 STYLE="${STYLE:-category}"
-PROJ_LAST_BN="${PROJ_LAST_BN:-true}"
+PROJ_LAST_BN="${PROJ_LAST_BN:-false}"  # BYOL-style projector: with a final BN, outputs cannot collapse to a point
 read -r -a EXTRA_ARGS <<< "${EXTRA:-}"
 export US3L_DATASETS="${US3L_DATASETS:-${TMPDIR:-/tmp}/us3l_datasets}"  # generated images stay out of the results
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
@@ -72,26 +72,4 @@ for m in $METHODS; do
 done
 wait
 
-python - "$OUT" $METHODS random_init <<'PY'
-import json, os, sys
-out, methods = sys.argv[1], sys.argv[2:]
-lines = ["| method | " + " | ".join(f"{w}x kNN / lin" for w in ("1.0", "0.75", "0.5", "0.25"))
-         + " | feature spread 1.0x / 0.25x | train collapse (max/min) | train time (s) |",
-         "|---|---|---|---|---|---|---|---|"]
-for m in methods:
-    p = os.path.join(out, f"{m}.eval.json")
-    if not os.path.exists(p):
-        lines.append(f"| {m} | (missing) |||||||")
-        continue
-    rows = {r["width"]: r for r in json.load(open(p))["rows"]}
-    s = os.path.join(out, m, "summary.json")
-    summ = json.load(open(s)) if os.path.exists(s) else {}
-    last = summ.get("last", {})
-    coll = f"{last.get('collapse/max', float('nan')):.3f} / {last.get('collapse/min', float('nan')):.3f}" if last else "-"
-    cells = [f"{rows[w]['knn_top1']:.1f} / {rows[w]['linear_top1']:.1f}" for w in (1.0, 0.75, 0.5, 0.25)]
-    lines.append(f"| {m} | " + " | ".join(cells) + f" | {rows[1.0]['feature_spread']:.3f} / {rows[0.25]['feature_spread']:.3f}"
-                 f" | {coll} | {summ.get('wall_s', float('nan')):.0f} |")
-table = "\n".join(lines) + "\n"
-open(os.path.join(out, "table1.md"), "w").write(table)
-print(table)
-PY
+python "$ROOT/tools/ssl_table.py" "$OUT" $METHODS random_init

@@ -81,3 +81,31 @@ def test_eval_ssl_writes_json_and_markdown(pretrain_ckpt, tiny_cls, tmp_path):
     assert all(0.0 <= r["knn_top1"] <= 100.0 and 0 <= r["linear_top1"] <= 100 for r in res["rows"])
     assert res["chance_top1"] == 25.0
     assert "| 0.25x | 128 |" in (tmp_path / "eval.md").read_text()
+
+
+def test_ssl_table_summarises_real_runs(tiny_cls, tmp_path):
+    """pretrain -> eval_ssl -> ssl_table on two real (tiny) runs; the table reads the trainer's own log."""
+    from us3l.engine.config import load_config
+    from us3l.engine.trainer import pretrain
+
+    widths = [str(w) for w in (1.0, 0.75, 0.5, 0.25)]
+    for method in ("simsiam_naive", "us3l"):
+        cfg = load_config(os.path.join(ROOT, "configs", "us3l_tiny_cpu.yaml"), [
+            f"method.name={method}", "model.cifar_stem=false", "data.dataset=imagefolder",
+            f"data.root={tiny_cls['root']}", "data.image_size=16", "data.batch_size=8", "method.proj_hidden=32",
+            "method.proj_dim=16", "method.pred_hidden=16", "train.progress=false", "train.tensorboard=false",
+            "train.num_threads=1", "train.iterations=3", "train.log_every=1", "train.checkpoint_every=0"])
+        pretrain(cfg, str(tmp_path / method))
+        assert tool("eval_ssl")([str(tmp_path / method / "final.pth"), "--widths", *widths, "--dataset",
+                                 "imagefolder", "--data-root", tiny_cls["root"], "--image-size", "16", "--recipe",
+                                 "cifar", "--calib-batches", "1", "--batch-size", "16", "--probe-epochs", "2",
+                                 "--knn-k", "3", "--output", str(tmp_path / f"{method}.eval.json")]) == 0
+    assert tool("ssl_table")([str(tmp_path), "simsiam_naive", "us3l", "not_run"]) == 0
+    table = (tmp_path / "table1.md").read_text().splitlines()
+    assert len(table) == 5 and table[-1].startswith("| not_run | (missing)")
+    naive = json.loads((tmp_path / "simsiam_naive.eval.json").read_text())["rows"]
+    cells = [c.strip() for c in table[2].split("|")[1:-1]]
+    assert cells[0] == "simsiam_naive" and cells[1] == f"{naive[0]['knn_top1']:.1f} / {naive[0]['linear_top1']:.1f}"
+    assert cells[6] != "-" and cells[7] != "-"  # collapse metric read from the 3 logged iterations
+    assert (tmp_path / "table1.png").stat().st_size > 0
+    assert tool("ssl_table")([str(tmp_path / "nowhere"), "us3l"]) == 2
