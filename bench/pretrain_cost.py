@@ -39,8 +39,10 @@ def main(argv=None) -> int:
     ap.add_argument("--output", default=os.path.join(ROOT, "bench", "pretrain_cost.json"))
     args = ap.parse_args(argv)
     work = tempfile.mkdtemp(prefix="us3l_bench_")
+    # a private dataset folder: the shared default one may hold another run's (differently sized) set, which
+    # regenerating here would replace under that run's feet
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               US3L_DATASETS=os.environ.get("US3L_DATASETS", os.path.join(work, "data")))
+               US3L_DATASETS=os.path.join(work, "data"))
     common = [f"method.name={args.method}", "model.arch=resnet18", f"model.cifar_stem={str(args.cifar_stem).lower()}",
               f"data.image_size={args.image_size}", f"data.batch_size={args.batch_size}",
               f"train.iterations={args.iterations}", "train.checkpoint_every=0", "train.progress=false",
