@@ -10,6 +10,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from us3l.data.datasets import embedded_root  # noqa: E402
 from us3l.data.synthetic import (CLASSIFICATION_STYLES, default_dataset_root,  # noqa: E402
                                  generate_classification_dataset,
                                  generate_coco_dataset)
@@ -18,7 +19,7 @@ from us3l.data.synthetic import (CLASSIFICATION_STYLES, default_dataset_root,  #
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--root", default=None,
-                   help="output folder (default: $US3L_DATASETS/us3l_shapes, or <root>_cls with --classification)")
+                   help="output folder (default: $US3L_DATASETS/us3l_shapes; with --classification us3l_shapes_cls, or us3l_shapes_cls_<style> for a style other than category)")
     p.add_argument("--num-train", type=int, default=256,
                    help="training images (per class with --classification)")
     p.add_argument("--num-val", type=int, default=64, help="validation images (per class with --classification)")
@@ -31,7 +32,7 @@ def main(argv=None):
                         "(random colours and patterns: only the outline tells the class)")
     args = p.parse_args(argv)
     if args.classification:
-        root = args.root or default_dataset_root() + ("_cls" if args.style == "category" else f"_cls_{args.style}")
+        root = args.root or embedded_root(args.style)
         info = generate_classification_dataset(root, args.num_train, args.num_val, args.image_size or 64, args.seed,
                                                args.style)
     else:
