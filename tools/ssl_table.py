@@ -35,8 +35,11 @@ def load_run(out: str, method: str) -> dict | None:
         return None
     with open(path) as f:
         rows = {r["width"]: r for r in json.load(f)["rows"]}
+    summary = {}
     summary_path = os.path.join(out, method, "summary.json")
-    summary = json.load(open(summary_path)) if os.path.exists(summary_path) else {}
+    if os.path.exists(summary_path):
+        with open(summary_path) as f:
+            summary = json.load(f)
     return {"rows": rows, "summary": summary, "curve": collapse_curve(os.path.join(out, method, "log.txt"))}
 
 
