@@ -1,4 +1,6 @@
-"""Run a command with its output shown live AND saved to a log (shared by run_main.py and eval_widths.py)."""
+"""Run a command with its output shown live AND saved to a log (the main job's stages, per-width evaluation)."""
+from __future__ import annotations
+
 import os
 import subprocess
 import sys
