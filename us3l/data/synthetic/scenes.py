@@ -89,26 +89,35 @@ def _patterned_background(rng: np.random.Generator, size: int) -> np.ndarray:
     return 0.6 * base + 0.4 * tex
 
 
-def detection_image(style: str, seed: int, split_idx: int, index: int, size: int, max_objects: int,
-                    min_area: int) -> Tuple[np.ndarray, List[Tuple[int, np.ndarray]]]:
-    """One image of a detection style and its labelled VISIBLE masks as (category id, mask) pairs; objects
-    whose visible area is below ``min_area`` are dropped."""
+def detection_scene(style: str, seed: int, split_idx: int, index: int, size: int,
+                    max_objects: int) -> Tuple[np.ndarray, List[dict], List[np.ndarray]]:
+    """One image of a detection style: the uint8 image, every painted item in paint order (labelled objects
+    and, in the clutter style, unlabelled clutter with ``label: None``) and each item's VISIBLE mask."""
     rng = np.random.default_rng([seed, split_idx, index])
-    classes = STYLE_CLASSES[style]
     if style == "simple":
         n = int(rng.integers(1, max_objects + 1))
         objects = sample_objects(rng, size, n, scale=(0.10, 0.30))
         img, masks = render(rng, size, objects)
     else:
         n = int(rng.integers(min(3, max_objects), max_objects + 1))
-        objects = [_random_look(rng, ob) for ob in sample_objects(rng, size, n, (0.05, 0.16), classes=classes)]
+        objects = [_random_look(rng, ob)
+                   for ob in sample_objects(rng, size, n, (0.05, 0.16), classes=STYLE_CLASSES[style])]
         clutter = [_clutter_item(rng, size) for _ in range(int(rng.integers(3, 9)))]
         items = objects + clutter
         order = rng.permutation(len(items))  # clutter both behind and in front of the objects
         objects = [items[i] for i in order]
         img, masks = render(rng, size, objects, base=_patterned_background(rng, size))
+    return img, objects, visible_masks(masks)
+
+
+def detection_image(style: str, seed: int, split_idx: int, index: int, size: int, max_objects: int,
+                    min_area: int) -> Tuple[np.ndarray, List[Tuple[int, np.ndarray]]]:
+    """One image of a detection style and its labelled VISIBLE masks as (category id, mask) pairs; objects
+    whose visible area is below ``min_area`` are dropped."""
+    img, objects, visible = detection_scene(style, seed, split_idx, index, size, max_objects)
+    classes = STYLE_CLASSES[style]
     keep = []
-    for ob, vis in zip(objects, visible_masks(masks)):
+    for ob, vis in zip(objects, visible):
         if ob.get("label", ob["name"]) is not None and int(vis.sum()) >= min_area:
             keep.append((classes.index(ob["name"]) + 1, vis))
     return img, keep
