@@ -183,11 +183,15 @@ def detector_stages(job: Job, init: str, seed: int, weights: str) -> List[Stage]
         ev = _eval(job, os.path.join(run_dir, "finetune", "w{width}"), run_dir, title)
     else:
         tdir = os.path.join(run_dir, "train")
-        cmd = (_d2_train(job, weights, tdir, seed, ["MODEL.US3L.SANDWICH.NUM_RANDOM", job.sandwich_random_widths])
+        widths = "[" + ", ".join(f"{w:g}" for w in job.widths) + "]"
+        # sandwich rule; BN statistics of every evaluated width calibrated on training images after training
+        cmd = (_d2_train(job, weights, tdir, seed, [
+            "MODEL.US3L.SANDWICH.NUM_RANDOM", job.sandwich_random_widths,
+            "MODEL.US3L.CALIBRATION.WIDTHS", widths, "MODEL.US3L.CALIBRATION.NUM_BATCHES", job.calib_batches])
                if job.framework == "d2" else _mmdet_train(job, weights, tdir, seed, []))
         stages.append(Stage(f"{init}_seed{seed}_train", cmd, [_finished(job, tdir)]))
         ckpt = _finished(job, tdir) if job.framework == "d2" else tdir
-        # BN statistics of every evaluated width, from training images, stored in the checkpoint
+        # widths the training run did not calibrate (mmdet) are calibrated here, on training images
         ev = _eval(job, ckpt, run_dir, title, ["--calibrate-batches", job.calib_batches])
     ev.name = f"{init}_seed{seed}_evaluate"
     stages.append(ev)
