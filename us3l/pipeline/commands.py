@@ -116,7 +116,7 @@ def dataset_opts(job: Job) -> list:
         return ["MODEL.RESNETS.DEPTH", depth, *(["MODEL.RESNETS.RES2_OUT_CHANNELS", 64] if depth < 50 else []),
                 "MODEL.ROI_HEADS.NUM_CLASSES", n, "INPUT.MIN_SIZE_TRAIN", f"({job.image_size},)",
                 "INPUT.MIN_SIZE_TEST", job.image_size]
-    classes = "[" + ",".join(f"'{c}'" for c in job.class_names) + "]"
+    classes = "[" + ",".join(job.class_names) + "]"  # mmengine's DictAction: an unquoted list of strings
     return [f"model.backbone.depth={depth}", f"model.roi_head.bbox_head.num_classes={n}",
             f"model.roi_head.mask_head.num_classes={n}",
             *(f"{split}_dataloader.dataset.metainfo.classes={classes}" for split in ("train", "val", "test"))]
