@@ -64,13 +64,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--datasets", default=None,
                    help="folder for the generated detection set (default OUTPUT/datasets)")
     p.add_argument("--dataset-style", default="clutter", help="embedded detection set style (clutter | simple)")
-    p.add_argument("--num-train", type=int, default=512, help="embedded dataset: training images")
-    p.add_argument("--num-val", type=int, default=128, help="embedded dataset: validation images")
+    p.add_argument("--num-train", type=int, default=256, help="embedded dataset: training images")
+    p.add_argument("--num-val", type=int, default=64, help="embedded dataset: validation images")
     p.add_argument("--image-size", type=int, default=96, help="embedded dataset: image side (also the detector input)")
     p.add_argument("--arch", choices=sorted(C.DEPTHS), default="resnet18", help="slimmable backbone")
     p.add_argument("--pretrain-config", default="configs/us3l_tiny_cpu.yaml")
-    p.add_argument("--pretrain-iters", type=int, default=200, help="pre-training iterations")
-    p.add_argument("--pretrain-batch", type=int, default=32, help="pre-training batch size")
+    p.add_argument("--pretrain-iters", type=int, default=50, help="pre-training iterations")
+    p.add_argument("--pretrain-batch", type=int, default=16, help="pre-training batch size")
     p.add_argument("--pretrain-size", type=int, default=64, help="pre-training / calibration crop size")
     p.add_argument("--pretrain-opts", nargs="*", default=[], help="extra key=value overrides for tools/pretrain.py")
     p.add_argument("--pretrained", default=None,
@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib-batches", type=int, default=4, help="BN calibration batches per width")
     p.add_argument("--calib-batch-size", type=int, default=64)
     p.add_argument("--detector-config", default=None, help="detector config (default: the recipe's tiny Mask R-CNN)")
-    p.add_argument("--finetune-iters", type=int, default=300, help="Detectron2: detector training iterations")
+    p.add_argument("--finetune-iters", type=int, default=100, help="Detectron2: detector training iterations")
     p.add_argument("--finetune-epochs", type=int, default=1, help="MMDetection: detector training epochs")
     p.add_argument("--sandwich-random-widths", type=int, default=1,
                    help="slimmable recipe: random widths per iteration besides the max and the min")
