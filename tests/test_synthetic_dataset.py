@@ -237,3 +237,14 @@ def test_clutter_is_unlabelled_and_occludes_objects(tmp_path):
     info = generate_coco_dataset(str(tmp_path / "c"), num_train=12, num_val=1, image_size=96, style="clutter")
     gt = _quiet_coco(info["train_json"])
     assert sum(len(a["segmentation"]) > 1 for a in gt.loadAnns(gt.getAnnIds())) > 0
+
+
+def test_clutter_light_style_has_larger_objects_and_less_clutter(clutter, tmp_path):
+    light = generate_coco_dataset(str(tmp_path / "light"), num_train=12, num_val=4, image_size=96, seed=0,
+                                  style="clutter-light")
+    assert light["params"]["style"] == "clutter-light" and light["categories"] == clutter["categories"]
+    sides = {}
+    for name, info in (("light", light), ("clutter", clutter)):
+        gt = _quiet_coco(info["train_json"])
+        sides[name] = float(np.median([max(a["bbox"][2], a["bbox"][3]) for a in gt.loadAnns(gt.getAnnIds())]))
+    assert sides["light"] > 1.2 * sides["clutter"], sides
