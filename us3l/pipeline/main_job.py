@@ -2,7 +2,7 @@
 
 Stages (each its own process; its command is printed and logged, see :mod:`.stages`):
 
-  1. tools/make_embedded_dataset.py   the embedded COCO-format set, ``clutter`` style (generated, no download)
+  1. tools/make_embedded_dataset.py   the embedded COCO-format set, ``clutter-light`` style (generated, no download)
   2. tools/pretrain.py                US3L pre-training of a slimmable ResNet-18 on the set's images
   3. tools/calibrate_bn.py            backbone BN statistics for every width
   4. tools/convert_pretrain_to_*.py   framework checkpoint
@@ -63,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="backbone initialisations compared with the same detector recipe and seeds")
     p.add_argument("--datasets", default=None,
                    help="folder for the generated detection set (default OUTPUT/datasets)")
-    p.add_argument("--dataset-style", default="clutter", help="embedded detection set style (clutter | simple)")
+    p.add_argument("--dataset-style", default="clutter-light",
+                   help="embedded detection set style (clutter-light | clutter | simple)")
     p.add_argument("--num-train", type=int, default=256, help="embedded dataset: training images")
     p.add_argument("--num-val", type=int, default=64, help="embedded dataset: validation images")
     p.add_argument("--image-size", type=int, default=96, help="embedded dataset: image side (also the detector input)")
