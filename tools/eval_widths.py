@@ -31,7 +31,7 @@ from live_log import tee_process  # noqa: E402
 from results_table import render_markdown, write_results  # noqa: E402
 
 D2_CONFIG = "projects/segmentation/configs/mask_rcnn_US-R50_FPN_tiny.yaml"
-MMDET_CONFIG = "projects/segmentation/configs/mask-rcnn_us-r50_fpn_tiny_shapes.py"
+MMDET_CONFIG = "projects/segmentation/mmdet_configs/mask-rcnn_us-r50_fpn_1x_coco_tiny.py"
 
 
 def width_tag(w: float) -> str:
