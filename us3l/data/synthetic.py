@@ -44,7 +44,9 @@ _PALETTE = {
 
 def default_dataset_root() -> str:
     """Where the default dataset lives: ``$US3L_DATASETS/us3l_shapes`` (``datasets/us3l_shapes`` if unset)."""
-    return os.environ.get("US3L_DATASETS", "datasets") + "/" + DEFAULT_DATASET_NAME
+    from .datasets import datasets_root
+
+    return os.path.join(datasets_root(), DEFAULT_DATASET_NAME)
 
 
 # ----------------------------------------------------------------------------------------------- rendering
