@@ -73,7 +73,8 @@ def test_c4_detector_res5_and_anchor_order(d2_trunk):
     state["proposal_generator.rpn_head.anchor_deltas.bias"] = torch.arange(60.0)
     mm, conv = d2_to_mmdet_state(state)
     assert conv.layout == "c4" and any("5 sizes x 3 ratios" in n for n in conv.notes)
-    assert "roi_head.shared_head.layer4.2.bn3.running_var" in mm and not any(k.startswith("backbone.layer4") for k in mm)
+    assert "roi_head.shared_head.layer4.2.bn3.running_var" in mm
+    assert not any(k.startswith("backbone.layer4") for k in mm)
     # mmdet: anchor a' = ratio * 5 + size
     expected = torch.tensor([s * 3 + r for r in range(3) for s in range(5)], dtype=torch.float)
     assert torch.equal(mm["rpn_head.rpn_cls.bias"], expected)

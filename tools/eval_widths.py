@@ -102,7 +102,7 @@ def mmdet_read_metrics(out_dir: str, width: float) -> dict:
             if rec.get("mode") == "test" and abs(float(rec.get("width", -1)) - width) < 1e-6:
                 m = {k.split("/", 1)[-1]: v for k, v in rec["metrics"].items()}
 
-                def pct(key):
+                def pct(key, m=m):
                     v = m.get(key)
                     return None if not isinstance(v, (int, float)) or v < 0 else 100.0 * float(v)
                 return {"box_AP": pct("bbox_mAP"), "mask_AP": pct("segm_mAP"),

@@ -99,7 +99,8 @@ def extract_backbone(ckpt) -> tuple[dict[str, torch.Tensor], dict]:
     meta.update(arch=arch, cifar_stem=bool(meta.get("cifar_stem", cifar)))
     meta.setdefault("width_range", list(DEFAULT_WIDTH_RANGE))
     # below 1.0 only what the tensors back; 1.0 (the standard running stats) as the metadata says
-    meta["calibrated_widths"] = calibrated_widths_in(state) + ([1.0] if 1.0 in meta.get("calibrated_widths", []) else [])
+    full = [1.0] if 1.0 in meta.get("calibrated_widths", []) else []
+    meta["calibrated_widths"] = calibrated_widths_in(state) + full
     return state, meta
 
 

@@ -51,7 +51,7 @@ def register_coco_json(name: str, json_file: str, image_root: str, hint: str = "
 
 
 def register_us3l_datasets(datasets_dir: str | None = None) -> dict[str, str]:
-    """Register ``us3l_shapes_{train,val}`` under ``datasets_dir`` (default: :func:`us3l.data.datasets.datasets_root`)."""
+    """Register ``us3l_shapes_{train,val}`` under ``datasets_dir`` (default: ``us3l.data.datasets.datasets_root()``)."""
     datasets_dir = datasets_dir or datasets_root()
     root = os.path.join(datasets_dir, SHAPES_NAME)
     hint = (f"The embedded dataset is looked up in $US3L_DATASETS/{SHAPES_NAME} (now {os.path.abspath(root)}); "

@@ -221,7 +221,8 @@ class Pretrainer:
         writer.close()
         summary = {"method": cfg.method.name, "iterations_done": it, "total_iterations": total, "stopped": stopped,
                    "wall_s": wall, "step_time_s": sum(step_times), "steps_timed": len(step_times),
-                   "forward_backward_passes": passes, "optimizer_steps": opt_steps, "images_per_s": images / max(sum(step_times), 1e-9),
+                   "forward_backward_passes": passes, "optimizer_steps": opt_steps,
+                   "images_per_s": images / max(sum(step_times), 1e-9),
                    "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
                    "peak_cuda_mb": (torch.cuda.max_memory_allocated() / 2 ** 20) if device.type == "cuda" else None,
                    "last": last_losses, "step_times": step_times}

@@ -66,7 +66,8 @@ def _cpu_distributed(cfg: Config) -> None:
     if cfg.launcher == "none" or torch.cuda.is_available():
         return
     if cfg.launcher != "pytorch":
-        raise SystemExit(f"--launcher {cfg.launcher} without GPUs is not supported; use torchrun and --launcher pytorch")
+        raise SystemExit(f"--launcher {cfg.launcher} without GPUs is not supported; "
+                         "use torchrun and --launcher pytorch")
     if not dist.is_initialized():
         dist.init_process_group("gloo")
     wrapper = dict(cfg.get("model_wrapper_cfg") or {})

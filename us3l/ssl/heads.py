@@ -20,8 +20,9 @@ def mlp(in_dim: int, hidden_dim: int, out_dim: int, num_layers: int = 2, last_bn
     dim = in_dim
     for i in range(num_layers - 1):
         first = i == 0 and slice_input
-        layers += [USLinear(dim, hidden_dim, bias=False, slice_in=True) if first else nn.Linear(dim, hidden_dim, bias=False),
-                   nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True)]
+        linear = (USLinear(dim, hidden_dim, bias=False, slice_in=True) if first
+                  else nn.Linear(dim, hidden_dim, bias=False))
+        layers += [linear, nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True)]
         dim = hidden_dim
     last_sliced = num_layers == 1 and slice_input
     layers.append(USLinear(dim, out_dim, slice_in=True) if last_sliced else nn.Linear(dim, out_dim))
