@@ -37,7 +37,8 @@ _NUMPY_GLOBALS = {
 }
 PICKLE_GLOBALS = frozenset(_NUMPY_GLOBALS | {
     ("collections", "OrderedDict"),
-    ("builtins", "set"), ("builtins", "frozenset"), ("builtins", "complex"), ("builtins", "bytearray"),
+    *((mod, name) for mod in ("builtins", "__builtin__")  # __builtin__: protocol-2 / Python 2 pickles
+      for name in ("set", "frozenset", "complex", "bytearray")),
     ("_codecs", "encode"),  # bytes in protocol-2 pickles written by Python 3
 })
 
