@@ -200,3 +200,19 @@ def test_eval_widths_refuses_crafted_weights(crafted, tiny_coco):
     r = _refused([os.path.join(ROOT, "tools", "eval_widths.py"), files["pth"], "--widths", "0.5", "--output-dir", out,
                   "--datasets", tiny_coco["datasets_dir"]], marker, [out / "results.md"], code=1)
     assert "evaluation failed" in r.stderr
+
+
+def test_mmdetection_resume_reads_its_own_trainer_state(tiny_coco, tmp_path, monkeypatch):
+    """mmengine's checkpoints (optimizer, schedulers, message hub with HistoryBuffer / numpy) resume weights-only."""
+    from test_mmdet_train import TINY
+
+    from us3l.mmdet.runner import train_main
+
+    monkeypatch.setenv("US3L_DATASETS", tiny_coco["datasets_dir"])
+    monkeypatch.delenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", raising=False)
+    opts = [*TINY, "model.backbone.init_cfg=None", "model.neck.norm_cfg=None", "train_cfg.val_interval=10"]
+    args = [MM_CONFIG, "--work-dir", str(tmp_path), "--width", "0.25", "--cfg-options", *opts]
+    train_main(args)
+    runner = train_main([*args, "train_cfg.max_epochs=2", "--resume"])
+    assert runner.epoch == 2 and (tmp_path / "epoch_2.pth").exists()
+    assert runner.message_hub.get_info("iter") == runner.iter
