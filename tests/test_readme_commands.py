@@ -51,7 +51,7 @@ COMMANDS = {
         covered_by("this file: the same tool on the tiny run above"),
     "python tools/convert_pretrain_to_d2.py runs/r50/calibrated.pth runs/r50/us3l_r50.pkl":
         covered_by("tests/test_d2_checkpoint.py and tests/test_convert_d2_mmdet.py (a real R50 backbone)"),
-    "for w in 1.0 0.75 0.5 0.25; do python projects/segmentation/train_net.py --num-gpus 8 --config-file "
+    "for w in 1.0 0.75 0.5 0.25 do python projects/segmentation/train_net.py --num-gpus 8 --config-file "
     "projects/segmentation/configs/mask_rcnn_US-R50_FPN_1x.yaml MODEL.WEIGHTS runs/r50/us3l_r50.pkl "
     "MODEL.US3L.WIDTH_MULT $w OUTPUT_DIR runs/mask_w$w done":
         covered_by("tests/test_d2_train_eval.py, tests/test_d2_cpu_launch.py (the same entry point, tiny config)"),
