@@ -218,3 +218,48 @@ def test_mmdetection_resume_reads_its_own_trainer_state(tiny_coco, tmp_path, mon
     assert runner.epoch == 2 and (tmp_path / "epoch_2.pth").exists()
     logs = [open(p).read() for p in glob.glob(str(tmp_path / "*" / "*.log"))]
     assert any("resumed epoch: 1, iter: 2" in log for log in logs)
+
+
+def test_us3l_runner_on_a_small_mmengine_model(crafted, tmp_path):
+    """US3LRunner's loading itself, on a small mmengine model (no detector): its own trainer checkpoints resume
+    weights-only (message hub HistoryBuffer, numpy, MultiStepLR's Counter), a crafted file is refused, and a
+    checkpoint of another model is an error before any tensor is copied."""
+    import torch.nn as nn
+    from mmengine.model import BaseModel
+
+    from us3l.mmdet.runner import US3LRunner
+
+    class Small(BaseModel):
+        def __init__(self):
+            super().__init__()
+            self.linear = nn.Linear(2, 1)
+
+        def forward(self, inputs, labels=None, mode="tensor"):
+            out = self.linear(inputs).squeeze(-1)
+            return {"loss": ((out - labels) ** 2).mean()} if mode == "loss" else out
+
+    data = [{"inputs": torch.tensor([float(i), 1.0]), "labels": torch.tensor(float(i % 2))} for i in range(4)]
+
+    def runner(epochs, resume=False):
+        return US3LRunner(model=Small(), work_dir=str(tmp_path / "work"), resume=resume,
+                          train_dataloader=dict(dataset=data, batch_size=2, collate_fn=dict(type="default_collate"),
+                                                sampler=dict(type="DefaultSampler", shuffle=False)),
+                          optim_wrapper=dict(optimizer=dict(type="SGD", lr=0.01, momentum=0.9)),
+                          param_scheduler=dict(type="MultiStepLR", milestones=[1]),
+                          train_cfg=dict(by_epoch=True, max_epochs=epochs),
+                          default_hooks=dict(checkpoint=dict(type="CheckpointHook", interval=1)))
+
+    runner(1).train()
+    resumed = runner(2, resume=True)
+    resumed.train()
+    assert resumed.epoch == 2 and resumed.iter == 4 and (tmp_path / "work" / "epoch_2.pth").exists()
+    marker, files = crafted
+    with pytest.raises(CheckpointError, match=REFUSED):
+        resumed.load_checkpoint(str(files["mmdet"]))
+    assert not marker.exists()
+    torch.save({"state_dict": {"foo.weight": torch.zeros(3)}}, tmp_path / "foo.pth")
+    before = resumed.model.linear.weight.detach().clone()
+    with pytest.raises(CheckpointError, match="does not match the model") as err:
+        resumed.load_checkpoint(str(tmp_path / "foo.pth"))
+    assert "unexpected: foo.weight" in str(err.value) and "missing: linear.weight" in str(err.value)
+    assert torch.equal(resumed.model.linear.weight, before)
