@@ -82,6 +82,19 @@ class ForeignState:
 _STAND_INS = ("mmengine.logging.history_buffer.HistoryBuffer",)
 
 
+def _class_attribute_getter(classes):
+    """``getattr`` for the unpickler, limited to public attributes of ``classes``: mmengine pickles a
+    HistoryBuffer's statistics methods as ``getattr(HistoryBuffer, "mean")``; nothing else may be looked up."""
+
+    def restricted_getattr(obj, name):
+        if any(obj is c for c in classes) and isinstance(name, str) and not name.startswith("_"):
+            return getattr(obj, name, name)  # the stand-in has no methods: keep the name
+        raise CheckpointError(f"refusing to unpickle getattr({getattr(obj, '__name__', type(obj).__name__)}, "
+                              f"{name!r}): {_PLAIN}")
+
+    return restricted_getattr
+
+
 def _full_name(obj) -> str:
     return f"{obj.__module__}.{obj.__qualname__}"
 
@@ -104,6 +117,8 @@ def trainer_state_globals(extra=()) -> list:
     allowed += list(extra)
     given = {_full_name(e) for e in extra if not isinstance(e, tuple)}
     allowed += [(ForeignState, name) for name in _STAND_INS if name not in given]
+    getter = _class_attribute_getter([ForeignState, *(e for e in extra if isinstance(e, type))])
+    allowed += [(getter, "builtins.getattr"), (getter, "__builtin__.getattr")]
     return allowed
 
 
