@@ -26,36 +26,9 @@ import torchvision
 import us3l
 from us3l.inference import cached_bytes
 from us3l.models import us_resnet50
+from us3l.profiling import interleaved_ratios
 
 WIDTHS = (0.25, 0.35, 0.5, 0.75, 0.8)
-
-
-def _forward_times(fn) -> tuple[float, float]:
-    w0, c0 = time.perf_counter(), time.thread_time()
-    fn()
-    return time.perf_counter() - w0, time.thread_time() - c0
-
-
-def interleaved(a, b, pairs: int) -> dict:
-    """Per-pair ratios a/b (wall and thread CPU), alternating which side goes first."""
-    a(), b()  # warm-up (and, for the slimmable side, materialise this width's weights)
-    walls, cpus, a_ms, b_ms = [], [], [], []
-    for i in range(pairs):
-        if i % 2 == 0:
-            ta, tb = _forward_times(a), _forward_times(b)
-        else:
-            tb, ta = _forward_times(b), _forward_times(a)
-        walls.append(ta[0] / tb[0])
-        cpus.append(ta[1] / tb[1])
-        a_ms.append(ta[0] * 1e3)
-        b_ms.append(tb[0] * 1e3)
-    return {"wall": _summary(walls), "cpu": _summary(cpus), "a_ms": statistics.median(a_ms),
-            "b_ms": statistics.median(b_ms)}
-
-
-def _summary(values: list[float]) -> tuple[float, float, float]:
-    q = statistics.quantiles(values, n=4) if len(values) > 1 else [values[0]] * 3
-    return q[0], statistics.median(values), q[2]
 
 
 def switch_cost(model, widths, rounds: int, image: torch.Tensor) -> dict:
@@ -114,13 +87,13 @@ def main(argv=None):
 
     rows = []
     us3l.set_width(us, 1.0)
-    r = interleaved(lambda: us(x), lambda: tv(x), args.pairs)
+    r = interleaved_ratios(lambda: us(x), lambda: tv(x), args.pairs)
     rows.append(("US-R50@1.0 / torchvision R50", r))
     held = {}
     for w in args.widths:
         static = us3l.export_static(us, w)
         us3l.set_width(us, w)
-        r = interleaved(lambda: us(x), lambda: static(x), args.pairs)
+        r = interleaved_ratios(lambda: us(x), lambda: static(x), args.pairs)
         rows.append((f"US-R50@{w} / static export@{w}", r))
         held[w] = (cached_bytes(us), param_bytes(static))
         del static
@@ -141,7 +114,7 @@ def main(argv=None):
     for name, r in rows:
         (wl, wm, wh), (cl, cm, ch) = r["wall"], r["cpu"]
         lines.append(f"| {name} | {wm:.3f} [{wl:.3f}, {wh:.3f}] | {cm:.3f} [{cl:.3f}, {ch:.3f}] | "
-                     f"{r['a_ms']:.1f} | {r['b_ms']:.1f} | {'yes' if wm <= 1.02 else 'no'} / "
+                     f"{r['a_s'] * 1e3:.1f} | {r['b_s'] * 1e3:.1f} | {'yes' if wm <= 1.02 else 'no'} / "
                      f"{'yes' if cm <= 1.02 else 'no'} |")
     lines += ["", "Width switch (ResNet-50, from another width; median of "
               f"{args.switch_rounds}; re-slicing = first forward after the switch minus a steady one, 1x3x32x32):",
