@@ -3,6 +3,8 @@
 The reference is always a NEW ``us3l.export_static`` of the current weights (a plain torchvision-layout
 model), built after the change, so a stale cache in the slimmable model cannot hide in the reference.
 """
+import copy
+
 import pytest
 import torch
 
@@ -128,6 +130,10 @@ def test_width_change_and_memory_bound(resnet):
                              if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)))
         assert 0 < held[w] <= static_weights
     assert held[0.25] < held[0.35] < held[0.8]
+    twin = copy.deepcopy(resnet)  # e.g. an EMA teacher: copies start without the original's copies
+    assert cached_bytes(twin) == 0 and cached_bytes(resnet) == held[0.8]
+    with torch.no_grad():
+        assert torch.equal(twin(x), resnet(x))
     us3l.set_width(resnet, 1.0)
     with torch.no_grad():
         resnet(x)

@@ -72,6 +72,9 @@ class SliceCache:
     def __init__(self):
         self.clear()
 
+    def __reduce__(self):  # copies and pickles of a model start empty (the key names the original's tensors)
+        return SliceCache, ()
+
     def clear(self) -> None:
         self.key = self.value = None
         self.copied_bytes = 0
