@@ -223,3 +223,18 @@ def test_training_model_gradients_match_static_export():
         rest = p.grad.clone()
         rest[idx] = 0
         assert not rest.any(), f"{name}: gradient outside the active slice"
+
+
+def test_prepare_makes_the_next_forward_reuse_tensors(resnet):
+    from us3l.inference import prepare
+
+    us3l.set_width(resnet, 0.35)
+    prepare(resnet)
+    convs = [m for m in resnet.modules() if isinstance(m, USConv2d)]
+    made = [m._slice_cache.value[0] for m in convs]
+    with torch.no_grad():
+        resnet(torch.randn(1, 3, 32, 32))
+    assert all(m._slice_cache.value[0] is t for m, t in zip(convs, made))
+    us3l.set_width(resnet, 0.3)  # not calibrated: prepare fails as the forward would
+    with pytest.raises(us3l.UncalibratedWidthError):
+        prepare(resnet)

@@ -9,8 +9,10 @@ last grad-free width.
 """
 from __future__ import annotations
 
+import torch
 import torch.nn as nn
 
+from .ops import USBatchNorm2d
 from .width import slimmable_modules
 
 
@@ -23,3 +25,16 @@ def clear_cache(model: nn.Module) -> None:
     """Drop those copies; needed only after writing weights through ``tensor.data`` (invisible otherwise)."""
     for m in slimmable_modules(model):
         m._clear_inference_cache()
+
+
+@torch.no_grad()
+def prepare(model: nn.Module) -> None:
+    """Make the active width's tensors now rather than in the next ``torch.no_grad`` forward (e.g. right after
+    ``us3l.set_width``, before latency matters). Raises ``UncalibratedWidthError`` in eval mode when the width
+    has no BN statistics, as that forward would."""
+    for m in slimmable_modules(model):
+        if isinstance(m, USBatchNorm2d):
+            if not m.training:
+                m._eval_tensors()
+        elif hasattr(m, "active_weight"):
+            m.active_weight()
