@@ -1,11 +1,11 @@
 """Prefix slices ``weight[:rows, :cols]`` of a slimmable layer's weight, cheap with and without autograd.
 
-A prefix of rows is a view. A prefix of columns is strided, and the convolution/matmul kernels copy it
-to a contiguous layout on every call, so:
+A prefix of rows is a view. A prefix of columns is strided: the oneDNN convolution copies such a weight to
+a contiguous layout on every call (forward and backward), so:
 
-* with autograd, :func:`prefix_slice` hands the kernel a contiguous copy and writes the gradient into a
+* with autograd, :func:`prefix_slice` hands the kernel one contiguous copy and writes the gradient into a
   full-size tensor in one pass (plain indexing slices one dimension at a time, and the backward of each
-  slice fills another full-size zero tensor);
+  slice allocates and zero-fills a tensor of its input's size);
 * without autograd (inference, BN calibration, a frozen layer) each layer keeps ONE contiguous copy, for
   the last width it ran at (:class:`SliceCache`), and reuses it while the weight is unchanged.
 
