@@ -238,3 +238,15 @@ def test_prepare_makes_the_next_forward_reuse_tensors(resnet):
     us3l.set_width(resnet, 0.3)  # not calibrated: prepare fails as the forward would
     with pytest.raises(us3l.UncalibratedWidthError):
         prepare(resnet)
+
+
+def test_tracing_records_the_slicing_not_cached_tensors(resnet):
+    """A trace after grad-free forwards must still read the parameters (not tensors cached earlier)."""
+    x = torch.randn(2, 3, 32, 32)
+    us3l.set_width(resnet, 0.35)
+    with torch.no_grad():
+        resnet(x)  # fills the caches
+        traced = torch.jit.trace(resnet, x, check_trace=False)
+        for p in resnet.parameters():
+            p.mul_(1.5)
+        assert torch.allclose(traced(x), resnet(x), atol=1e-5)

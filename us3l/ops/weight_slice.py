@@ -54,7 +54,10 @@ class _PrefixSlice(torch.autograd.Function):
 
 
 def grad_free(weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
-    """True when this forward records no gradient for the layer (inference, calibration, frozen layers)."""
+    """True when this forward records no gradient for the layer (inference, calibration, frozen layers) and
+    is not being traced (a trace must record the slicing, not bake in a tensor from an earlier call)."""
+    if torch.jit.is_tracing():
+        return False
     return not torch.is_grad_enabled() or not (weight.requires_grad or (bias is not None and bias.requires_grad))
 
 
@@ -94,6 +97,8 @@ def prefix_slice(weight: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
     gradient is written into a full-size tensor in one pass)."""
     if cols == weight.shape[1]:
         return weight if rows == weight.shape[0] else weight[:rows]
+    if torch.jit.is_tracing():  # plain aten slicing, which traces (and exports) as such
+        return weight[:rows, :cols]
     if torch.is_grad_enabled() and weight.requires_grad:
         return _PrefixSlice.apply(weight, rows, cols)
     return weight.detach()[:rows, :cols].contiguous()
