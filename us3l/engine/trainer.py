@@ -112,7 +112,7 @@ class Pretrainer:
 
     # -- build ----------------------------------------------------------------------------------------------
     def _build(self) -> SimpleNamespace:
-        """Process group, output folder, data, method (+ init / resume), optimizer and loader of this run."""
+        """Process group, output folder, seeds, data, model and loader of this run."""
         cfg = self.cfg
         r = SimpleNamespace(device=du.local_device(cfg.train.device))
         du.init_from_env(r.device.type)
@@ -129,35 +129,8 @@ class Pretrainer:
         np.random.seed(seed)
         torch.manual_seed(seed)
 
-        base = build_dataset(cfg.data.dataset, cfg.data.root, "train", None, embedded=self._embedded_args())
-        data = TwoViewDataset(base, ssl_transform(cfg.data.augment, cfg.data.image_size), seed)
-        probe = ResumableBatchSampler(len(data), cfg.data.batch_size, seed, du.rank(), du.world_size())
-        r.ipe = probe.iterations_per_epoch()
-        r.total = cfg.train.iterations or max(1, round(cfg.train.epochs * r.ipe))
-
-        r.method = build_method(cfg)
-        r.init_report = None
-        if cfg.model.init_from and ckpt is None:  # a resumed run restores everything from its own checkpoint
-            r.init_report = self._init_from(r.method, log)
-        r.method = r.method.to(r.device)
-        du.broadcast_module(r.method)
-        r.params = _trainable(r.method)
-        wd = 0.0 if cfg.group_reg.enabled else cfg.optim.weight_decay
-        r.opt = torch.optim.SGD(r.params, lr=cfg.optim.lr, momentum=cfg.optim.momentum, weight_decay=wd)
-        r.amp = cfg.train.amp and r.device.type == "cuda"
-        r.scaler = torch.amp.GradScaler("cuda", enabled=r.amp)
-        r.widths = WidthSampler(tuple(cfg.model.width_range), cfg.sampling.num_widths, cfg.sampling.dynamic,
-                                cfg.sampling.num_stages, seed)
-        r.greg = (GroupRegularizer(cfg.group_reg.lam, cfg.group_reg.alpha, cfg.group_reg.bins, cfg.group_reg.type)
-                  if cfg.group_reg.enabled else None)
-        r.warm_iters = int(round(cfg.group_reg.warmup_epochs * r.ipe))
-        r.ramp_end = int(round(cfg.group_reg.ramp_end * r.total))
-
-        r.start = 0
-        if ckpt is not None:
-            r.start = self._restore(ckpt, r.method, r.opt, r.scaler, r.total, log)
-        if r.start >= r.total:
-            log.info(f"nothing to do: checkpoint is at iteration {r.start} of {r.total}")
+        data = self._build_data(r)
+        self._build_model(r, ckpt)
         batches = ResumableBatchSampler(len(data), cfg.data.batch_size, seed, du.rank(), du.world_size(),
                                         start_iteration=r.start, num_iterations=r.total)
         r.loader = tud.DataLoader(data, batch_sampler=batches, num_workers=cfg.data.num_workers,
@@ -170,6 +143,43 @@ class Pretrainer:
                  f"{r.device} | step mode {cfg.sampling.step_mode}, dynamic sampling {cfg.sampling.dynamic}")
         r.method.train()
         return r
+
+    def _build_data(self, r) -> TwoViewDataset:
+        """The two-view dataset; sets the run's iterations per epoch and total iterations."""
+        cfg = self.cfg
+        base = build_dataset(cfg.data.dataset, cfg.data.root, "train", None, embedded=self._embedded_args())
+        data = TwoViewDataset(base, ssl_transform(cfg.data.augment, cfg.data.image_size), cfg.train.seed)
+        probe = ResumableBatchSampler(len(data), cfg.data.batch_size, cfg.train.seed, du.rank(), du.world_size())
+        r.ipe = probe.iterations_per_epoch()
+        r.total = cfg.train.iterations or max(1, round(cfg.train.epochs * r.ipe))
+        return data
+
+    def _build_model(self, r, ckpt) -> None:
+        """Method (initialised from ``model.init_from`` or restored from ``ckpt``), optimizer, width sampler
+        and group regularizer."""
+        cfg = self.cfg
+        r.method = build_method(cfg)
+        r.init_report = None
+        if cfg.model.init_from and ckpt is None:  # a resumed run restores everything from its own checkpoint
+            r.init_report = self._init_from(r.method, r.log)
+        r.method = r.method.to(r.device)
+        du.broadcast_module(r.method)
+        r.params = _trainable(r.method)
+        wd = 0.0 if cfg.group_reg.enabled else cfg.optim.weight_decay
+        r.opt = torch.optim.SGD(r.params, lr=cfg.optim.lr, momentum=cfg.optim.momentum, weight_decay=wd)
+        r.amp = cfg.train.amp and r.device.type == "cuda"
+        r.scaler = torch.amp.GradScaler("cuda", enabled=r.amp)
+        r.widths = WidthSampler(tuple(cfg.model.width_range), cfg.sampling.num_widths, cfg.sampling.dynamic,
+                                cfg.sampling.num_stages, cfg.train.seed)
+        r.greg = (GroupRegularizer(cfg.group_reg.lam, cfg.group_reg.alpha, cfg.group_reg.bins, cfg.group_reg.type)
+                  if cfg.group_reg.enabled else None)
+        r.warm_iters = int(round(cfg.group_reg.warmup_epochs * r.ipe))
+        r.ramp_end = int(round(cfg.group_reg.ramp_end * r.total))
+        r.start = 0
+        if ckpt is not None:
+            r.start = self._restore(ckpt, r.method, r.opt, r.scaler, r.total, r.log)
+        if r.start >= r.total:
+            r.log.info(f"nothing to do: checkpoint is at iteration {r.start} of {r.total}")
 
     def _init_from(self, method, log):
         """Backbone, heads and teacher from ``model.init_from``; the full key report goes to init_from.json."""
