@@ -99,7 +99,8 @@ def test_simclr_momentum_reference_maps_backbone_heads_and_teacher(tmp_path):
     cfg, m = method_for()
     report = init_from_checkpoint(m, path, cfg.model.arch, cfg.model.cifar_stem)
     on, te = m.online.state_dict(), m.teacher.state_dict()
-    assert torch.equal(on["backbone.layer3.0.downsample.0.weight"], ref["module.encoder_q.layer3.0.downsample.0.weight"])
+    key = "layer3.0.downsample.0.weight"
+    assert torch.equal(on[f"backbone.{key}"], ref[f"module.encoder_q.{key}"])
     assert torch.equal(on["projector.3.bias"], ref["module.encoder_q.fc.3.bias"])
     assert torch.equal(on["projector.4.running_var"], ref["module.encoder_q.fc.4.running_var"])
     # SimCLR-momentum's predictor is used only by sub-networks: it is our auxiliary head

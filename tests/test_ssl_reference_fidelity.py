@@ -83,7 +83,8 @@ def test_cifar_config_is_the_references_simclr_momentum_recipe():
         a1 = m.online.aux_head(m.online.encode(x[0])[0])
         a2 = m.online.aux_head(m.online.encode(x[1])[0])
     cos = nn.functional.cosine_similarity
-    assert float(loss.detach()) == pytest.approx(float(-0.5 * (cos(a1, ctx["t2"]).mean() + cos(a2, ctx["t1"]).mean())), rel=1e-5)
+    want = -0.5 * (cos(a1, ctx["t2"]).mean() + cos(a2, ctx["t1"]).mean())
+    assert float(loss.detach()) == pytest.approx(float(want), rel=1e-5)
 
 
 # -- heads -----------------------------------------------------------------------------------------------------
@@ -228,7 +229,8 @@ def expected_counts(width):
     for layer in reference_mobilenet_v2_layers():
         if layer[0] == "conv":
             _, ci, ri, si, co, ro, so, _ = layer
-            out.append((reference_channels(ci, width, ri) if si else ci, reference_channels(co, width, ro) if so else co))
+            out.append((reference_channels(ci, width, ri) if si else ci,
+                        reference_channels(co, width, ro) if so else co))
         else:
             _, c, r, s = layer
             out.append(reference_channels(c, width, r) if s else c)

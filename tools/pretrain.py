@@ -2,7 +2,7 @@
 """Self-supervised pre-training of a universally slimmable backbone (US3L or a Table-1 baseline).
 
   python tools/pretrain.py --config configs/us3l_tiny_cpu.yaml --output-dir runs/tiny [--resume] [key=value ...]
-  python tools/pretrain.py --config configs/us3l_cifar100_r18.yaml --output-dir runs/c100 --init-from ref/checkpoint.pth.tar
+  python tools/pretrain.py --config configs/us3l_cifar100_r18.yaml --output-dir runs/c100 --init-from ref/ckpt.pth.tar
   torchrun --nproc_per_node 8 tools/pretrain.py --config configs/us3l_imagenet_r50.yaml --output-dir runs/r50
 
 Overrides are dotted config keys (``train.iterations=20 data.root=/data/imagenet``); unknown keys are errors.

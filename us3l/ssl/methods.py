@@ -80,7 +80,8 @@ def resolve_heads(mm, width_range=(0.25, 1.0), arch: str = "resnet18") -> HeadSp
     stages: tuple[int, ...] = ()
     if mm.feature_distill_weight > 0:
         if name != "us3l":
-            raise ValueError(f"feature distillation is part of us3l only; set method.feature_distill_weight=0 for {name}")
+            raise ValueError(f"feature distillation is part of us3l only; set method.feature_distill_weight=0 "
+                             f"for {name}")
         if not mm.feature_distill_stages:
             raise ValueError("method.feature_distill_weight > 0 needs method.feature_distill_stages (1..4)")
         if not arch.startswith("resnet"):
