@@ -172,3 +172,21 @@ def test_pretrain_tool_starts_from_a_reference_checkpoint(tmp_path):
     final = torch.load(out / "final.pth", weights_only=True)["model"]
     w0 = ref["module.encoder_q.layer2.0.conv1.weight"]
     assert (final["backbone.layer2.0.conv1.weight"] - w0).abs().max() < 0.05 * w0.abs().max()
+
+
+def test_init_from_our_own_pretraining_checkpoint(tmp_path):
+    from us3l.checkpoint import PRETRAIN_FORMAT
+    cfg, src = method_for("byol")
+    torch.save({"format": PRETRAIN_FORMAT, "model": src.online.state_dict(), "teacher": src.teacher.state_dict(),
+                "meta": {}}, tmp_path / "last.pth")
+    torch.manual_seed(1)
+    dst = build_method(cfg)
+    report = init_from_checkpoint(dst, str(tmp_path / "last.pth"), cfg.model.arch, cfg.model.cifar_stem)
+    assert not report.dropped and not report.kept_init
+    for a, b in zip(src.online.state_dict().values(), dst.online.state_dict().values()):
+        assert torch.equal(a, b)
+    # a method without a teacher lists the file's teacher as dropped
+    cfg2, naive = method_for("byol", **{"method.name": "simsiam_naive"})
+    report = init_from_checkpoint(naive, str(tmp_path / "last.pth"), cfg2.model.arch, cfg2.model.cifar_stem)
+    assert any(d.startswith("teacher.backbone.conv1.weight") for d in report.dropped)
+    assert any(d.startswith("model.aux_head.0.weight") for d in report.dropped)
