@@ -190,3 +190,13 @@ def test_init_from_our_own_pretraining_checkpoint(tmp_path):
     report = init_from_checkpoint(naive, str(tmp_path / "last.pth"), cfg2.model.arch, cfg2.model.cifar_stem)
     assert any(d.startswith("teacher.backbone.conv1.weight") for d in report.dropped)
     assert any(d.startswith("model.aux_head.0.weight") for d in report.dropped)
+
+
+def test_missing_init_file_is_refused_before_anything_is_written(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "pretrain.py"), "--config",
+                           os.path.join(ROOT, "configs", "us3l_tiny_cpu_fast.yaml"), "--output-dir", str(out),
+                           "--init-from", str(tmp_path / "no such: file.pth")],
+                          env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "model.init_from: checkpoint not found" in proc.stderr
+    assert not out.exists()

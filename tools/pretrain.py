@@ -12,6 +12,7 @@ Writes ``last.pth`` (every checkpoint), ``ckpt_XXXXXXXX.pth`` (periodic, keep-la
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
@@ -33,9 +34,8 @@ def main(argv=None) -> int:
     ap.add_argument("overrides", nargs="*", help="section.key=value")
     args = ap.parse_args(argv)
     try:
-        cfg = load_config(args.config, args.overrides)
-        if args.init_from:
-            cfg.model.init_from = args.init_from
+        init = [f"model.init_from={json.dumps(args.init_from)}"] if args.init_from else []  # quoted YAML scalar
+        cfg = load_config(args.config, list(args.overrides) + init)
         summary = pretrain(cfg, args.output_dir, args.resume)
     except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -272,6 +272,8 @@ def validate(cfg: PretrainConfig) -> PretrainConfig:
         raise ConfigError(str(e)) from None
     if cfg.model.init_from is not None and not isinstance(cfg.model.init_from, str):
         raise ConfigError(f"model.init_from must be a checkpoint path, got {cfg.model.init_from!r}")
+    if cfg.model.init_from and not os.path.isfile(cfg.model.init_from):
+        raise ConfigError(f"model.init_from: checkpoint not found: {cfg.model.init_from}")
     if cfg.train.amp and cfg.train.device == "cpu":
         raise ConfigError("train.amp needs CUDA")
     return cfg
