@@ -74,10 +74,13 @@ def pretrain_main(argv=None) -> int:
     ap.add_argument("--config", required=True, help="YAML config (configs/*.yaml)")
     ap.add_argument("--output-dir", required=True)
     ap.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/last.pth if it exists")
+    ap.add_argument("--init-from", metavar="PATH", help="start from this checkpoint's backbone and heads (US3L "
+                    "reference pre-training checkpoint or us3l.pretrain/1); same as model.init_from=PATH")
     ap.add_argument("overrides", nargs="*", help="section.key=value")
     args = ap.parse_args(argv)
     try:
-        summary = pretrain(load_config(args.config, args.overrides), args.output_dir, args.resume)
+        init = [f"model.init_from={json.dumps(args.init_from)}"] if args.init_from else []  # quoted YAML scalar
+        summary = pretrain(load_config(args.config, list(args.overrides) + init), args.output_dir, args.resume)
     except (ConfigError, *bad_input_errors()) as e:
         print(error_line(e), file=sys.stderr)
         return BAD_INPUT
