@@ -57,7 +57,7 @@ def main(argv=None):
 
     cmd = "PYTHONPATH=$PWD OMP_NUM_THREADS=%s python %s" % (os.environ.get("OMP_NUM_THREADS", "?"),
                                                              " ".join(sys.argv))
-    lines = [f"# Slimmable ResNet-50 training step (forward + backward) vs a static network of the same width",
+    lines = ["# Slimmable ResNet-50 training step (forward + backward) vs a static network of the same width",
              "", f"Command: `{cmd}`  ",
              f"CPU, train mode, batch {args.batch_size}, {args.image_size} px. Machine: {platform.machine()}, "
              f"{os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} thread(s) for both "

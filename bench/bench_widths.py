@@ -91,7 +91,7 @@ def main(argv=None):
     for w in args.widths:
         static = us3l.export_static(us, w)
         us3l.set_width(us, w)
-        r = interleaved_ratios(lambda: us(x), lambda: static(x), args.pairs)
+        r = interleaved_ratios(lambda: us(x), lambda s=static: s(x), args.pairs)
         rows.append((f"US-R50@{w} / static export@{w}", r))
         held[w] = (cached_bytes(us), param_bytes(static))
         del static

@@ -112,7 +112,7 @@ def test_heads_have_the_references_layout(base, hidden_bias):
     _, m = cifar_method(base_loss=base)
     proj = {k: tuple(v.shape) for k, v in m.online.projector.state_dict().items()}
     assert proj == reference_projector(512, 64, 32, hidden_bias)
-    assert [type(l).__name__ for l in m.online.projector] == [
+    assert [type(layer).__name__ for layer in m.online.projector] == [
         "USLinear", "BatchNorm1d", "ReLU", "Linear", "BatchNorm1d", "ReLU", "Linear"]  # three linear, BN after two
     head = m.online.aux_head
     assert {k: tuple(v.shape) for k, v in head.state_dict().items()} == reference_predictor(32, 48)
@@ -121,7 +121,9 @@ def test_heads_have_the_references_layout(base, hidden_bias):
 # -- group regularization ----------------------------------------------------------------------------------------
 def test_group_reg_covers_the_references_parameter_sets():
     _, m = cifar_method(base_loss="byol", feature_distill_weight=1.0, feature_distill_stages=[4])
-    ids = lambda ps: {id(p) for p in ps}
+    def ids(ps):
+        return {id(p) for p in ps}
+
     online = m.online
     core = ids(online.backbone.parameters()) | ids(online.projector.parameters())
     heads = ids(online.predictor.parameters()) | ids(online.aux_head.parameters())

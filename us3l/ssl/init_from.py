@@ -100,7 +100,7 @@ def _reference_sources(state: Mapping, method, report: InitReport) -> tuple[dict
         report.dropped.append(f"proj_conv.{k} (the reference's feature adapters hook layerX.1.bn2, ours the stage "
                               "outputs: not the same layer)")
     if teacher is None:
-        for k, (src, _) in src_teacher.items():
+        for src, _ in src_teacher.values():
             report.dropped.append(f"{src} (this method has no EMA teacher)")
         src_teacher = {}
     return src_online, src_teacher
