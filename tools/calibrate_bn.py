@@ -57,8 +57,8 @@ def main(argv=None) -> int:
         ds = build_dataset(detect_kind(args.data_root, args.split), args.data_root, args.split,
                            eval_transform(recipe, size))
         g = torch.Generator().manual_seed(0)
-        loader = tud.DataLoader(ds, batch_size=args.batch_size, shuffle=True, generator=g, drop_last=len(ds) > args.batch_size,
-                                num_workers=args.workers)
+        loader = tud.DataLoader(ds, batch_size=args.batch_size, shuffle=True, generator=g,
+                                drop_last=len(ds) > args.batch_size, num_workers=args.workers)
         for w in args.widths:
             used = calibrate_bn(model, loader, w, args.num_batches)
             print(f"calibrated width {w} on {used} batches")

@@ -58,7 +58,8 @@ def main(argv=None):
     try:
         convert(args.src, args.dst, verbose=not args.quiet)
     except CheckpointError as e:
-        sys.exit(f"error: {e}")
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)  # bad input (us3l.cli)
 
 
 if __name__ == "__main__":

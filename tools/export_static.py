@@ -11,6 +11,7 @@ import argparse
 import torch
 
 import us3l
+from us3l.cli import exit_with
 from us3l.checkpoint import atomic_save, load_backbone
 from us3l.checkpoint.model_io import load_state_dict_checked
 from us3l.models import build_us_model
@@ -44,4 +45,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    exit_with(main)

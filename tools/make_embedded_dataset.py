@@ -5,13 +5,10 @@ No download: the images are generated from a seed. Re-running with the same para
 """
 import argparse
 import json
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from us3l.data.datasets import embedded_root  # noqa: E402
-from us3l.data.synthetic import (CLASSIFICATION_STYLES, DETECTION_STYLES, default_dataset_root,  # noqa: E402
+from us3l.cli import exit_with
+from us3l.data.datasets import embedded_root
+from us3l.data.synthetic import (CLASSIFICATION_STYLES, DETECTION_STYLES, default_dataset_root,
                                  generate_classification_dataset,
                                  generate_coco_dataset)
 
@@ -19,7 +16,8 @@ from us3l.data.synthetic import (CLASSIFICATION_STYLES, DETECTION_STYLES, defaul
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--root", default=None,
-                   help="output folder (default: $US3L_DATASETS/us3l_shapes; with --classification us3l_shapes_cls, or us3l_shapes_cls_<style> for a style other than category)")
+                   help="output folder (default: $US3L_DATASETS/us3l_shapes; with --classification us3l_shapes_cls, "
+                        "or us3l_shapes_cls_<style> for a style other than category)")
     p.add_argument("--num-train", type=int, default=256,
                    help="training images (per class with --classification)")
     p.add_argument("--num-val", type=int, default=64, help="validation images (per class with --classification)")
@@ -28,8 +26,8 @@ def main(argv=None):
     p.add_argument("--classification", action="store_true",
                    help="write an ImageFolder set (one dominant object per image) for kNN / linear probes")
     p.add_argument("--style", choices=DETECTION_STYLES + CLASSIFICATION_STYLES, default=None,
-                   help="detection set: 'simple' (default; 4 easy classes) or 'clutter' (8 classes, small objects, "
-                        "clutter, occlusion: width matters); with --classification: 'category' (default; each class "
+                   help="detection set: 'simple' (default; 4 easy classes), 'clutter-light' or 'clutter' (8 classes, "
+                        "class = outline only, clutter, occlusion); with --classification: 'category' (default; each class "
                         "its own colours and pattern) or 'shape' (random colours and patterns: only the outline "
                         "tells the class)")
     args = p.parse_args(argv)
@@ -51,4 +49,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    exit_with(main)

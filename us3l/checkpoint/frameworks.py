@@ -17,10 +17,11 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
-from .io import atomic_save, read_checkpoint
+from .io import atomic_save
 from .keymaps import (detect_d2_layout, detect_mmdet_layout, d2_to_mmdet, mmdet_to_d2,
                       permute_anchors)
 from .report import CheckpointError
+from .safe_load import load_any, load_torch
 
 US3L_D2_META_KEY = "__us3l__"  # metadata entry of the .pkl files tools/convert_pretrain_to_d2.py writes
 US3L_D2_FORMAT = "us3l.d2/1"  # = us3l.d2.pkl_format.D2_PKL_FORMAT (not imported: that needs Detectron2)
@@ -49,16 +50,9 @@ class Conversion:
 
 # ------------------------------------------------------------------------------------------------- files
 def _load_trusted(path: str):
-    """``torch.load`` with ``weights_only=True``; framework training checkpoints (numpy scalars, mmengine
-    HistoryBuffer) need the full unpickler, which is used only for them and announced."""
-    try:
-        return read_checkpoint(path)
-    except CheckpointError as e:
-        if "Unpickling" not in str(e) and "weights_only" not in str(e):
-            raise
-    print(f"note: {path} is not plain tensors; retrying with the full unpickler (framework training checkpoints "
-          "hold more than tensors): convert only files you trust")
-    return read_checkpoint(path, weights_only=False)
+    """``torch.load(weights_only=True)`` with the trainer-state allowlist (numpy scalars, mmengine HistoryBuffer
+    stood in for): framework training checkpoints convert, a file that would run code is refused."""
+    return load_torch(path)
 
 
 def _as_tensor(name: str, value) -> torch.Tensor:
@@ -75,15 +69,7 @@ def read_d2_checkpoint(path: str) -> tuple[dict[str, torch.Tensor], dict]:
     """(state dict, top-level metadata) of a Detectron2 ``.pkl`` (numpy) or ``.pth`` (torch) checkpoint."""
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint not found: {path}")
-    if path.endswith(".pkl"):
-        try:
-            with open(path, "rb") as f:
-                obj = pickle.load(f, encoding="latin1")
-        except Exception as e:
-            raise CheckpointError(f"cannot read Detectron2 checkpoint {path} (corrupt, truncated or not a pickle): "
-                                  f"{type(e).__name__}: {e}") from e
-    else:
-        obj = _load_trusted(path)
+    obj = load_any(path)  # plain-data unpickler for .pkl, weights-only torch.load otherwise
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{path}: a Detectron2 checkpoint is a dict, got {type(obj).__name__}")
     if "blobs" in obj:

@@ -22,6 +22,7 @@ import torch
 
 from ..ops.width_state import DEFAULT_WIDTH_RANGE
 from .report import CheckpointError
+from .safe_load import load_torch
 from .slicing import calibrated_widths_in
 
 BACKBONE_FORMAT = "us3l.backbone/1"
@@ -43,14 +44,9 @@ def atomic_save(obj, path: str) -> None:
         raise
 
 
-def read_checkpoint(path: str, weights_only: bool = True):
-    if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=weights_only)
-    except Exception as e:  # torch raises several types for truncated / foreign files
-        raise CheckpointError(f"cannot read checkpoint {path} (corrupt, truncated or not a torch file): "
-                              f"{type(e).__name__}: {e}") from e
+def read_checkpoint(path: str):
+    """A torch checkpoint, loaded weights-only (never runs code from the file): :func:`safe_load.load_torch`."""
+    return load_torch(path)
 
 
 def infer_arch(state: Mapping[str, torch.Tensor]) -> tuple[str, bool]:
@@ -103,7 +99,8 @@ def extract_backbone(ckpt) -> tuple[dict[str, torch.Tensor], dict]:
     meta.update(arch=arch, cifar_stem=bool(meta.get("cifar_stem", cifar)))
     meta.setdefault("width_range", list(DEFAULT_WIDTH_RANGE))
     # below 1.0 only what the tensors back; 1.0 (the standard running stats) as the metadata says
-    meta["calibrated_widths"] = calibrated_widths_in(state) + ([1.0] if 1.0 in meta.get("calibrated_widths", []) else [])
+    full = [1.0] if 1.0 in meta.get("calibrated_widths", []) else []
+    meta["calibrated_widths"] = calibrated_widths_in(state) + full
     return state, meta
 
 

@@ -48,6 +48,17 @@ def save_model_backbone(model: nn.Module, path: str, **extra_meta) -> None:
     save_backbone(state, meta, path)
 
 
+def load_slimmable_backbone(path: str, device="cpu") -> tuple[nn.Module, dict]:
+    """The slimmable backbone (no classifier) a checkpoint describes, with its weights: ``(model, meta)``."""
+    from ..models import build_us_model
+    from .io import load_backbone
+
+    state, meta = load_backbone(path)
+    model = build_us_model(meta["arch"], 0, meta["cifar_stem"], tuple(meta.get("width_range", (0.25, 1.0))))
+    load_state_dict_checked(model, state, f"loading {path}")
+    return model.to(device), meta
+
+
 def _arch_or_type(model: nn.Module) -> str:
     try:
         return arch_of(model)
@@ -55,4 +66,4 @@ def _arch_or_type(model: nn.Module) -> str:
         return type(model).__name__
 
 
-__all__ = ["load_state_dict_checked", "save_model_backbone", "CheckpointError"]
+__all__ = ["load_state_dict_checked", "load_slimmable_backbone", "save_model_backbone", "CheckpointError"]

@@ -73,11 +73,12 @@ class US3LCheckpointer(DetectionCheckpointer):
             return super()._load_file(filename)  # Caffe2 / Detectron1 model zoo
         try:
             loaded = super()._load_file(filename)
+        except CheckpointError:  # refused or unreadable (us3l.checkpoint.safe_load): its message says why
+            raise
         except Exception as e:
             raise CheckpointError(
-                f"cannot read {filename}: {type(e).__name__}: {e}. Detectron2's own checkpoints hold "
-                "non-tensor state: the project's entry points set TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 for them; a "
-                f"US3L pre-training checkpoint must be converted: {_CONVERT_HINT.format(src=filename)}") from e
+                f"cannot read {filename}: {type(e).__name__}: {e}. A US3L pre-training checkpoint must be "
+                f"converted: {_CONVERT_HINT.format(src=filename)}") from e
         kind = _us3l_kind(loaded) or _us3l_kind(loaded.get("model"))  # Detectron2 wraps foreign dicts in "model"
         if kind:
             raise CheckpointError(f"{filename} is a US3L {kind} checkpoint, not Detectron2 weights; "

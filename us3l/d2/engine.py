@@ -7,17 +7,40 @@ skipped tensor), the evaluator is pycocotools COCO evaluation, and results are k
 """
 from __future__ import annotations
 
-import os
 import weakref
 from collections import OrderedDict
 
 import torch
+from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
 
+from ..checkpoint.safe_load import load_any
+from ..cli import run_tool
 from .checkpoint import US3LCheckpointer
 from .config import load_config, us3l_width
 from .datasets import check_datasets, register_coco_json, register_us3l_datasets
 from .evaluation import build_coco_evaluator, key_by_width, save_width_metrics
+
+
+class _PlainDataFiles(DetectionCheckpointer):
+    """Detectron2's file reading (model-zoo / Caffe2 ``.pkl``, pycls ``.pyth``, ``.pth``) through the plain-data
+    loaders of :mod:`us3l.checkpoint.safe_load`: Detectron2 itself uses ``pickle.load`` and a bare ``torch.load``."""
+
+    def _load_file(self, filename: str):
+        data = load_any(filename)
+        if filename.endswith(".pkl") and not ("model" in data and "__author__" in data):
+            data = data.get("blobs", data)  # Caffe2 / Detectron1 model zoo, as DetectionCheckpointer reads it
+            data = {k: v for k, v in data.items() if not k.endswith("_momentum")}
+            return {"model": data, "__author__": "Caffe2", "matching_heuristics": True}
+        if filename.endswith(".pyth"):  # pycls
+            state = {k: v for k, v in data["model_state"].items() if not k.endswith("num_batches_tracked")}
+            return {"model": state, "__author__": "pycls", "matching_heuristics": True}
+        return data if "model" in data else {"model": data}
+
+
+class SafeCheckpointer(US3LCheckpointer, _PlainDataFiles):
+    """:class:`US3LCheckpointer` (width slicing, strict audit) over :class:`_PlainDataFiles` (no code runs from a
+    file): US3LCheckpointer's ``super()._load_file`` resolves to the safe reader in this order."""
 
 
 class US3LTrainer(DefaultTrainer):
@@ -26,7 +49,7 @@ class US3LTrainer(DefaultTrainer):
     def build_hooks(self):
         # DefaultTrainer.__init__ creates its checkpointer just before building hooks: swap it in here so the
         # periodic checkpointer and resume_or_load both use ours.
-        self.checkpointer = US3LCheckpointer(self._trainer.model, self.cfg.OUTPUT_DIR, cfg=self.cfg,
+        self.checkpointer = SafeCheckpointer(self._trainer.model, self.cfg.OUTPUT_DIR, cfg=self.cfg,
                                              trainer=weakref.proxy(self))
         return super().build_hooks()
 
@@ -79,7 +102,7 @@ def main(args):
     check_datasets(list(cfg.DATASETS.TEST) + ([] if args.eval_only else list(cfg.DATASETS.TRAIN)))
     if args.eval_only:
         model = US3LTrainer.build_model(cfg)
-        US3LCheckpointer(model, save_dir=cfg.OUTPUT_DIR, cfg=cfg).resume_or_load(cfg.MODEL.WEIGHTS,
+        SafeCheckpointer(model, save_dir=cfg.OUTPUT_DIR, cfg=cfg).resume_or_load(cfg.MODEL.WEIGHTS,
                                                                                  resume=args.resume)
         return US3LTrainer.test(cfg, model)
     trainer = US3LTrainer(cfg)
@@ -91,9 +114,6 @@ def run(argv=None):
     """Command-line entry: parse, then ``launch`` ``main`` on every process."""
     args = argument_parser().parse_args(argv)
     print("Command Line Args:", args)
-    # torch >= 2.6 loads weights-only by default; some Detectron2 checkpoints (model zoo, numpy scalars in
-    # trainer state) are not weights-only loadable. Set for this program only, never on library import.
-    os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
     if args.cpu_processes:
         from .cpu_launch import launch_cpu
 
@@ -106,4 +126,9 @@ def run(argv=None):
                   dist_url=args.dist_url, args=(args,))
 
 
-__all__ = ["US3LTrainer", "argument_parser", "setup", "main", "run"]
+def cli() -> int:
+    """Console script ``us3l-train-net`` (exit codes: :mod:`us3l.cli`)."""
+    return run_tool(run)
+
+
+__all__ = ["SafeCheckpointer", "US3LTrainer", "argument_parser", "setup", "main", "run", "cli"]

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ..checkpoint import CheckpointError
+from ..checkpoint.safe_load import load_pickle
 from ..checkpoint.keymaps import rename_all, tv_to_d2
 
 META_KEY = "__us3l__"
@@ -68,10 +69,7 @@ def read_pkl(path: str) -> dict:
         if head.startswith(b"PK"):
             raise CheckpointError(f"{path} is a torch checkpoint (zip), not a pickled Detectron2 .pkl; convert "
                                   "a US3L checkpoint with tools/convert_pretrain_to_d2.py SRC DST.pkl")
-        try:
-            data = pickle.load(f, encoding="latin1")
-        except Exception as e:
-            raise CheckpointError(f"cannot read {path} as a pickled Detectron2 .pkl: {type(e).__name__}: {e}") from e
+    data = load_pickle(path)  # plain data only: a crafted file is refused, never run
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: a Detectron2 .pkl holds a dict, got {type(data).__name__}")
     return data

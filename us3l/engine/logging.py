@@ -72,7 +72,3 @@ class ScalarWriter:
         if self.writer is not None:
             self.writer.flush()
             self.writer.close()
-
-
-def width_tag(w: float) -> str:
-    return f"w{w:.2f}"

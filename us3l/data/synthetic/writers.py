@@ -26,7 +26,9 @@ PARAMS_FILE = "us3l_dataset.json"
 
 def default_dataset_root() -> str:
     """Where the default dataset lives: ``$US3L_DATASETS/us3l_shapes`` (``datasets/us3l_shapes`` if unset)."""
-    return os.environ.get("US3L_DATASETS", "datasets") + "/" + DEFAULT_DATASET_NAME
+    from ..datasets import datasets_root
+
+    return os.path.join(datasets_root(), DEFAULT_DATASET_NAME)
 
 
 def _read_params(root: str) -> Optional[dict]:
