@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# The main job on CPU: US3L pre-training -> BN calibration -> conversion -> Mask R-CNN at widths
-# 1.0/0.75/0.5/0.25 -> COCO evaluation -> results/main/results.{md,csv,json} + ap_vs_gflops.png.
-#   bash scripts/main.sh                 # Detectron2 (default)
-#   bash scripts/main.sh --mmdet         # MMDetection
-#   bash scripts/main.sh --help          # every option (widths, budgets, output folder, ...)
+# The main job on CPU: US3L pre-training -> ONE slimmable Mask R-CNN per seed -> COCO AP at 9 widths, 3 seeds,
+# and the same with a randomly initialised backbone -> runs/main/results.{md,csv,json} + ap_vs_gflops.png.
+#   bash scripts/main.sh                         # Detectron2 (default), outputs in runs/main (ignored by git)
+#   bash scripts/main.sh --mmdet                 # MMDetection
+#   bash scripts/main.sh --quick                 # pipeline check in minutes
+#   bash scripts/main.sh --output results/main   # regenerate the committed reference results, on purpose
+#   bash scripts/main.sh --help                  # every option (widths, seeds, budgets, folders, ...)
 # The first call installs the pinned environment (scripts/bootstrap.sh, cached outside the repository);
 # mmcv's compiled ops are built only for --mmdet.
 set -euo pipefail

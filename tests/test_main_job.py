@@ -1,7 +1,8 @@
-"""End-to-end smoke run of the main job (tools/run_main.py) at a tiny budget: two widths, a few iterations.
+"""The main job (tools/run_main.py -> us3l.pipeline): a --quick end-to-end run, the seed summary, the tables.
 
-Checks what a user gets: every output exists and parses, the table holds finite numbers for each width,
-backbone cost shrinks with the width, and a rerun skips the finished stages.
+Checks what a user gets: every output exists and parses, one row per (init, width) with mean and spread over
+the seeds, backbone cost shrinks with the width, a rerun skips the finished stages, and the default output
+folder is one git ignores (a run never modifies the checkout).
 """
 import csv
 import json
@@ -9,74 +10,110 @@ import math
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 
+from us3l.pipeline.main_job import parse_args
+from us3l.pipeline.results_table import load_results, write_results
+from us3l.pipeline.summary import summarize, width_effect, write_summary
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "tools"))
-
-TINY = ["--widths", "1.0", "0.5", "--num-train", "8", "--num-val", "4", "--image-size", "64",
-        "--pretrain-iters", "2", "--pretrain-batch", "8", "--calib-batches", "1", "--calib-batch-size", "8",
-        "--finetune-iters", "2", "--latency-runs", "1", "--profile-size", "64",
-        "--finetune-opts", "TEST.PRECISE_BN.ENABLED", "False"]
 
 
-def _run_main(out, datasets):
+def _run_main(out):
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    t0 = time.time()
-    proc = subprocess.run([sys.executable, os.path.join(REPO, "tools", "run_main.py"), "--output-dir", str(out),
-                           "--datasets", str(datasets), *TINY], cwd=REPO, env=env, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "tools", "run_main.py"), "--quick", "--output", str(out),
+                           "--finetune-opts", "TEST.PRECISE_BN.ENABLED", "False"],
+                          cwd=REPO, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    return proc.stdout, time.time() - t0
+    return proc.stdout
 
 
 def _is_number(v):
     return isinstance(v, (int, float)) and math.isfinite(v)
 
 
-@pytest.mark.timeout(600)
-def test_main_job_tiny(tmp_path):
-    out, datasets = tmp_path / "main", tmp_path / "datasets"
-    log, _ = _run_main(out, datasets)
-    assert "[us3l-main" in log and "evaluate" in log  # progress is shown stage by stage
+@pytest.mark.timeout(900)
+def test_main_job_quick(tmp_path):
+    out = tmp_path / "main"
+    log = _run_main(out)
+    assert "[us3l-main" in log and "summary" in log  # progress is shown stage by stage
 
-    for name in ("results.json", "results.csv", "results.md", "ap_vs_gflops.png", "metrics.json", "stages.json"):
+    for name in ("results.json", "results.csv", "results.md", "ap_vs_gflops.png", "stages.json"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     assert (out / "ap_vs_gflops.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     doc = json.loads((out / "results.json").read_text())
-    rows = {r["width"]: r for r in doc["rows"]}
-    assert sorted(rows) == [0.5, 1.0]
+    rows = {(r["init"], r["width"]): r for r in doc["rows"]}
+    assert sorted(rows) == [("random", 0.5), ("random", 1.0), ("us3l", 0.5), ("us3l", 1.0)]
     for r in rows.values():
-        for key in ("box_AP", "mask_AP", "gflops", "params_m", "latency_ms"):
+        assert r["seeds"] == [0, 1]
+        for key in ("box_AP_mean", "box_AP_std", "mask_AP_mean", "mask_AP_std", "backbone_gflops"):
             assert _is_number(r[key]), (key, r)
-        assert 0.0 <= r["box_AP"] <= 100.0 and 0.0 <= r["mask_AP"] <= 100.0
-    assert rows[0.5]["gflops"] < rows[1.0]["gflops"] and rows[0.5]["params_m"] < rows[1.0]["params_m"]
-    assert doc["meta"]["arch"] == "resnet18" and doc["meta"]["total_seconds"] > 0
+        assert 0.0 <= r["box_AP_mean"] <= 100.0 and r["box_AP_std"] >= 0
+        if doc["meta"]["recipe"] == "slimmable":  # whole-detector cost comes from the slimmable detector's eval
+            assert _is_number(r["detector_gflops"]), r
+        # the summary is the mean over the per-seed tables each run wrote
+        per_seed = [next(x for x in load_results(str(out / r["init"] / f"seed{s}"))["rows"] if x["width"] == r["width"])
+                    for s in (0, 1)]
+        assert r["box_AP_mean"] == pytest.approx(sum(x["box_AP"] for x in per_seed) / 2)
+    for init in ("us3l", "random"):
+        assert rows[(init, 0.5)]["backbone_gflops"] < rows[(init, 1.0)]["backbone_gflops"]
+    assert doc["meta"]["total_seconds"] > 0 and doc["meta"]["seeds"] == [0, 1]
 
     with open(out / "results.csv") as f:
         table = list(csv.DictReader(f))
-    assert [float(t["width"]) for t in table] == [1.0, 0.5]
-    assert all(float(t["box_AP"]) == pytest.approx(rows[float(t["width"])]["box_AP"]) for t in table)
+    assert [(t["init"], float(t["width"])) for t in table] == [("us3l", 1.0), ("us3l", 0.5), ("random", 1.0),
+                                                               ("random", 0.5)]
     md = (out / "results.md").read_text()
-    assert "| width |" in md and md.count("\n| ") >= 3
-    flat = json.loads((out / "metrics.json").read_text())
-    assert _is_number(flat["w0.50/mask_AP"]) and _is_number(flat["w1.00/gflops"])
-
-    # the detectors really are different widths: one fine-tuned checkpoint per width
-    assert (out / "finetune" / "w1.00" / "model_final.pth").is_file()
-    assert (out / "finetune" / "w0.50" / "model_final.pth").is_file()
+    assert "| init | width |" in md and "width effect" in md
 
     # a rerun with the same command skips every finished stage
-    log2, _ = _run_main(out, datasets)
-    assert log2.count("done earlier, skipped") == 7, log2
+    n_stages = len(json.loads((out / "stages.json").read_text()))
+    log2 = _run_main(out)
+    assert log2.count("done earlier, skipped") == n_stages, log2
     assert json.loads((out / "results.json").read_text())["rows"] == doc["rows"]
 
 
-def test_results_table_renders_and_rejects_nan(tmp_path):
-    from results_table import load_results, write_results
+def test_default_output_is_ignored_by_git():
+    """A plain run writes to runs/main, which git ignores: the committed results/main is never rewritten."""
+    args = parse_args([])
+    assert args.output == "runs/main" and len(args.widths) >= 8 and len(args.seeds) >= 3
+    assert args.inits == ["us3l", "random"]
+    if not os.path.isdir(os.path.join(REPO, ".git")) and not os.path.isfile(os.path.join(REPO, ".git")):
+        pytest.skip("not a git checkout")
+    probe = subprocess.run(["git", "check-ignore", "-q", "runs/main/results.json"], cwd=REPO)
+    assert probe.returncode == 0, "runs/main must be ignored by git"
+    quick = parse_args(["--quick", "--widths", "1.0", "0.75", "0.5"])
+    assert quick.widths == [1.0, 0.75, 0.5] and quick.finetune_iters == 2  # explicit options win over --quick
 
+
+def test_summary_mean_std_and_width_effect(tmp_path):
+    runs = {"us3l": {0: [{"width": 1.0, "box_AP": 30.0, "mask_AP": 20.0, "detector_gflops": 2.0, "gflops": 1.0},
+                         {"width": 0.25, "box_AP": 20.0, "mask_AP": 10.0, "detector_gflops": 0.2, "gflops": 0.1}],
+                     1: [{"width": 1.0, "box_AP": 32.0, "mask_AP": 22.0, "detector_gflops": 2.0, "gflops": 1.0},
+                         {"width": 0.25, "box_AP": 22.0, "mask_AP": float("nan"), "detector_gflops": 0.2,
+                          "gflops": 0.1}],
+                     2: [{"width": 1.0, "box_AP": 34.0, "mask_AP": 24.0, "detector_gflops": 2.0, "gflops": 1.0},
+                         {"width": 0.25, "box_AP": 33.0, "mask_AP": 11.0, "detector_gflops": 0.2, "gflops": 0.1}]}}
+    rows = summarize(runs)
+    by_w = {r["width"]: r for r in rows}
+    assert by_w[1.0]["seeds"] == [0, 1, 2] and by_w[1.0]["box_AP_mean"] == pytest.approx(32.0)
+    assert by_w[1.0]["box_AP_std"] == pytest.approx(2.0)  # sample std of 30, 32, 34
+    assert by_w[0.25]["mask_AP_mean"] == pytest.approx(10.5)  # NaN (empty evaluation) left out
+    assert by_w[0.25]["detector_gflops"] == 0.2 and by_w[0.25]["backbone_gflops"] == 0.1
+    eff = width_effect(rows, "us3l")
+    # gap 32 - 25 = 7; std at 0.25 = std(20, 22, 33) = 7.0 -> noise 14: within noise
+    assert eff["gap"] == pytest.approx(7.0) and eff["twice_max_std"] == pytest.approx(14.0) and not eff["shows"]
+    paths = write_summary(rows, str(tmp_path), "t")
+    doc = json.loads(open(paths["json"]).read())
+    assert doc["width_effect"][0]["shows"] is False
+    assert {k for k in ("width", "init", "seeds", "box_AP_mean", "box_AP_std", "mask_AP_mean", "mask_AP_std",
+                        "detector_gflops")} <= set(doc["rows"][0])
+    assert open(paths["png"], "rb").read(4) == b"\x89PNG"
+
+
+def test_results_table_renders_and_rejects_nan(tmp_path):
     rows = [{"width": 0.5, "box_AP": 1.5, "mask_AP": float("nan"), "gflops": 0.3, "params_m": 3.0, "latency_ms": 2.0},
             {"width": 1.0, "box_AP": 2.5, "mask_AP": 2.0, "gflops": 1.2, "params_m": 11.0, "latency_ms": 5.0}]
     paths = write_results(rows, str(tmp_path), "t")

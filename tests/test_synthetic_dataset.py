@@ -150,3 +150,101 @@ def test_shape_style_hides_the_class_colour(tmp_path):
     assert _centre_colour_accuracy(shp["root"]) < 0.55
     with pytest.raises(ValueError, match="style"):
         generate_classification_dataset(str(tmp_path / "bad"), 2, 2, 32, style="texture")
+
+
+# ------------------------------------------------------------------------------------------ clutter style
+@pytest.fixture(scope="module")
+def clutter(tmp_path_factory):
+    root = tmp_path_factory.mktemp("clutter") / "us3l_shapes"
+    return generate_coco_dataset(str(root), num_train=12, num_val=4, image_size=96, seed=0, style="clutter")
+
+
+def test_clutter_style_is_valid_coco_with_eight_classes(clutter, tmp_path):
+    gt = _quiet_coco(clutter["train_json"])
+    names = [c["name"] for c in gt.loadCats(gt.getCatIds())]
+    assert len(names) == 8 and names[:4] == ["circle", "square", "triangle", "cross"]
+    assert clutter["params"]["style"] == "clutter" and clutter["categories"] == gt.loadCats(gt.getCatIds())
+    anns = gt.loadAnns(gt.getAnnIds())
+    assert {a["category_id"] for a in anns} == set(range(1, 9))  # every class occurs in 12 images
+    dets = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"],
+             "segmentation": a["segmentation"], "score": 1.0} for a in anns]
+    with contextlib.redirect_stdout(io.StringIO()):
+        ev = COCOeval(gt, gt.loadRes(dets), "segm")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    assert ev.stats[0] == pytest.approx(1.0)
+    for a in anns:  # boxes and areas are those of the rasterised visible mask
+        m = gt.annToMask(a).astype(bool)
+        assert a["area"] == m.sum() and a["bbox"] == mask_bbox(m)
+    again = generate_coco_dataset(str(tmp_path / "again"), num_train=12, num_val=4, image_size=96, seed=0,
+                                  style="clutter")
+    assert _digest(again["root"]) == _digest(clutter["root"])
+    with pytest.raises(ValueError, match="style"):
+        generate_coco_dataset(str(tmp_path / "bad"), num_train=1, num_val=1, style="shape")
+
+
+def test_clutter_style_is_harder_than_simple(clutter, tiny_coco, tmp_path):
+    """More, smaller objects per image, unlabelled clutter painted over some of them, and colour that no
+    longer tells the class (a nearest-mean colour classifier drops to about chance, 1/8)."""
+    simple = generate_coco_dataset(str(tmp_path / "simple"), num_train=12, num_val=4, image_size=96, seed=0)
+    stats = {}
+    for name, info in (("simple", simple), ("clutter", clutter)):
+        gt = _quiet_coco(info["train_json"])
+        anns = gt.loadAnns(gt.getAnnIds())
+        rel_side = [max(a["bbox"][2], a["bbox"][3]) / 96 for a in anns]
+        stats[name] = {"per_image": len(anns) / len(gt.getImgIds()), "side": float(np.median(rel_side)),
+                       "colour_acc": _object_colour_accuracy(gt, info["train_images"])}
+    assert stats["clutter"]["per_image"] > 1.5 * stats["simple"]["per_image"], stats
+    assert stats["clutter"]["side"] < 0.7 * stats["simple"]["side"], stats
+    assert stats["simple"]["colour_acc"] > 0.8 and stats["clutter"]["colour_acc"] < 0.35, stats
+
+
+def _object_colour_accuracy(gt, image_dir) -> float:
+    """Leave-nothing-out accuracy of a nearest-class-mean classifier on each object's mean visible colour."""
+    feats, labels = [], []
+    for img_id in gt.getImgIds():
+        info = gt.loadImgs(img_id)[0]
+        pixels = np.asarray(Image.open(os.path.join(image_dir, info["file_name"])), dtype=np.float64)
+        for a in gt.loadAnns(gt.getAnnIds(imgIds=img_id)):
+            feats.append(pixels[gt.annToMask(a).astype(bool)].mean(0))
+            labels.append(a["category_id"])
+    feats, labels = np.stack(feats), np.array(labels)
+    means = {c: feats[labels == c].mean(0) for c in set(labels.tolist())}
+    pred = [min(means, key=lambda c: np.linalg.norm(f - means[c])) for f in feats]
+    return float(np.mean(np.array(pred) == labels))
+
+
+def test_clutter_is_unlabelled_and_occludes_objects(tmp_path):
+    """Clutter (blobs, strokes) is painted, visible, and never annotated; painted over objects, it cuts some of
+    them into pieces."""
+    from us3l.data.synthetic.scenes import detection_image, detection_scene
+
+    n_clutter_px, n_covered = 0, 0
+    for i in range(6):
+        img, items, visible = detection_scene("clutter", 0, 0, i, 96, 10)
+        _, labelled = detection_image("clutter", 0, 0, i, 96, 10, 37)
+        annotated = np.zeros((96, 96), dtype=bool)
+        for _, m in labelled:
+            annotated |= m
+        for k, (ob, vis) in enumerate(zip(items, visible)):
+            if ob.get("label", ob["name"]) is None:
+                n_clutter_px += int(vis.sum())
+                assert not (vis & annotated).any()
+            elif any(o.get("label", o["name"]) is None for o in items[k + 1:]):
+                n_covered += 1  # a labelled object with clutter painted after it
+    assert n_clutter_px > 6 * 200 and n_covered > 0
+    info = generate_coco_dataset(str(tmp_path / "c"), num_train=12, num_val=1, image_size=96, style="clutter")
+    gt = _quiet_coco(info["train_json"])
+    assert sum(len(a["segmentation"]) > 1 for a in gt.loadAnns(gt.getAnnIds())) > 0
+
+
+def test_clutter_light_style_has_larger_objects_and_less_clutter(clutter, tmp_path):
+    light = generate_coco_dataset(str(tmp_path / "light"), num_train=12, num_val=4, image_size=96, seed=0,
+                                  style="clutter-light")
+    assert light["params"]["style"] == "clutter-light" and light["categories"] == clutter["categories"]
+    sides = {}
+    for name, info in (("light", light), ("clutter", clutter)):
+        gt = _quiet_coco(info["train_json"])
+        sides[name] = float(np.median([max(a["bbox"][2], a["bbox"][3]) for a in gt.loadAnns(gt.getAnnIds())]))
+    assert sides["light"] > 1.2 * sides["clutter"], sides

@@ -8,7 +8,7 @@ import json
 
 from us3l.cli import exit_with
 from us3l.data.datasets import embedded_root
-from us3l.data.synthetic import (CLASSIFICATION_STYLES, default_dataset_root,
+from us3l.data.synthetic import (CLASSIFICATION_STYLES, DETECTION_STYLES, default_dataset_root,
                                  generate_classification_dataset,
                                  generate_coco_dataset)
 
@@ -25,17 +25,25 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--classification", action="store_true",
                    help="write an ImageFolder set (one dominant object per image) for kNN / linear probes")
-    p.add_argument("--style", choices=CLASSIFICATION_STYLES, default="category",
-                   help="with --classification: 'category' (each class its own colours and pattern) or 'shape' "
-                        "(random colours and patterns: only the outline tells the class)")
+    p.add_argument("--style", choices=DETECTION_STYLES + CLASSIFICATION_STYLES, default=None,
+                   help="detection set: 'simple' (default; 4 easy classes), 'clutter-light' or 'clutter' (8 classes, "
+                        "class = outline only, clutter, occlusion); with --classification: 'category' (default; each class "
+                        "its own colours and pattern) or 'shape' (random colours and patterns: only the outline "
+                        "tells the class)")
     args = p.parse_args(argv)
+    styles = CLASSIFICATION_STYLES if args.classification else DETECTION_STYLES
+    args.style = args.style or styles[0]
+    if args.style not in styles:
+        p.error(f"--style {args.style} is not a {'classification' if args.classification else 'detection'} "
+                f"style; choose from {styles}")
     if args.classification:
         root = args.root or embedded_root(args.style)
         info = generate_classification_dataset(root, args.num_train, args.num_val, args.image_size or 64, args.seed,
                                                args.style)
     else:
         info = generate_coco_dataset(args.root or default_dataset_root(), num_train=args.num_train,
-                                     num_val=args.num_val, image_size=args.image_size or 96, seed=args.seed)
+                                     num_val=args.num_val, image_size=args.image_size or 96, seed=args.seed,
+                                     style=args.style)
     print(json.dumps({k: v for k, v in info.items() if k != "categories"}, indent=2))
     return info
 

@@ -1,0 +1,198 @@
+"""Every command the main job runs, in one place: dataset, pre-training, BN calibration, conversion, and the
+detector recipes (train + evaluate at many widths) for Detectron2 and MMDetection.
+
+Two detector recipes:
+
+- ``slimmable``: ONE universally slimmable detector per (init, seed), sandwich-trained with the framework's
+  own trainer, BN calibrated per width, evaluated at every width from that one checkpoint;
+- ``per-width``: the older protocol, one ordinary detector fine-tuned per width (cost grows with the
+  number of widths).
+
+The stage list of a recipe is data (name, command, outputs), so a recipe can change without touching the
+runner (:mod:`.main_job`).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import List, Optional, Sequence
+
+DEPTHS = {"resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101}
+FRAMEWORKS = {
+    "d2": {
+        "convert": "tools/convert_pretrain_to_d2.py",
+        "converted": "backbone_d2.pkl",
+        "per-width": "projects/segmentation/configs/mask_rcnn_US-R50_FPN_tiny.yaml",
+        "slimmable": "projects/segmentation/configs/mask_rcnn_US-R50_FPN_slimmable_tiny.yaml",
+    },
+    "mmdet": {
+        "convert": "tools/convert_pretrain_to_mmdet.py",
+        "converted": "backbone_mmdet.pth",
+        "per-width": "projects/segmentation/mmdet_configs/mask-rcnn_us-r50_fpn_1x_coco_tiny.py",
+        "slimmable": "projects/segmentation/mmdet_configs/mask-rcnn_us-r50_fpn_slimmable_tiny.py",
+    },
+}
+RECIPES = ("slimmable", "per-width")
+
+
+def width_tag(w: float) -> str:
+    """Folder name of a width, as ``tools/eval_widths.py`` fills its ``{width}`` template: ``w0.50``."""
+    return f"w{w:.2f}"
+
+
+@dataclass
+class Stage:
+    name: str
+    cmd: List
+    outputs: List[str]
+
+
+@dataclass
+class Job:
+    """What one main-job run needs to build its commands (paths are absolute)."""
+    py: str
+    framework: str                  # d2 | mmdet
+    recipe: str                     # slimmable | per-width
+    out: str                        # output folder
+    data_root: str                  # the detection set (COCO layout)
+    class_names: Sequence[str]
+    image_size: int
+    arch: str = "resnet18"
+    widths: Sequence[float] = (1.0, 0.5)
+    num_gpus: int = 0
+    finetune_iters: int = 300
+    finetune_epochs: int = 1
+    finetune_opts: Sequence[str] = ()
+    detector_config: Optional[str] = None
+    sandwich_random_widths: int = 1
+    calib_batches: int = 4
+    profile_size: int = 224
+    latency_runs: int = 10
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def config(self) -> str:
+        return self.detector_config or FRAMEWORKS[self.framework][self.recipe]
+
+
+# ------------------------------------------------------------------------------------------ data / backbone
+def dataset_stage(job: Job, num_train: int, num_val: int, style: str, seed: int = 0) -> Stage:
+    return Stage("dataset", [job.py, "tools/make_embedded_dataset.py", "--root", job.data_root, "--num-train",
+                             num_train, "--num-val", num_val, "--image-size", job.image_size, "--style", style,
+                             "--seed", seed],
+                 [os.path.join(job.data_root, "annotations", "instances_val.json")])
+
+
+def pretrain_stage(job: Job, config: str, iters: int, batch: int, size: int, seed: int, opts: Sequence[str]) -> Stage:
+    pre_dir = os.path.join(job.out, "pretrain")
+    overrides = [f"model.arch={job.arch}", "model.cifar_stem=false", "data.dataset=images",
+                 f"data.root={job.data_root}", "data.augment=imagenet", f"data.image_size={size}",
+                 f"data.batch_size={batch}", f"train.iterations={iters}", f"train.seed={seed}",
+                 "train.device=cpu" if job.num_gpus == 0 else "train.device=auto",
+                 f"train.log_every={max(1, min(10, iters // 10))}"]
+    return Stage("pretrain", [job.py, "tools/pretrain.py", "--config", config, "--output-dir", pre_dir,
+                              *overrides, *opts], [os.path.join(pre_dir, "final.pth")])
+
+
+def calibrate_backbone_stage(job: Job, pretrained: str, batches: int, batch_size: int, size: int) -> Stage:
+    calibrated = os.path.join(job.out, "backbone_calibrated.pth")
+    return Stage("calibrate_bn", [job.py, "tools/calibrate_bn.py", pretrained, calibrated, "--widths", *job.widths,
+                                  "--data-root", job.data_root, "--num-batches", batches, "--batch-size", batch_size,
+                                  "--image-size", size, "--recipe", "imagenet"], [calibrated])
+
+
+def convert_stage(job: Job, calibrated: str) -> Stage:
+    fw = FRAMEWORKS[job.framework]
+    converted = os.path.join(job.out, fw["converted"])
+    return Stage("convert", [job.py, fw["convert"], calibrated, converted], [converted])
+
+
+# ------------------------------------------------------------------------------------------------ detector
+def dataset_opts(job: Job) -> list:
+    """Overrides that point the tiny detector configs at this job's dataset (classes, input size, backbone)."""
+    depth = DEPTHS[job.arch]
+    n = len(job.class_names)
+    if job.framework == "d2":
+        return ["MODEL.RESNETS.DEPTH", depth, *(["MODEL.RESNETS.RES2_OUT_CHANNELS", 64] if depth < 50 else []),
+                "MODEL.ROI_HEADS.NUM_CLASSES", n, "INPUT.MIN_SIZE_TRAIN", f"({job.image_size},)",
+                "INPUT.MIN_SIZE_TEST", job.image_size]
+    classes = "[" + ",".join(job.class_names) + "]"  # mmengine's DictAction: an unquoted list of strings
+    return [f"model.backbone.depth={depth}", f"model.roi_head.bbox_head.num_classes={n}",
+            f"model.roi_head.mask_head.num_classes={n}",
+            *(f"{split}_dataloader.dataset.metainfo.classes={classes}" for split in ("train", "val", "test"))]
+
+
+def _d2_train(job: Job, weights: str, out_dir: str, seed: int, width_opts: list) -> list:
+    it = job.finetune_iters
+    cmd = [job.py, "projects/segmentation/train_net.py", "--config-file", job.config,
+           "--num-gpus", max(1, job.num_gpus), "OUTPUT_DIR", out_dir, "MODEL.WEIGHTS", weights, *width_opts,
+           "SEED", seed, "SOLVER.MAX_ITER", it,
+           # the learning-rate drop at 80% of whatever budget was asked for (must precede MAX_ITER)
+           "SOLVER.STEPS", f"({int(0.8 * it)},)" if it >= 2 else "()",
+           "SOLVER.CHECKPOINT_PERIOD", max(it, 1),
+           # evaluation is a later stage's job: no test set while training
+           "DATASETS.TEST", "()", *dataset_opts(job)]
+    if job.num_gpus == 0:
+        cmd += ["MODEL.DEVICE", "cpu"]
+    return cmd + list(job.finetune_opts)
+
+
+def _mmdet_train(job: Job, weights: str, out_dir: str, seed: int, width_args: list) -> list:
+    opts = [f"randomness.seed={seed}", f"train_cfg.max_epochs={job.finetune_epochs}", "train_cfg.val_begin=1000000",
+            *dataset_opts(job), *job.finetune_opts]
+    if weights:
+        opts.insert(0, f"model.backbone.init_cfg.checkpoint={weights}")
+    else:  # random init: no pretrained checkpoint for the backbone
+        opts.insert(0, "model.backbone.init_cfg=None")
+    cmd = [job.py, "projects/segmentation/mmdet_train.py", job.config, *width_args, "--work-dir", out_dir,
+           "--cfg-options", *opts]
+    if job.num_gpus > 1:
+        cmd = [job.py, "-m", "torch.distributed.run", f"--nproc_per_node={job.num_gpus}", *cmd[1:],
+               "--launcher", "pytorch"]
+    return cmd
+
+
+def _finished(job: Job, out_dir: str) -> str:
+    """The file whose existence says a training run finished."""
+    return os.path.join(out_dir, "model_final.pth" if job.framework == "d2" else "last_checkpoint")
+
+
+def _eval(job: Job, weights: str, out_dir: str, title: str, extra: Sequence = ()) -> Stage:
+    cmd = [job.py, "tools/eval_widths.py", weights, "--widths", *job.widths, "--framework", job.framework,
+           "--config", job.config, "--output-dir", out_dir, "--arch", job.arch, "--profile-size", job.profile_size,
+           "--latency-runs", job.latency_runs, "--num-gpus", job.num_gpus, *extra, "--title", title,
+           "--opts", *dataset_opts(job)]
+    return Stage("", cmd, [os.path.join(out_dir, "results.json")])
+
+
+def detector_stages(job: Job, init: str, seed: int, weights: str) -> List[Stage]:
+    """Train the detector(s) of one (init, seed) and evaluate them at every width of the job.
+
+    ``weights``: the converted backbone ('' for a randomly initialised backbone). Each stage name is unique
+    within the job; the evaluation writes ``OUT/<init>/seed<seed>/results.json``.
+    """
+    run_dir = os.path.join(job.out, init, f"seed{seed}")
+    title = f"{init} init, seed {seed}: {job.arch} Mask R-CNN ({job.framework}, {job.recipe})"
+    stages = []
+    if job.recipe == "per-width":
+        for w in job.widths:
+            wdir = os.path.join(run_dir, "finetune", width_tag(w))
+            cmd = (_d2_train(job, weights, wdir, seed, ["MODEL.US3L.WIDTH_MULT", w]) if job.framework == "d2"
+                   else _mmdet_train(job, weights, wdir, seed, ["--width", w]))
+            stages.append(Stage(f"{init}_seed{seed}_train_{width_tag(w)}", cmd, [_finished(job, wdir)]))
+        ev = _eval(job, os.path.join(run_dir, "finetune", "w{width}"), run_dir, title)
+    else:
+        tdir = os.path.join(run_dir, "train")
+        widths = "[" + ", ".join(f"{w:g}" for w in job.widths) + "]"
+        # sandwich rule; BN statistics of every evaluated width calibrated on training images after training
+        cmd = (_d2_train(job, weights, tdir, seed, [
+            "MODEL.US3L.SANDWICH.NUM_RANDOM", job.sandwich_random_widths,
+            "MODEL.US3L.CALIBRATION.WIDTHS", widths, "MODEL.US3L.CALIBRATION.NUM_BATCHES", job.calib_batches])
+               if job.framework == "d2" else _mmdet_train(job, weights, tdir, seed, []))
+        stages.append(Stage(f"{init}_seed{seed}_train", cmd, [_finished(job, tdir)]))
+        ckpt = _finished(job, tdir) if job.framework == "d2" else tdir
+        # widths the training run did not calibrate (mmdet) are calibrated here, on training images
+        ev = _eval(job, ckpt, run_dir, title, ["--calibrate-batches", job.calib_batches])
+    ev.name = f"{init}_seed{seed}_evaluate"
+    stages.append(ev)
+    return stages

@@ -1,0 +1,172 @@
+"""The main job's table: per (init, width) mean and spread over seeds, and AP against whole-detector GFLOPs.
+
+Input: one per-run ``results.json`` (:mod:`.results_table`) per (init, seed). Output: ``results.json`` whose
+rows carry ``width``, ``init``, ``seeds``, ``box_AP_mean``/``_std``, ``mask_AP_mean``/``_std``,
+``detector_gflops`` (plus backbone GFLOPs and the per-seed values), ``results.csv``, ``results.md`` and
+``ap_vs_gflops.png`` (error bars: one sample standard deviation over seeds).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import statistics
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence
+
+FORMAT = "us3l.main_results/1"
+# column key -> header; the order is the table's
+COLUMNS = [
+    ("init", "init"),
+    ("width", "width"),
+    ("box_AP_mean", "box AP"),
+    ("box_AP_std", "box AP std"),
+    ("mask_AP_mean", "mask AP"),
+    ("mask_AP_std", "mask AP std"),
+    ("detector_gflops", "detector GFLOPs"),
+    ("backbone_gflops", "backbone GFLOPs"),
+    ("seeds", "seeds"),
+]
+
+
+def _finite(v) -> Optional[float]:
+    if v is None:
+        return None
+    v = float(v)
+    return None if math.isnan(v) or math.isinf(v) else v
+
+
+def mean_std(values: Sequence[Optional[float]]) -> tuple:
+    """Mean and sample standard deviation (n-1) of the finite values; std is None below two values."""
+    vals = [v for v in (_finite(x) for x in values) if v is not None]
+    if not vals:
+        return None, None
+    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else None)
+
+
+def summarize(runs: Mapping[str, Mapping[int, Sequence[dict]]]) -> List[dict]:
+    """Rows per (init, width) from ``runs[init][seed]`` = that run's per-width rows (box_AP, mask_AP,
+    detector_gflops, gflops)."""
+    rows = []
+    for init, by_seed in runs.items():
+        widths = sorted({float(r["width"]) for rs in by_seed.values() for r in rs}, reverse=True)
+        for w in widths:
+            per_seed = {s: next((r for r in rs if float(r["width"]) == w), None) for s, rs in sorted(by_seed.items())}
+            got = {s: r for s, r in per_seed.items() if r is not None}
+            box_m, box_s = mean_std([r.get("box_AP") for r in got.values()])
+            mask_m, mask_s = mean_std([r.get("mask_AP") for r in got.values()])
+            first = next(iter(got.values()))
+            rows.append({"width": w, "init": init, "seeds": sorted(got),
+                         "box_AP_mean": box_m, "box_AP_std": box_s, "mask_AP_mean": mask_m, "mask_AP_std": mask_s,
+                         "detector_gflops": _finite(first.get("detector_gflops")),
+                         "backbone_gflops": _finite(first.get("gflops")),
+                         "box_AP_per_seed": [_finite(r.get("box_AP")) for r in got.values()],
+                         "mask_AP_per_seed": [_finite(r.get("mask_AP")) for r in got.values()]})
+    return rows
+
+
+def width_effect(rows: Iterable[dict], init: str, wide: float = 1.0, narrow: float = 0.25,
+                 key: str = "box_AP") -> Optional[dict]:
+    """Does width show above the seed noise? ``gap`` = mean(wide) - mean(narrow), ``noise`` = twice the larger
+    of the two standard deviations; ``shows`` when gap > noise."""
+    by_w = {r["width"]: r for r in rows if r["init"] == init}
+    if wide not in by_w or narrow not in by_w:
+        return None
+    a, b = by_w[wide], by_w[narrow]
+    if a[f"{key}_mean"] is None or b[f"{key}_mean"] is None:
+        return None
+    gap = a[f"{key}_mean"] - b[f"{key}_mean"]
+    stds = [s for s in (a[f"{key}_std"], b[f"{key}_std"]) if s is not None]
+    noise = 2 * max(stds) if stds else None
+    return {"init": init, "metric": key, "wide": wide, "narrow": narrow, "gap": gap, "twice_max_std": noise,
+            "shows": bool(noise is not None and gap > noise)}
+
+
+def _fmt(key: str, v) -> str:
+    if v is None:
+        return "n/a"
+    if key == "width":
+        return f"{v:.2f}" if abs(round(v, 2) - v) < 1e-9 else f"{v:.3f}"
+    if key == "seeds":
+        return " ".join(str(s) for s in v)
+    if key.endswith("gflops"):
+        return f"{v:.3f}"
+    if isinstance(v, float):
+        return f"{v:.1f}"
+    return str(v)
+
+
+def render_markdown(rows: List[dict], title: str = "", notes: Iterable[str] = ()) -> str:
+    lines = [f"# {title}", ""] if title else []
+    lines.append("| " + " | ".join(h for _, h in COLUMNS) + " |")
+    lines.append("|" + "|".join(":---" if k == "init" else "---:" for k, _ in COLUMNS) + "|")
+    for r in rows:
+        lines.append("| " + " | ".join(_fmt(k, r.get(k)) for k, _ in COLUMNS) + " |")
+    notes = list(notes)
+    if notes:
+        lines += [""] + [f"- {n}" for n in notes]
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: List[dict], path: str, title: str = "") -> str:
+    """Box and mask AP against whole-detector GFLOPs, one line per init, error bars = std over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharex=True)
+    for ax, key, label in ((axes[0], "box_AP", "box AP"), (axes[1], "mask_AP", "mask AP")):
+        for init, marker in zip(sorted({r["init"] for r in rows}, key=lambda i: i != "us3l"), "os^v"):
+            pts = sorted((r for r in rows if r["init"] == init and r.get("detector_gflops") is not None
+                          and r.get(f"{key}_mean") is not None), key=lambda r: r["detector_gflops"])
+            if not pts:
+                continue
+            x = [r["detector_gflops"] for r in pts]
+            y = [r[f"{key}_mean"] for r in pts]
+            err = [r[f"{key}_std"] or 0.0 for r in pts]
+            ax.errorbar(x, y, yerr=err, marker=marker, capsize=3, label=f"{init} init")
+            for r in pts:
+                ax.annotate(f"{r['width']:g}x", (r["detector_gflops"], r[f"{key}_mean"]),
+                            textcoords="offset points", xytext=(4, 4), fontsize=7)
+        ax.set_xlabel("detector GFLOPs (whole detector)")
+        ax.set_ylabel(f"COCO {label} (mean +- std over seeds)")
+        ax.grid(alpha=0.3)
+        ax.margins(x=0.08, y=0.15)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
+    fig.suptitle(title or "AP vs detector GFLOPs")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_summary(rows: List[dict], out_dir: str, title: str = "", meta: Optional[Dict] = None,
+                  notes: Iterable[str] = ()) -> Dict[str, str]:
+    """Write ``results.{json,csv,md}`` and ``ap_vs_gflops.png``; returns their paths."""
+    os.makedirs(out_dir, exist_ok=True)
+    rows = sorted(rows, key=lambda r: (r["init"] != "us3l", r["init"], -r["width"]))
+    notes = list(notes)
+    effects = [e for e in (width_effect(rows, i) for i in sorted({r["init"] for r in rows})) if e]
+    paths = {k: os.path.join(out_dir, f"results.{k}") for k in ("json", "csv", "md")}
+    doc = {"format": FORMAT, "title": title, "columns": [k for k, _ in COLUMNS], "rows": rows,
+           "width_effect": effects, "meta": meta or {}, "notes": notes}
+    tmp = paths["json"] + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(doc, f, indent=2, allow_nan=False)
+    os.replace(tmp, paths["json"])
+    with open(paths["csv"], "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow([k for k, _ in COLUMNS])
+        for r in rows:
+            w.writerow(["" if r.get(k) is None else (" ".join(map(str, r[k])) if k == "seeds" else r[k])
+                        for k, _ in COLUMNS])
+    effect_notes = [f"width effect ({e['init']} init, box AP): {e['wide']:g}x - {e['narrow']:g}x = {e['gap']:.1f}, "
+                    f"twice the larger std = " + (f"{e['twice_max_std']:.1f}" if e["twice_max_std"] is not None
+                                                  else "n/a") + (" -> shows" if e["shows"] else " -> within noise")
+                    for e in effects]
+    with open(paths["md"], "w") as f:
+        f.write(render_markdown(rows, title, notes + effect_notes))
+    paths["png"] = plot(rows, os.path.join(out_dir, "ap_vs_gflops.png"), title)
+    return paths
