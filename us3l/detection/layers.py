@@ -196,7 +196,7 @@ def slimmify(module: nn.Module, *, keep_in: Iterable[str] = (), keep_out: Iterab
     unknown = (keep_in | keep_out | set(flatten)) - set(names)
     if unknown:
         raise KeyError(f"slimmify: no layers named {sorted(unknown)} in {type(module).__name__}")
-    converted, last_sliced_out = [], True
+    converted, replaced, last_sliced_out = [], {}, True
     for name, child in list(module.named_modules()):
         if not name or any(name.startswith(c + ".") for c in converted):
             continue  # the root, or inside a layer converted with its children (a conv's norm)
@@ -218,9 +218,20 @@ def slimmify(module: nn.Module, *, keep_in: Iterable[str] = (), keep_out: Iterab
                                  "equivalent")
             continue
         last_sliced_out = getattr(new, "slice_out", getattr(new, "sliced", True))
+        replaced[id(child)] = new
         _replace(module, name, new)
         converted.append(name)
+    _refresh_module_lists(module, replaced)
     return converted
+
+
+def _refresh_module_lists(root: nn.Module, replaced: dict) -> None:
+    """Plain Python lists of layers (Detectron2's ``FPN.lateral_convs``, used by its forward) follow the swap."""
+    for m in root.modules():
+        for attr, value in list(vars(m).items()):
+            if isinstance(value, (list, tuple)) and any(id(v) in replaced for v in value):
+                swapped = [replaced.get(id(v), v) for v in value]
+                object.__setattr__(m, attr, type(value)(swapped) if isinstance(value, tuple) else swapped)
 
 
 def _replace(root: nn.Module, name: str, new: nn.Module) -> None:

@@ -114,7 +114,7 @@ def sandwich_step(model: nn.Module, widths: Sequence[float],
                 total = sum(losses.values())
                 if not torch.isfinite(total).all():
                     raise FloatingPointError(f"loss became {total.item()} at width {w} "
-                                             f"({ {k: float(v) for k, v in losses.items()} })")
+                                             f"({ {k: float(v.detach()) for k, v in losses.items()} })")
                 backward(total)
             for name, value in losses.items():
                 logged[f"{name}/{tag}"] = value.detach()
