@@ -22,11 +22,12 @@ COLUMNS = [
     ("mask_AP", "mask AP"),
     ("box_AP50", "box AP50"),
     ("mask_AP50", "mask AP50"),
+    ("detector_gflops", "detector GFLOPs"),
     ("gflops", "backbone GFLOPs"),
     ("params_m", "backbone params (M)"),
     ("latency_ms", "backbone CPU latency (ms)"),
 ]
-_DIGITS = {"width": 3, "gflops": 3, "params_m": 2, "latency_ms": 1}
+_DIGITS = {"width": 3, "gflops": 3, "detector_gflops": 3, "params_m": 2, "latency_ms": 1}
 
 
 def _clean(v):
@@ -69,23 +70,26 @@ def render_markdown(rows: List[Dict], title: str = "", notes: Iterable[str] = ()
 
 
 def plot_ap_vs_gflops(rows: List[Dict], path: str, title: str = "") -> Optional[str]:
-    """PNG of box/mask AP against backbone GFLOPs, each point labelled with its width."""
+    """PNG of box/mask AP against GFLOPs (the whole detector's when every row has them, else the backbone's),
+    each point labelled with its width."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    pts = sorted((r for r in rows if r.get("gflops") is not None), key=lambda r: r["gflops"])
+    xkey = "detector_gflops" if rows and all(r.get("detector_gflops") is not None for r in rows) else "gflops"
+    xname = "detector GFLOPs" if xkey == "detector_gflops" else "backbone GFLOPs"
+    pts = sorted((r for r in rows if r.get(xkey) is not None), key=lambda r: r[xkey])
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for key, label, marker in (("box_AP", "box AP", "o"), ("mask_AP", "mask AP", "s")):
-        xy = [(r["gflops"], r[key], r["width"]) for r in pts if r.get(key) is not None]
+        xy = [(r[xkey], r[key], r["width"]) for r in pts if r.get(key) is not None]
         if xy:
             ax.plot([p[0] for p in xy], [p[1] for p in xy], marker=marker, label=label)
             for x, y, w in xy:
                 ax.annotate(f"{w:g}x", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    ax.set_xlabel("backbone GFLOPs")
+    ax.set_xlabel(xname)
     ax.set_ylabel("COCO AP")
-    ax.set_title(title or "AP vs backbone GFLOPs (one slimmable backbone)")
+    ax.set_title(title or f"AP vs {xname} (one slimmable backbone)")
     ax.margins(x=0.08, y=0.15)
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
