@@ -21,7 +21,8 @@ DET = os.path.join(ROOT, "projects", "detection", "mmdet_configs")
 MASK_CFG = os.path.join(SEG, "mask-rcnn_us-r50_fpn_slimmable_tiny.py")
 FASTER_CFG = os.path.join(DET, "faster-rcnn_us-r50_fpn_slimmable_tiny.py")
 # US-ResNet-18 (no pre-trained file), few RoIs; 2 iterations of batch 2
-MODEL_OPTS = {"model.backbone.depth": 18, "model.backbone.init_cfg": None, "model.neck.in_channels": [64, 128, 256, 512],
+MODEL_OPTS = {"model.backbone.depth": 18, "model.backbone.init_cfg": None,
+              "model.neck.in_channels": [64, 128, 256, 512],
               "model.train_cfg.rpn_proposal.max_per_img": 100, "model.train_cfg.rcnn.sampler.num": 64,
               "model.test_cfg.rpn.nms_pre": 200, "model.test_cfg.rpn.max_per_img": 50}
 RUN_OPTS = {"train_cfg.max_epochs": 1, "train_dataloader.batch_size": 2, "train_dataloader.dataset.indices": 4,
@@ -63,10 +64,9 @@ def _build(cfg_path=MASK_CFG, **extra):
 
 
 def _batch(cfg, n=2, split="train"):
-    from mmengine.runner import Runner
+    from us3l.mmdet.slimmable_eval import data_batches
 
-    loader = Runner.build_dataloader({**cfg[f"{split}_dataloader"], "batch_size": n})
-    return next(iter(loader))
+    return next(data_batches(cfg[f"{split}_dataloader"], n))
 
 
 # --------------------------------------------------------------------------------------------- structure
@@ -153,6 +153,29 @@ def test_sandwich_step_accumulates_every_width_then_steps_once(datasets):
     assert all(p.grad is None or not p.grad.any() for p in params)  # zeroed after the step
 
 
+def test_widths_follow_the_runner_iteration_and_gradient_accumulation_is_kept(datasets):
+    """Widths are drawn from (seed, runner iteration): a resumed run trains what the uninterrupted one would
+    have. mmengine's ``accumulative_counts`` still counts iterations, not widths."""
+    from mmengine.logging import MessageHub
+    from mmengine.optim import OptimWrapper
+
+    from us3l.detection import sample_widths
+
+    model, cfg = _build(**{"model.sandwich.seed": 5, "model.sandwich.distill": False})
+    hub = MessageHub.get_instance("us3l-slimmable-widths-test")
+    hub.update_info("iter", 7)
+    assert model.train_widths() == sample_widths(model.sandwich, 7) != sample_widths(model.sandwich, 8)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optim = OptimWrapper(torch.optim.SGD(params, lr=0.1), accumulative_counts=2)
+    optim.initialize_count_status(model, 0, 4)
+    start = [p.detach().clone() for p in params]
+    model.train_step(_batch(cfg), optim)
+    assert optim.inner_count == 1 and all(torch.equal(a, p) for a, p in zip(start, params))  # accumulated only
+    model.train_step(_batch(cfg), optim)
+    assert optim.inner_count == 2 and not all(torch.equal(a, p) for a, p in zip(start, params))  # one step
+
+
 def test_inplace_distillation_adds_losses_to_the_smaller_widths(datasets):
     from mmengine.optim import OptimWrapper
 
@@ -192,16 +215,20 @@ def calibrated(trained, tmp_path_factory):
     return path
 
 
-def test_one_checkpoint_evaluates_at_three_widths(calibrated):
-    from us3l.mmdet.slimmable_eval import evaluate_widths, load_slimmable_detector
+def test_one_checkpoint_evaluates_at_three_widths(calibrated, tmp_path):
+    """The backend of tools/eval_widths.py: COCO box / mask AP and whole-detector GFLOPs per width."""
+    from us3l.mmdet import detector_tools
 
     data = torch.load(calibrated, map_location="cpu", weights_only=True)  # plain tensors
     assert data["meta"]["calibrated_widths"] == [0.25, 0.6, 1.0]
-    model, cfg = load_slimmable_detector(MASK_CFG, calibrated, cfg_options=MODEL_OPTS)
-    results = evaluate_widths(model, cfg, [1.0, 0.6, 0.25])
-    assert list(results) == [1.0, 0.6, 0.25]
-    for metrics in results.values():
-        assert 0.0 <= metrics["bbox_mAP"] <= 1.0 and 0.0 <= metrics["segm_mAP"] <= 1.0
+    rows = detector_tools.evaluate(calibrated, MASK_CFG, [0.25, 1.0, 0.6], str(tmp_path), opts=_cli(MODEL_OPTS))
+    assert [r["width"] for r in rows] == [1.0, 0.6, 0.25]
+    for r in rows:
+        assert 0.0 <= r["box_AP"] <= 100.0 and 0.0 <= r["mask_AP"] <= 100.0
+        assert r["weights"] == os.path.abspath(calibrated)
+    gflops = [r["detector_gflops"] for r in rows]
+    assert gflops[0] > gflops[1] > gflops[2] > 0  # the whole detector shrinks, not only the backbone
+    assert all(r["detector_gflops"] > r["backbone_gflops"] for r in rows)
 
 
 def test_uncalibrated_width_is_refused_before_anything_runs(trained, calibrated):
@@ -294,7 +321,8 @@ def test_torchrun_two_processes_sandwich_step(datasets, tmp_path):
     work = tmp_path / "work"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
            os.path.join(ROOT, "projects", "detection", "mmdet_train.py"), FASTER_CFG, "--launcher", "pytorch",
-           "--work-dir", str(work), "--cfg-options", *_cli({**MODEL_OPTS, **RUN_OPTS, "train_dataloader.dataset.indices": 8})]
+           "--work-dir", str(work), "--cfg-options",
+           *_cli({**MODEL_OPTS, **RUN_OPTS, "train_dataloader.dataset.indices": 8})]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, cwd=ROOT)
     log = run.stdout + run.stderr

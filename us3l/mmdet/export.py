@@ -20,8 +20,8 @@ from ..ops.width_state import check_width
 from ..width import width_range
 from ._resnet_parts import stage_channels
 
-PLAIN_TYPES = {"SlimmableMaskRCNN": "MaskRCNN", "SlimmableFasterRCNN": "FasterRCNN",
-               "SlimmableFPN": "FPN", "SlimmableRPNHead": "RPNHead", "SlimmableSingleRoIExtractor": "SingleRoIExtractor",
+PLAIN_TYPES = {"SlimmableMaskRCNN": "MaskRCNN", "SlimmableFasterRCNN": "FasterRCNN", "SlimmableFPN": "FPN",
+               "SlimmableRPNHead": "RPNHead", "SlimmableSingleRoIExtractor": "SingleRoIExtractor",
                "SlimmableShared2FCBBoxHead": "Shared2FCBBoxHead", "SlimmableFCNMaskHead": "FCNMaskHead"}
 SLIMMABLE_ONLY_KEYS = ("slimmable", "width_range")
 

@@ -40,7 +40,8 @@ def _slimmable_components(parts: dict, width_range, slim_neck_and_heads: bool) -
     parts = copy.deepcopy(parts)
     backbone = parts["backbone"]
     if backbone.get("type") != "US3LSlimmableResNet":
-        raise ValueError(f"a slimmable detector needs model.backbone.type='US3LSlimmableResNet', got {backbone.get('type')!r}")
+        raise ValueError("a slimmable detector needs model.backbone.type='US3LSlimmableResNet', "
+                         f"got {backbone.get('type')!r}")
     backbone["width_range"] = tuple(width_range)
     for path, slim_type in SLIMMABLE_PARTS.items():
         node = parts
@@ -89,21 +90,23 @@ class SlimmableTwoStageMixin:
         return sandwich_train_step(self, self, data, optim_wrapper)
 
     def train_widths(self) -> list[float]:
-        """This iteration's widths: a pure function of (seed, iteration), identical on every rank and on resume."""
+        """This iteration's widths: a pure function of (seed, iteration), identical on every rank and on resume
+        (mmengine restores the iteration and the run's seed from the checkpoint's message hub)."""
         hub = MessageHub.get_current_instance()
         iteration = hub.get_info("iter")
-        if iteration is None:
+        if iteration is None:  # no runner
             iteration, self._step = self._step, self._step + 1
+        config = self.sandwich
         if self._seed_from_run and isinstance(hub.get_info("seed"), int):  # the run's randomness.seed
-            self.sandwich = dataclasses.replace(self.sandwich, seed=hub.get_info("seed"))
-            self._seed_from_run = False
-        return sample_widths(self.sandwich, iteration)
+            config = dataclasses.replace(config, seed=hub.get_info("seed"))
+        return sample_widths(config, iteration)
 
     def loss(self, batch_inputs, batch_data_samples):
         teaching = self._teaching
         if teaching is None and self.training:
-            raise RuntimeError(f"{type(self).__name__}.loss was called outside its sandwich train_step, which would train "
-                               "one width only; under DDP set model_wrapper_cfg=dict(type='SandwichDistributedDataParallel')")
+            raise RuntimeError(f"{type(self).__name__}.loss was called outside its sandwich train_step, which would "
+                               "train one width only; under DDP set "
+                               "model_wrapper_cfg=dict(type='SandwichDistributedDataParallel')")
         if teaching is None or not self.sandwich.distill:
             return super().loss(batch_inputs, batch_data_samples)
         with self._recording() as seen:
@@ -192,5 +195,6 @@ class SandwichDistributedDataParallel(MMDistributedDataParallel):
 
     def train_step(self, data, optim_wrapper):
         if not isinstance(self.module, SlimmableTwoStageMixin):
-            raise TypeError(f"SandwichDistributedDataParallel wraps slimmable detectors, got {type(self.module).__name__}")
+            raise TypeError("SandwichDistributedDataParallel wraps slimmable detectors, "
+                            f"got {type(self.module).__name__}")
         return sandwich_train_step(self.module, self, data, optim_wrapper)

@@ -49,6 +49,14 @@ def load_slimmable_detector(config: str | Config, checkpoint: str | None, device
     return model.to(device).eval(), cfg
 
 
+def data_batches(loader_cfg, batch_size: int | None = None):
+    """Batches of a config's data loader (optionally another batch size), e.g. one test image to profile."""
+    cfg = dict(loader_cfg)
+    if batch_size is not None:
+        cfg["batch_size"] = batch_size
+    return iter(Runner.build_dataloader(cfg))
+
+
 class _PreprocessedImages:
     """Re-iterable batches of normalised, padded images from an mmdet data loader (what calibration runs on)."""
 

@@ -28,6 +28,14 @@ def _layer_names(module: nn.Module) -> set[str]:
     return {n for n, m in module.named_modules() if isinstance(m, _LAYERS)}
 
 
+def _slimmify_initialised(module, **kwargs) -> None:
+    """``slimmify`` after mmdet's own initialisation: mmengine's initialisers match layers by their class or
+    direct base name (``layer='Conv2d'``), which a slimmable layer no longer has, so the weights are
+    initialised first and the slimmable layers share them (``init_weights`` is not run a second time)."""
+    module.init_weights()
+    slimmify(module, **kwargs)
+
+
 def _no_norm(kwargs: dict, where: str) -> None:
     if kwargs.get("norm_cfg") is not None:
         raise ValueError(f"{where}: normalisation layers in RoI heads are not supported by the slimmable detector "
@@ -48,8 +56,8 @@ class SlimmableFPN(FPN):
         backbone_inputs = {f"lateral_convs.{i}.conv" for i in range(len(self.lateral_convs))}
         if self.add_extra_convs == "on_input":  # the first extra conv reads the backbone's last map
             backbone_inputs.add(f"fpn_convs.{len(self.lateral_convs)}.conv")
-        slimmify(self, keep_in=() if slimmable else layers - backbone_inputs, keep_out=() if slimmable else layers,
-                 width_range=width_range)
+        _slimmify_initialised(self, keep_in=() if slimmable else layers - backbone_inputs,
+                              keep_out=() if slimmable else layers, width_range=width_range)
 
 
 @MODELS.register_module()
@@ -60,7 +68,7 @@ class SlimmableRPNHead(RPNHead):
         super().__init__(*args, **kwargs)
         self.slimmable = slimmable
         if slimmable:
-            slimmify(self, keep_out={"rpn_cls", "rpn_reg"}, width_range=width_range)
+            _slimmify_initialised(self, keep_out={"rpn_cls", "rpn_reg"}, width_range=width_range)
 
 
 @MODELS.register_module()
@@ -89,7 +97,7 @@ class SlimmableShared2FCBBoxHead(Shared2FCBBoxHead):
         if slimmable:
             if self.with_avg_pool:
                 raise ValueError(f"{type(self).__name__}: with_avg_pool=True is not supported")
-            slimmify(self, keep_out=_layer_names(self) & {"fc_cls", "fc_reg"},
+            _slimmify_initialised(self, keep_out=_layer_names(self) & {"fc_cls", "fc_reg"},
                      flatten={"shared_fcs.0": self.roi_feat_area}, width_range=width_range)
 
 
@@ -104,4 +112,4 @@ class SlimmableFCNMaskHead(FCNMaskHead):
         if slimmable:
             if self.upsample_method not in (None, "deconv", "nearest", "bilinear"):
                 raise ValueError(f"{type(self).__name__}: upsample {self.upsample_method!r} is not supported")
-            slimmify(self, keep_out={"conv_logits"}, width_range=width_range)
+            _slimmify_initialised(self, keep_out={"conv_logits"}, width_range=width_range)
