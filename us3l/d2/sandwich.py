@@ -135,18 +135,25 @@ class SandwichTrainer(SimpleTrainer):
 
 
 class _PreprocessedImages:
-    """Re-iterable batches of preprocessed image tensors from a Detectron2 loader (for BN calibration)."""
+    """Preprocessed image tensors from ONE iterator over an (infinite) Detectron2 training loader.
+
+    Every pass continues that iterator: Detectron2's ``AspectRatioGroupedDataset`` keeps its buckets on the
+    object, and a second iterator started after an abandoned one never completes a batch (it loops forever).
+    """
 
     def __init__(self, net, loader):
-        self.net, self.loader = net, loader
+        self.net, self._batches = net, iter(loader)
 
     def __iter__(self):
-        for batch in self.loader:
+        for batch in self._batches:
             yield self.net.preprocess_image(batch).tensor
 
 
 def calibrate_d2_detector(model, loader, widths, num_batches: int) -> dict[float, int]:
-    """Calibrate the BN statistics of a slimmable Detectron2 detector at ``widths`` on ``loader``'s images."""
+    """Calibrate the BN statistics of a slimmable Detectron2 detector at ``widths`` on ``loader``'s images.
+
+    ``loader``: a Detectron2 training loader (or an iterator over it, kept across calls).
+    """
     net = unwrap(model)
     with torch.no_grad():
         return calibrate_detector(net, net.backbone, _PreprocessedImages(net, loader), widths, num_batches)
@@ -164,7 +171,7 @@ class WidthCalibrationHook(hooks.HookBase):
     """
 
     def __init__(self, period: int, model, data_loader, widths, num_batches: int):
-        self._period, self._model, self._loader = period, model, data_loader
+        self._period, self._model, self._loader = period, model, iter(data_loader)  # one iterator, see above
         self._widths, self._num_batches = list(widths), num_batches
 
     def after_step(self):

@@ -26,6 +26,7 @@ import re
 import torch
 import torch.nn as nn
 from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, ROI_HEADS_REGISTRY, RPN_HEAD_REGISTRY
 from detectron2.modeling.backbone import FPN, Backbone
@@ -180,6 +181,7 @@ def build_us3l_slimmable_resnet_fpn_backbone(cfg, input_shape: ShapeSpec) -> FPN
 class US3LSlimmableRPNHead(StandardRPNHead):
     """``StandardRPNHead`` whose hidden conv(s) slim with the width; objectness / deltas stay full (per anchor)."""
 
+    @configurable
     def __init__(self, *, slim: bool = True, width_range=(0.25, 1.0), **kwargs):
         super().__init__(**kwargs)
         if slim:
