@@ -125,10 +125,16 @@ class SlimmableTwoStageMixin:
     def _recording(self):
         """Collects what distillation needs from one forward: FPN features, objectness, sampled RoIs, class scores."""
         seen = {}
-        hooks = [self.neck.register_forward_hook(lambda m, i, o: seen.setdefault("feats", o)),
-                 self.rpn_head.register_forward_hook(lambda m, i, o: seen.setdefault("rpn_cls", o[0])),
-                 self.roi_head.bbox_roi_extractor.register_forward_hook(lambda m, i, o: seen.setdefault("rois", i[1])),
-                 self.roi_head.bbox_head.register_forward_hook(lambda m, i, o: seen.setdefault("cls_score", o[0]))]
+
+        def keep(key, pick):
+            def hook(module, inputs, output):  # returns None: the forward's output is left unchanged
+                seen.setdefault(key, pick(inputs, output))
+            return hook
+
+        hooks = [self.neck.register_forward_hook(keep("feats", lambda i, o: o)),
+                 self.rpn_head.register_forward_hook(keep("rpn_cls", lambda i, o: o[0])),
+                 self.roi_head.bbox_roi_extractor.register_forward_hook(keep("rois", lambda i, o: i[1])),
+                 self.roi_head.bbox_head.register_forward_hook(keep("cls_score", lambda i, o: o[0]))]
         try:
             yield seen
         finally:

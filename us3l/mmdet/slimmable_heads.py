@@ -10,6 +10,8 @@ active backbone channels, no zero padding).
 """
 from __future__ import annotations
 
+import logging
+
 import torch.nn as nn
 from mmdet.models.dense_heads import RPNHead
 from mmdet.models.necks import FPN
@@ -17,6 +19,7 @@ from mmdet.models.roi_heads.bbox_heads import Shared2FCBBoxHead
 from mmdet.models.roi_heads.mask_heads import FCNMaskHead
 from mmdet.models.roi_heads.roi_extractors import SingleRoIExtractor
 from mmdet.registry import MODELS
+from mmengine.logging import MMLogger
 
 from ..detection import slimmify
 from ..ops import DEFAULT_WIDTH_RANGE
@@ -32,7 +35,13 @@ def _slimmify_initialised(module, **kwargs) -> None:
     """``slimmify`` after mmdet's own initialisation: mmengine's initialisers match layers by their class or
     direct base name (``layer='Conv2d'``), which a slimmable layer no longer has, so the weights are
     initialised first and the slimmable layers share them (``init_weights`` is not run a second time)."""
-    module.init_weights()
+    logger = MMLogger.get_current_instance()
+    level = logger.level
+    logger.setLevel(logging.WARNING)  # (mmengine logs every parameter of a module initialised on its own)
+    try:
+        module.init_weights()
+    finally:
+        logger.setLevel(level)
     slimmify(module, **kwargs)
 
 
