@@ -114,12 +114,39 @@ def _first_test_image(cfg):
     return next(iter(loader))
 
 
-def detector_gflops(model, batch) -> float:
-    """fvcore GFLOPs of the whole detector (inference: backbone, FPN, RPN, ROI heads) on ``batch`` at its width."""
-    from detectron2.utils.analysis import FlopCountAnalysis
+class _TracedInference(torch.nn.Module):
+    """A detector's inference on one image with tensor outputs, as fvcore's tracer needs them.
 
-    with torch.no_grad():
-        return fvcore_total_gflops(FlopCountAnalysis(unwrap(model), batch))
+    (Detectron2's own ``utils.analysis`` imports ``detectron2.export``, which needs caffe2.)
+    """
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, image):
+        inst = self.model.inference([{"image": image}], do_postprocess=False)[0]
+        out = [inst.pred_boxes.tensor, inst.scores, inst.pred_classes]
+        if inst.has("pred_masks"):
+            out.append(inst.pred_masks)
+        return tuple(out)
+
+
+def detector_gflops(model, batch) -> float:
+    """fvcore GFLOPs of the whole detector (inference: backbone, FPN, RPN, ROI heads) on ``batch[0]`` at its width."""
+    import warnings
+
+    from fvcore.nn import FlopCountAnalysis
+
+    net = unwrap(model)
+    was_training = net.training
+    net.eval()
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer warnings about data-dependent control flow
+            return fvcore_total_gflops(FlopCountAnalysis(_TracedInference(net), (batch[0]["image"],)))
+    finally:
+        net.train(was_training)
 
 
 def backbone_gflops(model, batch) -> float:
