@@ -39,7 +39,8 @@ def build(config: str, slim: bool, widths, size, seed: int, opts):
                                "MODEL.WEIGHTS", "", *opts])
     torch.manual_seed(seed)
     model = build_model(cfg)
-    images = [torch.randn(1, 3, *size) for _ in range(2)]
+    padded = [-(-s // 32) * 32 for s in size]  # what preprocess_image pads to (FPN size divisibility)
+    images = [torch.randn(1, 3, *padded) for _ in range(2)]
     calibrate_detector(model, model.backbone, images, widths)
     return cfg, model.eval()
 
