@@ -287,7 +287,7 @@ def test_export_is_a_plain_smaller_detector_with_the_same_outputs(calibrated, tm
 
     slim, cfg = load_slimmable_detector(MASK_CFG, calibrated, cfg_options=MODEL_OPTS)
     set_width(slim, 0.6)
-    batch = _batch(cfg, n=4, split="val")
+    batch = _batch(cfg, n=4, split="test")
     with torch.no_grad():
         a, b = slim.test_step(batch), plain.test_step(batch)
     for x, y in zip(a, b):
