@@ -251,7 +251,8 @@ def test_neck_and_heads_switch_off_keeps_them_full_width(tiny_coco, pretrained, 
     cfg = load_config(CONFIG, opts)
     trainer = SlimmableDetectorTrainer(cfg)
     trainer.resume_or_load(resume=False)
-    trainer.train()  # one sandwich step, calibration at 0.25, evaluation at 1.0 is skipped (not calibrated)?
+    trainer.train()  # one sandwich step, calibration at 0.25 and WIDTH_MULT 1.0, evaluation at 1.0
+    assert set(us3l.calibrated_widths(trainer.model)) == {0.25, 1.0}
     net = trainer.model
     us3l.set_width(net, 0.25)
     assert type(net.proposal_generator.rpn_head.conv).__name__ == "Conv2d"

@@ -160,7 +160,8 @@ def calibrate_d2_detector(model, loader, widths, num_batches: int) -> dict[float
 
 
 def calibration_widths(cfg) -> list[float]:
-    return [float(w) for w in cfg.MODEL.US3L.CALIBRATION.WIDTHS] or [us3l_width(cfg)]
+    """``MODEL.US3L.CALIBRATION.WIDTHS`` plus ``WIDTH_MULT`` (the width the training-time evaluation runs at)."""
+    return sorted({float(w) for w in cfg.MODEL.US3L.CALIBRATION.WIDTHS} | {us3l_width(cfg)}, reverse=True)
 
 
 class WidthCalibrationHook(hooks.HookBase):
