@@ -63,6 +63,7 @@ def export(src: str, dst: str, width: float, config: str, opts=()) -> dict:
     if os.path.abspath(cfg_path) == os.path.abspath(dst):
         raise ValueError(f"DST {dst} would be overwritten by its own config: give DST a .pth suffix")
     pcfg.MODEL.WEIGHTS = os.path.abspath(dst)
+    pcfg.OUTPUT_DIR = os.path.dirname(os.path.abspath(dst))
     _save_detector(plain, dst, {"width": w, "source": os.path.abspath(src), "plain": True})
     with open(cfg_path, "w") as f:
         f.write(f"# Plain Detectron2 detector exported by tools/export_detector.py from {os.path.abspath(src)}\n"
