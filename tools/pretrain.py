@@ -2,6 +2,7 @@
 """Self-supervised pre-training of a universally slimmable backbone (US3L or a Table-1 baseline).
 
   python tools/pretrain.py --config configs/us3l_tiny_cpu.yaml --output-dir runs/tiny [--resume] [key=value ...]
+  python tools/pretrain.py --config configs/us3l_cifar100_r18.yaml --output-dir runs/c100 --init-from ref/ckpt.pth.tar
   torchrun --nproc_per_node 8 tools/pretrain.py --config configs/us3l_imagenet_r50.yaml --output-dir runs/r50
 
 Overrides are dotted config keys (``train.iterations=20 data.root=/data/imagenet``); unknown keys are errors.
@@ -11,6 +12,7 @@ Writes ``last.pth`` (every checkpoint), ``ckpt_XXXXXXXX.pth`` (periodic, keep-la
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
@@ -27,10 +29,13 @@ def main(argv=None) -> int:
     ap.add_argument("--config", required=True, help="YAML config (configs/*.yaml)")
     ap.add_argument("--output-dir", required=True)
     ap.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/last.pth if it exists")
+    ap.add_argument("--init-from", metavar="PATH", help="start from this checkpoint's backbone and heads (US3L "
+                    "reference pre-training checkpoint or us3l.pretrain/1); same as model.init_from=PATH")
     ap.add_argument("overrides", nargs="*", help="section.key=value")
     args = ap.parse_args(argv)
     try:
-        cfg = load_config(args.config, args.overrides)
+        init = [f"model.init_from={json.dumps(args.init_from)}"] if args.init_from else []  # quoted YAML scalar
+        cfg = load_config(args.config, list(args.overrides) + init)
         summary = pretrain(cfg, args.output_dir, args.resume)
     except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
