@@ -43,6 +43,7 @@ def test_configs_parse_and_tiny_classes_are_the_embedded_datasets():
     from us3l.data.synthetic import CLASS_NAMES
 
     files = sorted(glob.glob(os.path.join(DET, "*.py")) + glob.glob(os.path.join(SEG, "*.py")))
+    files = [f for f in files if "slimmable" not in f]  # one detector for every width: tests/test_mmdet_configs.py
     assert len(files) == 12
     for f in files:
         cfg = Config.fromfile(f)

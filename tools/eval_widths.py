@@ -1,6 +1,18 @@
 #!/usr/bin/env python
 """Per-width COCO table of one slimmable detector: box/mask AP, backbone GFLOPs, parameters, CPU latency.
 
+ONE universally slimmable detector (a ``*_slimmable_*`` config, :mod:`us3l.d2.slimmable`): one checkpoint
+evaluated in this process at every width, with a ``detector_gflops`` column (whole detector, fvcore, one test
+image) next to the backbone's, and the plot against it::
+
+    python tools/eval_widths.py model_final.pth --widths 1.0 0.9 0.75 0.5 0.25 \
+        --config projects/segmentation/configs/mask_rcnn_US-R50_FPN_slimmable_tiny.yaml --output-dir OUT
+
+A width without calibrated BN statistics is refused, unless ``--calibrate-batches N`` calibrates it first on
+N training batches (the calibrated checkpoint is written to ``OUT/model_calibrated.pth``).
+
+Per-width detectors (any other config):
+
 Evaluates detector weights at each width with the framework's own test entry point (Detectron2
 ``projects/segmentation/train_net.py --eval-only``, or MMDetection ``projects/segmentation/mmdet_test.py``),
 one process per width, then profiles the backbone at that width (``us3l.profiling``) and writes
@@ -161,6 +173,9 @@ def main(argv=None) -> dict:
     p.add_argument("--profile-size", type=int, default=224, help="input side for GFLOPs and latency")
     p.add_argument("--latency-runs", type=int, default=10, help="timed forward passes per width (0: skip)")
     p.add_argument("--title", default="")
+    p.add_argument("--calibrate-batches", type=int, default=0,
+                   help="slimmable detector: calibrate BN of uncalibrated widths on N training batches first "
+                        "(default 0: refuse them)")
     p.add_argument("--opts", nargs=argparse.REMAINDER, default=[],
                    help="passed to the framework's test entry point (Detectron2 KEY VALUE / MMDetection key=value)")
     args = p.parse_args(argv)
@@ -168,6 +183,10 @@ def main(argv=None) -> dict:
     default_config, eval_command, read_metrics, arch_of_config = FRAMEWORKS[args.framework]
     config = args.config or default_config
     out = os.path.abspath(args.output_dir)
+    if "{width}" not in args.weights and not os.path.isdir(args.weights):
+        slim = slimmable_main(args, config, out)
+        if slim is not None:
+            return slim
     os.makedirs(os.path.join(out, "logs"), exist_ok=True)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     if args.datasets:
@@ -219,6 +238,46 @@ def main(argv=None) -> dict:
         json.dump(flat, f, indent=2)
     print(render_markdown(sorted(rows, key=lambda r: -r["width"]), args.title))
     print("[eval_widths] wrote " + ", ".join(paths.values()), flush=True)
+    return {"rows": rows, "paths": paths}
+
+
+def slimmable_main(args, config: str, out: str):
+    """One checkpoint of a universally slimmable detector, evaluated in-process at every width (None: not one)."""
+    from us3l.checkpoint import CheckpointError
+    from us3l.detection.backends import USER_ERRORS, load_backend
+    from us3l.ops import UncalibratedWidthError
+
+    if args.datasets:
+        os.environ["US3L_DATASETS"] = os.path.abspath(args.datasets)
+    try:
+        backend = load_backend(args.framework)
+        if not backend.is_slimmable(config, args.opts):
+            return None
+        if args.framework == "d2":
+            import us3l.d2 as d2
+
+            d2.register_us3l_datasets()
+        rows = backend.evaluate(args.weights, config, args.widths, out, args.opts,
+                                calibrate_batches=args.calibrate_batches)
+    except (CheckpointError, UncalibratedWidthError, *USER_ERRORS) as e:
+        print(f"[eval_widths] error: {e}".splitlines()[0], file=sys.stderr)
+        raise SystemExit(2)
+    import torch
+
+    meta = {"framework": args.framework, "config": os.path.abspath(config), "weights": os.path.abspath(args.weights),
+            "mode": "one slimmable checkpoint", "profile_input": rows[0].get("profile_input"),
+            "torch_threads": torch.get_num_threads()}
+    notes = [f"AP: COCO AP (pycocotools, 0-100) of ONE slimmable {args.framework} detector evaluated at each width "
+             "(BN statistics calibrated per width).",
+             "detector GFLOPs: the whole detector (backbone, FPN, RPN, ROI heads) at the width, fvcore (one multiply-add "
+             f"= one flop) on one test image ({rows[0].get('profile_input')}); backbone GFLOPs: its trunk on the same image."]
+    paths = write_results(rows, out, args.title, meta, notes)
+    flat = {f"{width_tag(r['width'])}/{k}": r.get(k) for r in rows
+            for k in ("box_AP", "mask_AP", "box_AP50", "mask_AP50", "detector_gflops", "gflops", "params_m")}
+    with open(os.path.join(out, "metrics.json"), "w") as f:
+        json.dump(flat, f, indent=2)
+    print(render_markdown(sorted(rows, key=lambda r: -r["width"]), args.title))
+    print("[eval_widths] wrote " + ", ".join(p for p in paths.values() if p), flush=True)
     return {"rows": rows, "paths": paths}
 
 

@@ -2,6 +2,9 @@
 
 * backbones ``build_us3l_resnet_backbone`` (C4 trunk) and ``build_us3l_resnet_fpn_backbone``,
 * ROI heads ``US3LRes5ROIHeads`` (C4 models: a width-sized res5),
+* the universally slimmable detector (:mod:`us3l.d2.slimmable`): backbone
+  ``build_us3l_slimmable_resnet_fpn_backbone``, RPN head ``US3LSlimmableRPNHead``, ROI heads
+  ``US3LSlimmableROIHeads``; its sandwich trainer is in :mod:`us3l.d2.sandwich`,
 * datasets ``us3l_shapes_train`` / ``us3l_shapes_val`` (``$US3L_DATASETS/us3l_shapes``),
 
 and provides ``add_us3l_config`` (``MODEL.US3L.WIDTH_MULT / WIDTH_RANGE / BN_STATS``), the loader
@@ -14,10 +17,14 @@ from .datasets import DatasetFilesError, check_datasets, register_coco_json, reg
 from .evaluation import build_coco_evaluator, width_tag
 from .pkl_format import META_KEY, backbone_to_d2, read_pkl, write_pkl
 from .roi_heads import US3LRes5ROIHeads
+from .slimmable import (SlimmableDetectorCheckpointer, US3LSlimmableROIHeads, US3LSlimmableRPNHead,
+                        build_us3l_slimmable_resnet_fpn_backbone, export_plain_detector)
 
 register_us3l_datasets()
 
 __all__ = ["US3LResNet", "build_us3l_resnet_backbone", "build_us3l_resnet_fpn_backbone", "find_us3l_resnet",
            "US3LCheckpointer", "add_us3l_config", "bn_stats_policy", "load_config", "us3l_width", "DatasetFilesError",
            "check_datasets", "register_coco_json", "register_us3l_datasets", "build_coco_evaluator", "width_tag",
-           "META_KEY", "backbone_to_d2", "read_pkl", "write_pkl", "US3LRes5ROIHeads"]
+           "META_KEY", "backbone_to_d2", "read_pkl", "write_pkl", "US3LRes5ROIHeads", "SlimmableDetectorCheckpointer",
+           "US3LSlimmableROIHeads", "US3LSlimmableRPNHead", "build_us3l_slimmable_resnet_fpn_backbone",
+           "export_plain_detector"]

@@ -14,13 +14,33 @@ def add_us3l_config(cfg: CN) -> CN:
     * ``WIDTH_RANGE``: widths the backbone accepts; the pretrained checkpoint's own range is checked at load.
     * ``BN_STATS``: which BN statistics the pretrained backbone starts from, ``"calibrated"`` (those
       calibrated for ``WIDTH_MULT``) or ``"reset"`` (mean 0 / var 1, re-estimated while fine-tuning).
+
+    Slimmable detectors (``MODEL.BACKBONE.NAME build_us3l_slimmable_resnet_fpn_backbone``, see
+    :mod:`us3l.d2.slimmable`): ``WIDTH_MULT`` is then the width it is evaluated at, and
+
+    * ``SLIM_NECK_HEADS``: FPN, RPN head and ROI heads slim with the width (False: full width, only the
+      backbone slims);
+    * ``SANDWICH.{ENABLED, NUM_RANDOM, DISTILL, DISTILL_WEIGHT}``: fine-tune max, min and ``NUM_RANDOM``
+      random widths per iteration (one optimizer step), optionally distilling the max width into the others;
+      widths drawn from ``SEED`` and the iteration (:mod:`us3l.detection.sandwich`);
+    * ``CALIBRATION.{WIDTHS, NUM_BATCHES}``: widths whose BN statistics are calibrated on training images
+      after training (before the final evaluation and ``model_final.pth``; empty = ``WIDTH_MULT``).
     """
-    if "US3L" in cfg.MODEL:
-        return cfg
-    cfg.MODEL.US3L = CN()
-    cfg.MODEL.US3L.WIDTH_MULT = 1.0
-    cfg.MODEL.US3L.WIDTH_RANGE = list(DEFAULT_WIDTH_RANGE)
-    cfg.MODEL.US3L.BN_STATS = "calibrated"
+    if "US3L" not in cfg.MODEL:
+        cfg.MODEL.US3L = CN()
+        cfg.MODEL.US3L.WIDTH_MULT = 1.0
+        cfg.MODEL.US3L.WIDTH_RANGE = list(DEFAULT_WIDTH_RANGE)
+        cfg.MODEL.US3L.BN_STATS = "calibrated"
+    if "SANDWICH" not in cfg.MODEL.US3L:
+        cfg.MODEL.US3L.SLIM_NECK_HEADS = True
+        cfg.MODEL.US3L.SANDWICH = CN()
+        cfg.MODEL.US3L.SANDWICH.ENABLED = False
+        cfg.MODEL.US3L.SANDWICH.NUM_RANDOM = 2
+        cfg.MODEL.US3L.SANDWICH.DISTILL = False
+        cfg.MODEL.US3L.SANDWICH.DISTILL_WEIGHT = 1.0
+        cfg.MODEL.US3L.CALIBRATION = CN()
+        cfg.MODEL.US3L.CALIBRATION.WIDTHS = []
+        cfg.MODEL.US3L.CALIBRATION.NUM_BATCHES = 200
     return cfg
 
 

@@ -100,12 +100,16 @@ def main(args):
     register_datasets(args)
     cfg = setup(args)
     check_datasets(list(cfg.DATASETS.TEST) + ([] if args.eval_only else list(cfg.DATASETS.TRAIN)))
+    from .sandwich import trainer_class  # slimmable detectors (us3l.d2.slimmable) train with sandwich steps
+
+    trainer_cls = trainer_class(cfg)
     if args.eval_only:
-        model = US3LTrainer.build_model(cfg)
-        SafeCheckpointer(model, save_dir=cfg.OUTPUT_DIR, cfg=cfg).resume_or_load(cfg.MODEL.WEIGHTS,
+        model = trainer_cls.build_model(cfg)
+        checkpointer_cls = getattr(trainer_cls, "checkpointer_class", SafeCheckpointer)
+        checkpointer_cls(model, save_dir=cfg.OUTPUT_DIR, cfg=cfg).resume_or_load(cfg.MODEL.WEIGHTS,
                                                                                  resume=args.resume)
-        return US3LTrainer.test(cfg, model)
-    trainer = US3LTrainer(cfg)
+        return trainer_cls.test(cfg, model)
+    trainer = trainer_cls(cfg)
     trainer.resume_or_load(resume=args.resume)
     return trainer.train()
 

@@ -1,4 +1,5 @@
-"""MMDetection 3.x glue: importing this module registers the US3L backbone, C4 head and width hook.
+"""MMDetection 3.x glue: importing this module registers the US3L backbones, C4 head, width hook and the
+universally slimmable detector's components.
 
 Configs name it in ``custom_imports = dict(imports=['us3l.mmdet'], allow_failed_imports=False)``.
 ``import us3l`` never imports MMDetection; this subpackage needs mmdet 3.x / mmengine / mmcv.
@@ -13,7 +14,15 @@ except ImportError as e:  # pragma: no cover - depends on the installation
 from .backbone import US3LResNet
 from .hooks import WidthMetricsHook
 from .shared_head import US3LResLayer
+from .slimmable_backbone import US3LSlimmableResNet
+from .slimmable_detector import SandwichDistributedDataParallel, SlimmableFasterRCNN, SlimmableMaskRCNN
+from .slimmable_heads import (SlimmableFCNMaskHead, SlimmableFPN, SlimmableRPNHead, SlimmableShared2FCBBoxHead,
+                              SlimmableSingleRoIExtractor)
 from .width_config import apply_width, check_width_consistency, detector_width, width_tag
 
 __all__ = ["US3LResNet", "US3LResLayer", "WidthMetricsHook", "apply_width", "check_width_consistency",
-           "detector_width", "width_tag"]
+           "detector_width", "width_tag",
+           # the universally slimmable detector (one model, any width)
+           "US3LSlimmableResNet", "SlimmableFPN", "SlimmableRPNHead", "SlimmableSingleRoIExtractor",
+           "SlimmableShared2FCBBoxHead", "SlimmableFCNMaskHead", "SlimmableFasterRCNN", "SlimmableMaskRCNN",
+           "SandwichDistributedDataParallel"]

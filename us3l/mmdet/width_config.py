@@ -12,6 +12,7 @@ import torch.nn as nn
 from ._resnet_parts import checked_width, stage_channels
 
 BACKBONE_TYPES = ("US3LResNet",)
+SLIMMABLE_BACKBONE = "US3LSlimmableResNet"
 
 
 def width_tag(width: float) -> str:
@@ -31,6 +32,11 @@ def apply_width(cfg, width: float | None = None) -> float:
     """Set (optionally) and propagate the backbone width through a detector config in place; returns it."""
     model = cfg.model
     bb = model.backbone
+    if bb.get("type") == SLIMMABLE_BACKBONE:  # one detector for every width: nothing to propagate
+        if width is not None:
+            raise ValueError("a slimmable detector is trained at every width of model.width_range and evaluated at "
+                             "any width (tools/eval_widths.py --widths ...): --width does not apply")
+        return float(model.get("width_range", (0.25, 1.0))[1])
     if bb.get("type") not in BACKBONE_TYPES:
         raise ValueError(f"model.backbone.type is {bb.get('type')!r}, not a US3L backbone {BACKBONE_TYPES}")
     if width is not None:

@@ -1,58 +1,16 @@
 # Tiny variant on the embedded synthetic dataset (4 shape classes; tools/make_embedded_dataset.py writes it to
-# $US3L_DATASETS/us3l_shapes): 128-px inputs, smaller anchors, a 12-epoch schedule that runs on a CPU.
-_base_ = './faster-rcnn_us-r50_fpn_1x_coco_cpu.py'
+# $US3L_DATASETS/us3l_shapes): 128-px inputs, smaller anchors, plain BN, a 12-epoch schedule that runs on a CPU.
+_base_ = [
+    '../../mmdet_base/models/faster-rcnn_us-r50_fpn.py', '../../mmdet_base/datasets/us3l_shapes_detection.py',
+    '../../mmdet_base/schedules/tiny_12e.py', '../../mmdet_base/cpu_runtime.py'
+]
 
-data_root = '{{$US3L_DATASETS:datasets}}/us3l_shapes/'
-metainfo = dict(classes=('circle', 'square', 'triangle', 'cross'))  # us3l.data.synthetic.CLASS_NAMES
-img_scale = (128, 128)
-
+norm_cfg = dict(type='BN', requires_grad=True)  # SyncBN needs a process group
 model = dict(
+    backbone=dict(norm_cfg=norm_cfg),
+    neck=dict(norm_cfg=norm_cfg),
     rpn_head=dict(anchor_generator=dict(scales=[4])),
     roi_head=dict(bbox_head=dict(num_classes=4)))
 
-train_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations', with_bbox=True, with_mask=False),
-    dict(type='Resize', scale=img_scale, keep_ratio=True),
-    dict(type='RandomFlip', prob=0.5),
-    dict(type='PackDetInputs')
-]
-test_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='Resize', scale=img_scale, keep_ratio=True),
-    dict(type='LoadAnnotations', with_bbox=True, with_mask=False),
-    dict(type='PackDetInputs',
-         meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor'))
-]
-train_dataloader = dict(
-    batch_size=4,
-    num_workers=0,
-    persistent_workers=False,
-    dataset=dict(
-        data_root=data_root,
-        metainfo=metainfo,
-        ann_file='annotations/instances_train.json',
-        data_prefix=dict(img='train/'),
-        filter_cfg=dict(filter_empty_gt=True, min_size=4),
-        pipeline=train_pipeline))
-val_dataloader = dict(
-    batch_size=2,
-    num_workers=0,
-    persistent_workers=False,
-    dataset=dict(
-        data_root=data_root,
-        metainfo=metainfo,
-        ann_file='annotations/instances_val.json',
-        data_prefix=dict(img='val/'),
-        pipeline=test_pipeline))
-test_dataloader = val_dataloader
-val_evaluator = dict(ann_file=data_root + 'annotations/instances_val.json', metric='bbox')
+val_evaluator = dict(prefix='w1.00')
 test_evaluator = val_evaluator
-
-optim_wrapper = dict(optimizer=dict(lr=0.01))
-train_cfg = dict(max_epochs=12, val_interval=4)
-param_scheduler = [
-    dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=50),
-    dict(type='MultiStepLR', begin=0, end=12, by_epoch=True, milestones=[8, 11], gamma=0.1)
-]
-default_hooks = dict(logger=dict(interval=10), checkpoint=dict(interval=4))

@@ -1,0 +1,74 @@
+"""MMDetection configs: composed from shared ``_base_`` files, and unchanged by that restructuring.
+
+The pre-restructuring configs are read from the git history (commit ``BEFORE``), so the comparison is against
+the files users ran, not against anything produced by the code under test.
+"""
+import glob
+import os
+import subprocess
+
+import pytest
+from mmengine.config import Config
+
+from ckpt_helpers import ROOT
+
+BEFORE = "bdb98d9bd98770f03e4c2b4c620bd9395040114a"  # last commit with self-contained leaf configs
+PROJECTS = os.path.join(ROOT, "projects")
+PLAIN = sorted(f for f in glob.glob(os.path.join(PROJECTS, "*", "mmdet_configs", "*.py")) if "slimmable" not in f)
+SLIMMABLE = sorted(glob.glob(os.path.join(PROJECTS, "*", "mmdet_configs", "*slimmable*.py")))
+
+
+def _load(path: str) -> dict:
+    return Config.fromfile(path, import_custom_modules=False).to_dict()
+
+
+def _git(*args) -> str:
+    return subprocess.run(["git", "-C", ROOT, *args], capture_output=True, text=True, check=True).stdout
+
+
+@pytest.fixture
+def before(tmp_path, monkeypatch):
+    """The configs as of ``BEFORE``, written under ``tmp_path`` with their relative layout."""
+    monkeypatch.setenv("US3L_DATASETS", "/datasets-root")
+    try:
+        names = _git("ls-tree", "-r", "--name-only", BEFORE, "projects").split()
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("not a git checkout holding the pre-restructuring commit")
+    for name in names:
+        if "/mmdet_configs/" in name:
+            dst = tmp_path / name
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            dst.write_text(_git("show", f"{BEFORE}:{name}"))
+    return tmp_path
+
+
+def test_restructured_configs_merge_to_the_same_config(before):
+    old = sorted(glob.glob(str(before / "projects" / "*" / "mmdet_configs" / "*.py")))
+    assert [os.path.relpath(p, before) for p in old] == [os.path.relpath(p, ROOT) for p in PLAIN]
+    for path in PLAIN:
+        assert _load(path) == _load(str(before / os.path.relpath(path, ROOT))), path
+
+
+def test_leaves_inherit_shared_bases_and_hold_only_what_differs():
+    for path in PLAIN:
+        text = open(path).read()
+        assert "_base_" in text
+        assert len(text.splitlines()) <= 16, f"{path} repeats what a _base_ file holds"
+        if path.endswith("_tiny.py"):
+            assert "mmdet_base/datasets/us3l_shapes_" in text and "mmdet_base/schedules/tiny_12e.py" in text
+
+
+def test_slimmable_configs_parse(monkeypatch):
+    from us3l.data.synthetic import CLASS_NAMES
+
+    monkeypatch.setenv("US3L_DATASETS", "/datasets-root")
+    assert len(SLIMMABLE) == 4  # Faster / Mask R-CNN, 1x and tiny
+    for path in SLIMMABLE:
+        cfg = Config.fromfile(path)
+        assert cfg.model.type in ("SlimmableFasterRCNN", "SlimmableMaskRCNN")
+        assert cfg.model.backbone.type == "US3LSlimmableResNet" and cfg.model.neck.type == "SlimmableFPN"
+        assert cfg.model_wrapper_cfg.type == "SandwichDistributedDataParallel"
+        assert cfg.optim_wrapper.clip_grad.max_norm == 35
+        if path.endswith("_tiny.py"):
+            assert tuple(cfg.train_dataloader.dataset.metainfo.classes) == CLASS_NAMES
+            assert cfg.model.roi_head.bbox_head.num_classes == len(CLASS_NAMES)

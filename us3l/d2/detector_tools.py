@@ -1,0 +1,205 @@
+"""Detectron2 backend of the slimmable-detector tools (contract: :mod:`us3l.detection.backends`).
+
+Build the slimmable detector from a config, load ONE checkpoint with :class:`SlimmableDetectorCheckpointer`,
+then export a plain detector at a width, calibrate BN at widths, or COCO-evaluate at each width.
+Files written here hold tensors and plain metadata only (``torch.load(weights_only=True)`` reads them).
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+
+from ..checkpoint import atomic_save
+from ..detection import fvcore_total_gflops, require_calibrated
+from ..detection.backends import export_config_path
+from ..ops import UncalibratedWidthError
+from ..ops.width_state import canonical_width
+from ..width import get_width, set_width
+from ..width import width as width_ctx
+from .config import load_config
+from .evaluation import width_tag
+from .slimmable import (SlimmableDetectorCheckpointer, export_plain_detector, is_slimmable_detector_cfg, unwrap)
+
+logger = logging.getLogger("detectron2.us3l.detector_tools")
+META = "__us3l_detector__"
+
+
+def is_slimmable(config: str, opts=()) -> bool:
+    return is_slimmable_detector_cfg(load_config(config, opts))
+
+
+def load_slimmable(config: str, weights: str, opts=(), device: str = "cpu"):
+    """``(cfg, model)``: the slimmable detector of ``config`` with ``weights`` (eval mode, at WIDTH_MULT)."""
+    from detectron2.modeling import build_model
+
+    from .config import us3l_width
+
+    if not os.path.isfile(weights):
+        raise FileNotFoundError(f"checkpoint not found: {weights}")
+    cfg = load_config(config, list(opts) + ["MODEL.DEVICE", device, "MODEL.WEIGHTS", weights])
+    if not is_slimmable_detector_cfg(cfg):
+        raise ValueError(f"{config} is not a slimmable detector config (MODEL.BACKBONE.NAME "
+                         f"{cfg.MODEL.BACKBONE.NAME}); use a *_slimmable_*.yaml config")
+    model = build_model(cfg)
+    set_width(model, us3l_width(cfg))
+    SlimmableDetectorCheckpointer(model, cfg=cfg).load(weights, checkpointables=[])
+    return cfg, model.eval()
+
+
+def _save_detector(model, path: str, meta: dict) -> None:
+    atomic_save({"model": {k: v.detach().cpu() for k, v in model.state_dict().items()}, META: meta}, path)
+
+
+# ------------------------------------------------------------------------------------------------ export
+def export(src: str, dst: str, width: float, config: str, opts=()) -> dict:
+    """Write a plain Detectron2 detector at ``width`` (``dst``) and its config (``dst`` with ``.yaml``)."""
+    cfg, model = load_slimmable(config, src, opts)
+    w = set_width(model, width)
+    require_calibrated(model, w)
+    plain, pcfg = export_plain_detector(model, cfg, w)
+    cfg_path = export_config_path(dst, "d2")
+    if os.path.abspath(cfg_path) == os.path.abspath(dst):
+        raise ValueError(f"DST {dst} would be overwritten by its own config: give DST a .pth suffix")
+    pcfg.MODEL.WEIGHTS = os.path.abspath(dst)
+    pcfg.OUTPUT_DIR = os.path.dirname(os.path.abspath(dst))
+    _save_detector(plain, dst, {"width": w, "source": os.path.abspath(src), "plain": True})
+    with open(cfg_path, "w") as f:
+        f.write(f"# Plain Detectron2 detector exported by tools/export_detector.py from {os.path.abspath(src)}\n"
+                f"# at width {w}: no slimmable code, channel counts written below.\n")
+        f.write(pcfg.dump())
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    return {"weights": dst, "config": cfg_path, "width": w, "params_slimmable": count(model),
+            "params_plain": count(plain)}
+
+
+# ------------------------------------------------------------------------------------------- calibration
+def _train_loader(cfg):
+    from detectron2.data import build_detection_train_loader
+
+    c = cfg.clone()
+    c.defrost()
+    c.DATALOADER.NUM_WORKERS = 0
+    return build_detection_train_loader(c)
+
+
+def calibrate_model(cfg, model, widths, num_batches: int) -> dict[float, int]:
+    from .sandwich import calibrate_d2_detector
+
+    if num_batches <= 0:
+        raise ValueError(f"--num-batches must be positive, got {num_batches}")
+    return calibrate_d2_detector(model, _train_loader(cfg), [canonical_width(w) for w in widths], num_batches)
+
+
+def calibrate(src: str, dst: str, config: str, widths, num_batches: int, opts=()) -> dict:
+    """Calibrate BN at ``widths`` on the config's training set; save the detector with per-width statistics."""
+    if os.path.abspath(src) == os.path.abspath(dst):
+        raise ValueError("DST must differ from SRC (the source checkpoint is never overwritten)")
+    cfg, model = load_slimmable(config, src, opts)
+    from ..bn_calibration import calibrated_widths
+
+    for w in widths:  # a bad width fails before any image is read
+        with width_ctx(model, w):
+            pass
+    used = calibrate_model(cfg, model, widths, num_batches)
+    _save_detector(model, dst, {"source": os.path.abspath(src), "calibrated_widths": calibrated_widths(model)})
+    return {"weights": dst, "widths": used}
+
+
+# -------------------------------------------------------------------------------------------- evaluation
+def _first_test_image(cfg):
+    from detectron2.data import build_detection_test_loader
+
+    loader = build_detection_test_loader(cfg, cfg.DATASETS.TEST[0])
+    return next(iter(loader))
+
+
+class _TracedInference(torch.nn.Module):
+    """A detector's inference on one image with tensor outputs, as fvcore's tracer needs them.
+
+    (Detectron2's own ``utils.analysis`` imports ``detectron2.export``, which needs caffe2.)
+    """
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, image):
+        inst = self.model.inference([{"image": image}], do_postprocess=False)[0]
+        out = [inst.pred_boxes.tensor, inst.scores, inst.pred_classes]
+        if inst.has("pred_masks"):
+            out.append(inst.pred_masks)
+        return tuple(out)
+
+
+def detector_gflops(model, batch) -> float:
+    """fvcore GFLOPs of the whole detector (inference: backbone, FPN, RPN, ROI heads) on ``batch[0]`` at its width."""
+    import warnings
+
+    from fvcore.nn import FlopCountAnalysis
+
+    net = unwrap(model)
+    was_training = net.training
+    net.eval()
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer warnings about data-dependent control flow
+            return fvcore_total_gflops(FlopCountAnalysis(_TracedInference(net), (batch[0]["image"],)))
+    finally:
+        net.train(was_training)
+
+
+def backbone_gflops(model, batch) -> float:
+    from fvcore.nn import FlopCountAnalysis
+
+    net = unwrap(model)
+    with torch.no_grad():
+        images = net.preprocess_image(batch).tensor
+        return fvcore_total_gflops(FlopCountAnalysis(net.backbone.bottom_up, images))
+
+
+def evaluate(checkpoint: str, config: str, widths, output_dir: str, opts=(), calibrate_batches: int = 0,
+             profile: bool = True) -> list[dict]:
+    """COCO box/mask AP of ONE slimmable checkpoint at each width, with whole-detector and backbone GFLOPs."""
+    from ..bn_calibration import calibrated_widths
+    from ..models import build_static_model
+    from .sandwich import SlimmableDetectorTrainer
+
+    cfg, model = load_slimmable(config, checkpoint, opts)
+    widths = [set_width(model, w) for w in widths]  # range check first
+    missing = [w for w in widths if w not in calibrated_widths(model)]
+    os.makedirs(output_dir, exist_ok=True)
+    if missing and calibrate_batches > 0:
+        logger.info("calibrating BN at widths %s on %d training batches each", missing, calibrate_batches)
+        calibrate_model(cfg, model, missing, calibrate_batches)
+        path = os.path.join(output_dir, "model_calibrated.pth")
+        _save_detector(model, path, {"source": os.path.abspath(checkpoint),
+                                     "calibrated_widths": calibrated_widths(model)})
+        logger.info("wrote the calibrated checkpoint %s", path)
+    elif missing:
+        raise UncalibratedWidthError(
+            f"{checkpoint} has no BN statistics for widths {missing} (calibrated: {calibrated_widths(model) or 'none'});"
+            " pass --calibrate-batches N to calibrate them on training images first, or run "
+            "tools/calibrate_detector.py")
+    batch = _first_test_image(cfg) if profile else None
+    arch = f"resnet{cfg.MODEL.RESNETS.DEPTH}"
+    rows = []
+    for w in sorted(widths, reverse=True):
+        c = cfg.clone()
+        c.defrost()
+        c.MODEL.US3L.WIDTH_MULT = w
+        c.OUTPUT_DIR = os.path.join(output_dir, "eval", width_tag(w))
+        results = SlimmableDetectorTrainer.test(c, model)
+        bbox, segm = results.get(f"{width_tag(w)}/bbox", {}), results.get(f"{width_tag(w)}/segm", {})
+        row = {"width": w, "box_AP": bbox.get("AP"), "mask_AP": segm.get("AP"), "box_AP50": bbox.get("AP50"),
+               "mask_AP50": segm.get("AP50"), "arch": arch, "weights": os.path.abspath(checkpoint)}
+        if profile:
+            set_width(model, w)
+            row["detector_gflops"] = detector_gflops(model, batch)
+            row["backbone_gflops"] = row["gflops"] = backbone_gflops(model, batch)
+            row["params_m"] = sum(p.numel() for p in build_static_model(arch, w, 0).parameters()) / 1e6
+            row["profile_input"] = "x".join(str(s) for s in batch[0]["image"].shape)
+        rows.append(row)
+    set_width(model, get_width(model))
+    return rows

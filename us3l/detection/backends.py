@@ -1,0 +1,58 @@
+"""Framework backends of the slimmable-detector tools (``tools/export_detector.py``, ``tools/calibrate_detector.py``,
+``tools/eval_widths.py``): the tools are thin front ends, each framework implements the same four functions.
+
+A backend is a module (``us3l.d2.detector_tools`` for Detectron2, ``us3l.mmdet.detector_tools`` for
+MMDetection) with:
+
+``is_slimmable(config, opts) -> bool``
+    whether ``config`` (+ overrides) builds a universally slimmable detector.
+``export(src, dst, width, config, opts) -> dict``
+    write a PLAIN detector at ``width`` to ``dst`` and the config that builds it beside it
+    (``dst`` with ``.yaml`` / ``.py``; see :func:`export_config_path`), made only of the framework's plain
+    registered components with channel counts from :mod:`us3l.detection.export_rules`. Refuses an uncalibrated
+    width (:func:`us3l.detection.require_calibrated`). Returns at least
+    ``{"weights", "config", "width", "params_slimmable", "params_plain"}``.
+``calibrate(src, dst, config, widths, num_batches, opts) -> dict``
+    calibrate BN at ``widths`` on the config's TRAINING images (:func:`us3l.detection.calibrate_detector`)
+    and save the checkpoint with the per-width statistics to ``dst``. Returns ``{"weights", "widths": {w: batches}}``.
+``evaluate(checkpoint, config, widths, output_dir, opts, calibrate_batches=0, profile=True) -> list[dict]``
+    COCO-evaluate ONE slimmable checkpoint at each width (uncalibrated widths refused unless
+    ``calibrate_batches > 0``, then calibrated first and the calibrated checkpoint written into ``output_dir``).
+    One row per width: ``width, box_AP, mask_AP, box_AP50, mask_AP50`` (0-100, ``None`` when not applicable),
+    ``detector_gflops`` (whole detector, fvcore, one test image of the config's test size) and
+    ``gflops`` / ``params_m`` (the backbone at that width, :func:`us3l.profiling.profile_width`).
+
+Errors a user can fix are raised as ``ValueError`` / ``FileNotFoundError`` / :class:`us3l.checkpoint.CheckpointError`
+/ :class:`us3l.UncalibratedWidthError`; the tools print them as one line and exit with code 2.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+
+BACKENDS = {"d2": "us3l.d2.detector_tools", "mmdet": "us3l.mmdet.detector_tools"}
+CONFIG_SUFFIX = {"d2": ".yaml", "mmdet": ".py"}
+USER_ERRORS = (ValueError, FileNotFoundError, KeyError)
+
+
+def framework_of(config: str, framework: str | None = None) -> str:
+    """``d2`` for a ``.yaml`` config, ``mmdet`` for a ``.py`` one (or the explicit choice)."""
+    if framework:
+        if framework not in BACKENDS:
+            raise ValueError(f"unknown framework {framework!r}; choose from {sorted(BACKENDS)}")
+        return framework
+    for name, suffix in CONFIG_SUFFIX.items():
+        if config.endswith(suffix):
+            return name
+    raise ValueError(f"cannot tell the framework of config {config!r}: Detectron2 configs end in .yaml, "
+                     "MMDetection configs in .py (or pass --framework)")
+
+
+def load_backend(framework: str):
+    """The backend module of ``framework`` (imports the framework)."""
+    return importlib.import_module(BACKENDS[framework_of("", framework)])
+
+
+def export_config_path(dst: str, framework: str) -> str:
+    """Where the exported config goes: DST with the framework's config suffix (``model.pth`` -> ``model.yaml``)."""
+    return os.path.splitext(dst)[0] + CONFIG_SUFFIX[framework]

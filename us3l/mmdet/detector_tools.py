@@ -1,0 +1,139 @@
+"""MMDetection backend of the slimmable-detector tools (contract: :mod:`us3l.detection.backends`).
+
+``tools/export_detector.py``, ``tools/calibrate_detector.py`` and ``tools/eval_widths.py`` call these four
+functions for ``.py`` configs. Overrides (``opts``) are mmengine ``key=value`` pairs, as ``--cfg-options``.
+Files written here hold tensors and plain metadata only (``torch.load(weights_only=True)`` reads them).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+
+import torch
+import torch.nn as nn
+from mmengine.config import DictAction
+from mmengine.logging import print_log
+
+from ..bn_calibration import calibrated_widths
+from ..detection import fvcore_total_gflops
+from ..detection.backends import export_config_path
+from ..ops import UncalibratedWidthError
+from ..ops.width_state import canonical_width
+from ..width import set_width
+from ..width import width as width_ctx
+from .export import export_detector
+from .slimmable_eval import (calibrate_widths, data_batches, evaluate_widths, load_slimmable_detector,
+                             save_slimmable_detector, slimmable_config)
+
+
+def parse_opts(opts=()) -> dict:
+    """``["a.b=1", "c=[1,2]"]`` -> ``{"a.b": 1, "c": [1, 2]}`` (mmengine's ``--cfg-options`` parsing)."""
+    if not opts:
+        return {}
+    p = argparse.ArgumentParser()
+    p.add_argument("--opts", nargs="+", action=DictAction)
+    return p.parse_args(["--opts", *opts]).opts
+
+
+def is_slimmable(config: str, opts=()) -> bool:
+    cfg = slimmable_config(config, parse_opts(opts))
+    return cfg.model.get("type") in ("SlimmableMaskRCNN", "SlimmableFasterRCNN")
+
+
+def _load(config, checkpoint, opts):
+    if not os.path.isfile(checkpoint):
+        raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
+    return load_slimmable_detector(config, checkpoint, cfg_options=parse_opts(opts))
+
+
+def export(src: str, dst: str, width: float, config: str, opts=()) -> dict:
+    """Plain MMDetection detector at ``width`` (``dst``) and its config (``dst`` with ``.py``)."""
+    cfg_path = export_config_path(dst, "mmdet")
+    if os.path.abspath(cfg_path) == os.path.abspath(dst):
+        raise ValueError(f"DST {dst} would be overwritten by its own config: give DST a .pth suffix")
+    model, cfg = _load(config, src, opts)
+    plain, written = export_detector(model, cfg, width, dst)
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    return {"weights": dst, "config": written, "width": canonical_width(width), "params_slimmable": count(model),
+            "params_plain": count(plain)}
+
+
+def calibrate(src: str, dst: str, config: str, widths, num_batches: int, opts=()) -> dict:
+    """Calibrate BN at ``widths`` on the config's training images; save the detector with per-width statistics."""
+    if os.path.abspath(src) == os.path.abspath(dst):
+        raise ValueError("DST must differ from SRC (the source checkpoint is never overwritten)")
+    if num_batches <= 0:
+        raise ValueError(f"--num-batches must be positive, got {num_batches}")
+    model, cfg = _load(config, src, opts)
+    for w in widths:  # a bad width fails before any image is read
+        with width_ctx(model, w):
+            pass
+    used = calibrate_widths(model, cfg, widths, num_batches)
+    save_slimmable_detector(model, dst, {"source": os.path.abspath(src)})
+    return {"weights": dst, "widths": used}
+
+
+class _TensorForward(nn.Module):
+    """The detector's inference path on fixed data samples, as a module of tensors only (what fvcore traces)."""
+
+    def __init__(self, model, data_samples):
+        super().__init__()
+        self.model, self.data_samples = model, data_samples
+
+    def forward(self, inputs):
+        return self.model._forward(inputs, self.data_samples)
+
+
+def detector_gflops(model, batch) -> float:
+    """fvcore GFLOPs of the whole detector (backbone, FPN, RPN, RoI heads) on one preprocessed test batch."""
+    from fvcore.nn import FlopCountAnalysis
+
+    with torch.no_grad():
+        data = model.data_preprocessor(batch, False)
+        return fvcore_total_gflops(FlopCountAnalysis(_TensorForward(model, data["data_samples"]), data["inputs"]))
+
+
+def backbone_gflops(model, batch) -> float:
+    from fvcore.nn import FlopCountAnalysis
+
+    with torch.no_grad():
+        return fvcore_total_gflops(FlopCountAnalysis(model.backbone, model.data_preprocessor(batch, False)["inputs"]))
+
+
+def evaluate(checkpoint: str, config: str, widths, output_dir: str, opts=(), calibrate_batches: int = 0,
+             profile: bool = True) -> list[dict]:
+    """COCO box/mask AP of ONE slimmable checkpoint at each width, with whole-detector and backbone GFLOPs."""
+    from ..models import build_static_model
+
+    model, cfg = _load(config, checkpoint, opts)
+    widths = [set_width(model, w) for w in widths]  # range check first
+    missing = [w for w in widths if w not in calibrated_widths(model)]
+    os.makedirs(output_dir, exist_ok=True)
+    if missing and calibrate_batches > 0:
+        print_log(f"calibrating BN at widths {missing} on {calibrate_batches} training batches each", logger="current")
+        calibrate_widths(model, cfg, missing, calibrate_batches)
+        path = os.path.join(output_dir, "model_calibrated.pth")
+        save_slimmable_detector(model, path, {"source": os.path.abspath(checkpoint)})
+        print_log(f"wrote the calibrated checkpoint {path}", logger="current")
+    elif missing:
+        raise UncalibratedWidthError(
+            f"{checkpoint} has no BN statistics for widths {missing} "
+            f"(calibrated: {calibrated_widths(model) or 'none'});"
+            " pass --calibrate-batches N to calibrate them on training images first, or run "
+            "tools/calibrate_detector.py")
+    results = evaluate_widths(model, cfg, sorted(widths, reverse=True))
+    batch = next(data_batches(cfg.test_dataloader, batch_size=1)) if profile else None
+    arch = f"resnet{cfg.model.backbone.get('depth', 50)}"
+    rows = []
+    for w, metrics in results.items():
+        pct = lambda k: 100 * metrics[k] if k in metrics else None  # noqa: E731
+        row = {"width": w, "box_AP": pct("bbox_mAP"), "mask_AP": pct("segm_mAP"), "box_AP50": pct("bbox_mAP_50"),
+               "mask_AP50": pct("segm_mAP_50"), "arch": arch, "weights": os.path.abspath(checkpoint)}
+        if profile:
+            with width_ctx(model, w):
+                row["detector_gflops"] = detector_gflops(model, batch)
+                row["backbone_gflops"] = row["gflops"] = backbone_gflops(model, batch)
+            row["params_m"] = sum(p.numel() for p in build_static_model(arch, w, 0).parameters()) / 1e6
+            row["profile_input"] = "x".join(str(s) for s in model.data_preprocessor(batch, False)["inputs"].shape)
+        rows.append(row)
+    return rows
