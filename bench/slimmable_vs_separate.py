@@ -48,7 +48,8 @@ def run_slimmable(args, seed, out) -> tuple[dict, float]:
     seconds = time.perf_counter() - t0
     ap = {}
     for w in args.widths:
-        c = d2.load_config(SLIM, _common(args, seed, os.path.join(out, f"eval_w{w}")) + ["MODEL.US3L.WIDTH_MULT", str(w)])
+        opts = _common(args, seed, os.path.join(out, f"eval_w{w}")) + ["MODEL.US3L.WIDTH_MULT", str(w)]
+        c = d2.load_config(SLIM, opts)
         res = SlimmableDetectorTrainer.test(c, trainer.model)
         ap[w] = {k.split("/")[1]: v["AP"] for k, v in res.items()}
     return ap, seconds
@@ -61,7 +62,8 @@ def run_separate(args, seed, out) -> tuple[dict, float]:
     else:
         bn = []
     for w in args.widths:
-        cfg = d2.load_config(PLAIN, _common(args, seed, os.path.join(out, f"w{w}")) + ["MODEL.US3L.WIDTH_MULT", str(w)] + bn)
+        opts = _common(args, seed, os.path.join(out, f"w{w}")) + ["MODEL.US3L.WIDTH_MULT", str(w)] + bn
+        cfg = d2.load_config(PLAIN, opts)
         t0 = time.perf_counter()
         trainer = US3LTrainer(cfg)
         trainer.resume_or_load(resume=False)
@@ -79,7 +81,8 @@ def main(argv=None):
     p.add_argument("--num-random", type=int, default=2)
     p.add_argument("--depth", type=int, default=18)
     p.add_argument("--weights", default="", help="converted US3L backbone .pkl (default: random init for both arms)")
-    p.add_argument("--datasets", default=None, help="$US3L_DATASETS holding us3l_shapes (tools/make_embedded_dataset.py)")
+    p.add_argument("--datasets", default=None,
+                   help="$US3L_DATASETS holding us3l_shapes (tools/make_embedded_dataset.py)")
     p.add_argument("--work-dir", default="output/slimmable_vs_separate")
     p.add_argument("--output", default=None)
     p.add_argument("--opts", nargs=argparse.REMAINDER, default=[])

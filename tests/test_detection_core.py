@@ -142,7 +142,8 @@ def test_sandwich_step_refuses_nonfinite_losses():
     m = nn.Sequential(nn.Conv2d(3, 8, 1))
     slimmify(m, keep_in=["0"])
     with pytest.raises(FloatingPointError, match="width 0.5"):
-        sandwich_step(m, [1.0, 0.5], lambda w, i: {"l": m(torch.randn(1, 3, 2, 2)).sum() * (float("nan") if w < 1 else 1)})
+        sandwich_step(m, [1.0, 0.5],
+                      lambda w, i: {"l": m(torch.randn(1, 3, 2, 2)).sum() * (float("nan") if w < 1 else 1)})
 
 
 def test_distillation_losses():

@@ -36,7 +36,8 @@ R18 = ["MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64", "SE
 
 
 def _env(tiny):
-    return dict(os.environ, US3L_DATASETS=tiny["datasets_dir"], PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return dict(os.environ, US3L_DATASETS=tiny["datasets_dir"],
+                PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
 
 
 def _tool(name, *args, tiny):

@@ -261,7 +261,7 @@ def slimmable_main(args, config: str, out: str):
                                 calibrate_batches=args.calibrate_batches)
     except (CheckpointError, UncalibratedWidthError, *USER_ERRORS) as e:
         print(f"[eval_widths] error: {e}".splitlines()[0], file=sys.stderr)
-        raise SystemExit(2)
+        raise SystemExit(2) from None
     import torch
 
     meta = {"framework": args.framework, "config": os.path.abspath(config), "weights": os.path.abspath(args.weights),
@@ -269,8 +269,9 @@ def slimmable_main(args, config: str, out: str):
             "torch_threads": torch.get_num_threads()}
     notes = [f"AP: COCO AP (pycocotools, 0-100) of ONE slimmable {args.framework} detector evaluated at each width "
              "(BN statistics calibrated per width).",
-             "detector GFLOPs: the whole detector (backbone, FPN, RPN, ROI heads) at the width, fvcore (one multiply-add "
-             f"= one flop) on one test image ({rows[0].get('profile_input')}); backbone GFLOPs: its trunk on the same image."]
+             "detector GFLOPs: the whole detector (backbone, FPN, RPN, ROI heads) at the width, fvcore "
+             f"(one multiply-add = one flop) on one test image ({rows[0].get('profile_input')}); "
+             "backbone GFLOPs: its trunk on the same image."]
     paths = write_results(rows, out, args.title, meta, notes)
     flat = {f"{width_tag(r['width'])}/{k}": r.get(k) for r in rows
             for k in ("box_AP", "mask_AP", "box_AP50", "mask_AP50", "detector_gflops", "gflops", "params_m")}

@@ -25,7 +25,8 @@ def main(argv=None) -> int:
     p.add_argument("src", help="slimmable detector checkpoint")
     p.add_argument("dst", help="plain detector weights to write (its config goes beside it)")
     p.add_argument("--width", type=float, required=True)
-    p.add_argument("--config", required=True, help="the slimmable detector's config (.yaml Detectron2, .py MMDetection)")
+    p.add_argument("--config", required=True,
+                   help="the slimmable detector's config (.yaml Detectron2, .py MMDetection)")
     p.add_argument("--framework", choices=("d2", "mmdet"), default=None, help="default: from the config's suffix")
     p.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides")
     args = p.parse_args(argv)

@@ -27,7 +27,8 @@ def main(argv=None):
                    help="write an ImageFolder set (one dominant object per image) for kNN / linear probes")
     p.add_argument("--style", choices=DETECTION_STYLES + CLASSIFICATION_STYLES, default=None,
                    help="detection set: 'simple' (default; 4 easy classes), 'clutter-light' or 'clutter' (8 classes, "
-                        "class = outline only, clutter, occlusion); with --classification: 'category' (default; each class "
+                        "class = outline only, clutter, occlusion); with --classification: 'category' "
+                        "(default; each class "
                         "its own colours and pattern) or 'shape' (random colours and patterns: only the outline "
                         "tells the class)")
     args = p.parse_args(argv)

@@ -179,7 +179,8 @@ def evaluate(checkpoint: str, config: str, widths, output_dir: str, opts=(), cal
         logger.info("wrote the calibrated checkpoint %s", path)
     elif missing:
         raise UncalibratedWidthError(
-            f"{checkpoint} has no BN statistics for widths {missing} (calibrated: {calibrated_widths(model) or 'none'});"
+            f"{checkpoint} has no BN statistics for widths {missing} "
+            f"(calibrated: {calibrated_widths(model) or 'none'});"
             " pass --calibrate-batches N to calibrate them on training images first, or run "
             "tools/calibrate_detector.py")
     batch = _first_test_image(cfg) if profile else None

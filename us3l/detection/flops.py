@@ -19,7 +19,8 @@ def fvcore_total_gflops(analysis) -> float:
     return analysis.total() / 1e9
 
 
-def gflops_per_width(model: nn.Module, widths: Sequence[float], make_analysis: Callable[[], object]) -> dict[float, float]:
+def gflops_per_width(model: nn.Module, widths: Sequence[float],
+                     make_analysis: Callable[[], object]) -> dict[float, float]:
     """``{width: GFLOPs}``: ``make_analysis()`` builds an fvcore analysis of ``model`` at the current width."""
     out = {}
     for w in widths:

@@ -126,7 +126,9 @@ def evaluate(checkpoint: str, config: str, widths, output_dir: str, opts=(), cal
     arch = f"resnet{cfg.model.backbone.get('depth', 50)}"
     rows = []
     for w, metrics in results.items():
-        pct = lambda k: 100 * metrics[k] if k in metrics else None  # noqa: E731
+        def pct(k, metrics=metrics):
+            return 100 * metrics[k] if k in metrics else None
+
         row = {"width": w, "box_AP": pct("bbox_mAP"), "mask_AP": pct("segm_mAP"), "box_AP50": pct("bbox_mAP_50"),
                "mask_AP50": pct("segm_mAP_50"), "arch": arch, "weights": os.path.abspath(checkpoint)}
         if profile:

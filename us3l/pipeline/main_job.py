@@ -121,7 +121,8 @@ def main(argv: Optional[List[str]] = None) -> dict:
     from us3l.data.synthetic import STYLE_CLASSES
 
     if args.dataset_style not in STYLE_CLASSES:
-        raise SystemExit(f"[us3l-main] unknown --dataset-style {args.dataset_style!r}; choose from {sorted(STYLE_CLASSES)}")
+        raise SystemExit(f"[us3l-main] unknown --dataset-style {args.dataset_style!r}; "
+                         f"choose from {sorted(STYLE_CLASSES)}")
     framework = "mmdet" if args.mmdet else "d2"
     out = os.path.abspath(args.output)
     os.makedirs(out, exist_ok=True)
