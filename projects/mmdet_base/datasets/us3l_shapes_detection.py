@@ -42,5 +42,5 @@ val_dataloader = dict(
         data_prefix=dict(img='val/'),
         pipeline=test_pipeline))
 test_dataloader = val_dataloader
-val_evaluator = dict(ann_file=data_root + 'annotations/instances_val.json', metric='bbox')
+val_evaluator = dict(ann_file=data_root + 'annotations/instances_val.json', metric='bbox', prefix='w1.00')
 test_evaluator = val_evaluator
