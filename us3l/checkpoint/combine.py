@@ -35,14 +35,15 @@ def combine_calibrated(paths: list[str], report: LoadReport | None = None) -> tu
             raise CheckpointError(f"{path} holds no calibrated statistics: nothing to combine")
         if not meta:
             meta = {k: m[k] for k in ("arch", "cifar_stem", "width_range")}
-            state = {k: v for k, v in s.items() if not _is_stats(k)}
+            state = first = {k: v for k, v in s.items() if not _is_stats(k)}
+            state = dict(first)
         elif (m["arch"], m["cifar_stem"]) != (meta["arch"], meta["cifar_stem"]):
             raise CheckpointError(f"{path} is a {m['arch']} (CIFAR stem {m['cifar_stem']}), the first file a "
                                   f"{meta['arch']} (CIFAR stem {meta['cifar_stem']})")
         else:
             weights = {k: v for k, v in s.items() if not _is_stats(k)}
-            differ = [k for k in state if k not in weights or not torch.equal(state[k], weights[k])]
-            if differ or set(weights) != set(state):
+            differ = [k for k in first if k not in weights or not torch.equal(first[k], weights[k])]
+            if differ or set(weights) != set(first):
                 raise CheckpointError(f"{path} has other weights than {paths[0]} (e.g. {differ[:3]}): the files "
                                       "come from different runs or checkpoints and cannot share one file")
         overlap = widths & set(m["calibrated_widths"])

@@ -103,9 +103,7 @@ def _plain_backbone(ckpt: Mapping, report: LoadReport) -> tuple[dict, dict]:
     for k in [k for k in state if k.startswith(("fc.", "classifier."))]:
         report.dropped.append(f"{k} (classifier)")
     state = {k: v for k, v in state.items() if not k.startswith(("fc.", "classifier."))}
-    # a normally trained network: its running statistics are valid (at its one width)
-    meta = {"calibrated_widths": [1.0] if has_native_stats(state) else []}
-    return state, meta
+    return state, {}
 
 
 def _fixed_width(state: Mapping, arch: str, cifar: bool, width: float | None) -> float | None:
@@ -166,6 +164,8 @@ def extract_backbone(ckpt, source: str = "", width: float | None = None,
         meta.update(fixed_width=float(fixed), width_range=[float(fixed), float(fixed)])
     meta.setdefault("width_range", list(DEFAULT_WIDTH_RANGE))
     native = float(fixed) if fixed is not None else 1.0  # the width the standard running_mean/var belong to
+    if "calibrated_widths" not in meta:  # a normally trained network: its statistics are valid at its width
+        meta["calibrated_widths"] = [native] if has_native_stats(state) else []
     listed = [float(w) for w in meta.get("calibrated_widths", [])]
     has_native = native in listed and has_native_stats(state)
     if not has_native:  # statistics nobody calibrated (fresh buffers, mixed-width training) never travel on

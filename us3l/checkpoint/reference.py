@@ -70,24 +70,27 @@ def extract_reference(ckpt: Mapping, source: str = "", width: float | None = Non
     """
     report = report if report is not None else LoadReport()
     kind = reference_kind(ckpt)
-    state = _unwrap(ckpt["state_dict"])
+    raw = ckpt["state_dict"]
+    pre = "module." if any(str(k).startswith("module.") for k in raw) else ""
+    state = _unwrap(raw)
     backbone = {}
     for k, v in state.items():
         if k.startswith("encoder_q.") and not k.startswith("encoder_q.fc."):
-            backbone[k[len("encoder_q."):]] = v
-        else:
-            reason = next((r for p, r in _HEADS if k.startswith(p)), "not part of the backbone")
-            if kind == "calibrated" and k.startswith("encoder_q.fc."):
-                reason = "classifier of the calibration network (encoder_q.fc)"
-            report.dropped.append(f"{k} ({reason})")
+            if kind == "pretrain" and k.endswith(_STATS):  # statistics of mixed-width training
+                report.dropped.append(f"{pre}{k} (pre-training running statistics: they mix all widths, "
+                                      "calibrate instead)")
+            else:
+                backbone[k[len("encoder_q."):]] = v
+            continue
+        reason = next((r for p, r in _HEADS if k.startswith(p)), "not part of the backbone")
+        if kind == "calibrated" and k.startswith("encoder_q.fc."):
+            reason = "classifier of the calibration network (encoder_q.fc)"
+        report.dropped.append(f"{pre}{k} ({reason})")
     if any(".body." in k for k in backbone):
         backbone = _mobilenet_names(backbone)
     arch, cifar = _reference_arch(ckpt.get("arch"), backbone)
     meta = {"source": "us3l-reference", "reference_kind": kind, "arch": arch, "cifar_stem": cifar}
     if kind == "pretrain":
-        for k in [k for k in backbone if k.endswith(_STATS)]:  # mixed-width training statistics
-            report.dropped.append(f"{k} (pre-training running statistics: they mix all widths, calibrate instead)")
-            del backbone[k]
         meta["calibrated_widths"] = []
         return backbone, meta
     w = width if width is not None else width_from_name(source)
