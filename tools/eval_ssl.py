@@ -24,9 +24,7 @@ from us3l.data import build_dataset, eval_transform  # noqa: E402
 from us3l.data.datasets import embedded_root, prepare_embedded  # noqa: E402
 from us3l.data.synthetic import CLASSIFICATION_STYLES  # noqa: E402
 from us3l.ssl.evaluation import evaluate_widths, markdown_table  # noqa: E402
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from calibrate_bn import load_us_backbone  # noqa: E402
+from us3l.checkpoint.model_io import build_model_from_checkpoint  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -51,7 +49,7 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        model, meta = load_us_backbone(args.checkpoint)
+        model, meta = build_model_from_checkpoint(args.checkpoint)
         recipe = args.recipe or ("cifar" if meta["cifar_stem"] or args.dataset != "imagefolder" else "imagenet")
         size = args.image_size or (32 if recipe == "cifar" else 224)
         root, kind = args.data_root, args.dataset

@@ -28,14 +28,11 @@ sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.join(REPO, "tools"))
 
 from live_log import tee_process  # noqa: E402
+from us3l.width import width_tag  # noqa: E402
 from results_table import render_markdown, write_results  # noqa: E402
 
 D2_CONFIG = "projects/segmentation/configs/mask_rcnn_US-R50_FPN_tiny.yaml"
 MMDET_CONFIG = "projects/segmentation/configs/mask-rcnn_us-r50_fpn_tiny_shapes.py"
-
-
-def width_tag(w: float) -> str:
-    return f"w{w:.2f}"
 
 
 def weights_for(template: str, w: float) -> str:

@@ -44,6 +44,7 @@ sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.join(REPO, "tools"))
 
 from live_log import tee_process  # noqa: E402
+from us3l.width import width_tag  # noqa: E402
 
 DEFAULT_WIDTHS = (1.0, 0.75, 0.5, 0.25)
 FRAMEWORKS = {
@@ -69,11 +70,6 @@ def _children_cpu_seconds() -> float:
         return float("nan")
     r = resource.getrusage(resource.RUSAGE_CHILDREN)
     return r.ru_utime + r.ru_stime
-
-
-def width_tag(w: float) -> str:
-    """Folder / metric prefix of a width: ``w0.50``."""
-    return f"w{w:.2f}"
 
 
 class Pipeline:

@@ -77,7 +77,7 @@ def read_pkl(path: str) -> dict:
         try:
             data = pickle.load(f, encoding="latin1")
         except Exception as e:
-            raise CheckpointError(f"cannot read {path} as a pickled Detectron2 .pkl (corrupt or truncated?): "
+            raise CheckpointError(f"cannot read Detectron2 checkpoint {path} (corrupt, truncated or not a pickle): "
                                   f"{type(e).__name__}: {e}") from e
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: a Detectron2 .pkl holds a dict, got {type(data).__name__}")

@@ -164,8 +164,9 @@ def extract_backbone(ckpt, source: str = "", width: float | None = None,
         meta.update(fixed_width=float(fixed), width_range=[float(fixed), float(fixed)])
     meta.setdefault("width_range", list(DEFAULT_WIDTH_RANGE))
     native = float(fixed) if fixed is not None else 1.0  # the width the standard running_mean/var belong to
-    if "calibrated_widths" not in meta:  # a normally trained network: its statistics are valid at its width
-        meta["calibrated_widths"] = [native] if has_native_stats(state) else []
+    if "calibrated_widths" not in meta:  # ours always say; a plain file is a normally trained network, whose
+        plain = fmt is None and not is_reference(ckpt)  # statistics are valid at its width
+        meta["calibrated_widths"] = [native] if plain and has_native_stats(state) else []
     listed = [float(w) for w in meta.get("calibrated_widths", [])]
     has_native = native in listed and has_native_stats(state)
     if not has_native:  # statistics nobody calibrated (fresh buffers, mixed-width training) never travel on

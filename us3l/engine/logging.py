@@ -73,6 +73,3 @@ class ScalarWriter:
             self.writer.flush()
             self.writer.close()
 
-
-def width_tag(w: float) -> str:
-    return f"w{w:.2f}"
