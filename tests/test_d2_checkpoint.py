@@ -95,9 +95,8 @@ def test_pretrain_and_reference_formats_convert(r50, tmp_path):
                 str(tmp_path / "pretrain.pth"))
     ours = read_pkl(r50["pkl"])["model"]
     payload = convert(str(tmp_path / "pretrain.pth"), str(tmp_path / "pretrain.pkl"))
-    # 1.0 is not listed as calibrated: its running statistics do not travel
-    expected = {k: v for k, v in ours.items() if not k.endswith(("running_mean", "running_var"))}
-    assert set(payload["model"]) == set(expected)
+    expected = ours  # 1.0 is not listed as calibrated: its buffers travel, refused by the loader (below)
+    assert set(payload["model"]) == set(expected) and payload[META_KEY]["calibrated_widths"] == list(CALIBRATED)
     for k, v in expected.items():
         np.testing.assert_array_equal(payload["model"][k], v)
     # the reference code's BYOL checkpoint (layout from tests/reference_layout.py): the online encoder only

@@ -131,9 +131,9 @@ def extract_backbone(ckpt, source: str = "", width: float | None = None,
                      report: LoadReport | None = None) -> tuple[dict[str, torch.Tensor], dict]:
     """Backbone state dict (torchvision names) and metadata from any supported checkpoint.
 
-    ``meta["calibrated_widths"]`` lists the widths whose BN statistics the state holds, and the state
-    holds running statistics only for those: a backbone without them is calibrated at NO width (1.0
-    included). ``meta["fixed_width"]`` marks tensors already sliced to one width. ``width`` names the width
+    ``meta["calibrated_widths"]`` lists the widths whose BN statistics are real; any other statistics in
+    the state (1.0's buffers of a pre-training run) are placeholders that consumers refuse: a backbone
+    without calibration is calibrated at NO width (1.0 included). ``meta["fixed_width"]`` marks tensors already sliced to one width. ``width`` names the width
     of a reference calibration / detection file whose name does not say it. Keys left out on purpose are
     appended to ``report.dropped``.
     """
@@ -168,11 +168,9 @@ def extract_backbone(ckpt, source: str = "", width: float | None = None,
         plain = fmt is None and not is_reference(ckpt)  # statistics are valid at its width
         meta["calibrated_widths"] = [native] if plain and has_native_stats(state) else []
     listed = [float(w) for w in meta.get("calibrated_widths", [])]
+    # statistics at the native width count only where the file says they were calibrated (fresh buffers and
+    # mixed-width training leave placeholders there, which every consumer refuses through this list)
     has_native = native in listed and has_native_stats(state)
-    if not has_native:  # statistics nobody calibrated (fresh buffers, mixed-width training) never travel on
-        stale = [k for k in state if k.endswith(("running_mean", "running_var"))]
-        report.dropped += [f"{k} (not calibrated for width {native})" for k in stale]
-        state = {k: v for k, v in state.items() if k not in stale}
     meta["calibrated_widths"] = sorted(set(calibrated_widths_in(state)) | ({native} if has_native else set()))
     return state, meta
 

@@ -43,11 +43,11 @@ def load_state_dict_checked(model: nn.Module, state: Mapping[str, torch.Tensor],
 def save_model_backbone(model: nn.Module, path: str, **extra_meta) -> None:
     """Save a slimmable backbone (classifier dropped) in the ``us3l.backbone/1`` format.
 
-    Width 1.0's running statistics are written only once calibrated: a file never carries placeholders.
+    ``meta["calibrated_widths"]`` says which statistics are real: 1.0's buffers always travel, and are
+    refused by every consumer until 1.0 is listed (calibrated).
     """
     calibrated = calibrated_widths(model)
-    state = {k: v for k, v in model.state_dict().items() if not k.startswith(("fc.", "classifier."))
-             and (1.0 in calibrated or not k.endswith(("running_mean", "running_var")))}
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith(("fc.", "classifier."))}
     meta = {"arch": arch_of(model), "cifar_stem": bool(getattr(model, "cifar_stem", False)),
             "width_range": list(width_range(model)), "calibrated_widths": calibrated, **extra_meta}
     save_backbone(state, meta, path)
