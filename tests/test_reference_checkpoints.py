@@ -165,3 +165,24 @@ def test_tools_calibrate_and_combine_reference_files(tiny_cls, tmp_path, capsys)
     rc = load_tool("combine_calibrated").main([str(tmp_path / "checkpoint_width_0.25.pth.tar"),
                                                str(tmp_path / "checkpoint_width_0.5.pth.tar"), str(tmp_path / "c.pth")])
     assert rc == 0 and load_backbone(str(tmp_path / "c.pth"))[1]["calibrated_widths"] == [0.25, 0.5]
+
+
+def test_converting_imports_no_framework(tmp_path):
+    """The converters write Detectron2 / MMDetection files on a machine that has neither framework loaded."""
+    import subprocess
+    import sys
+
+    torch.save(pretrain_file("us_resnet18"), tmp_path / "checkpoint.pth.tar")
+    code = ("import sys; sys.path.insert(0, 'tests'); from tools_loader import load_tool\n"
+            f"src = {str(tmp_path / 'checkpoint.pth.tar')!r}\n"
+            f"assert load_tool('convert_pretrain_to_d2').main([src, {str(tmp_path / 'a.pkl')!r}]) == 0\n"
+            f"assert load_tool('convert_pretrain_to_mmdet').main([src, {str(tmp_path / 'a.pth')!r}]) == 0\n"
+            "bad = [m for m in ('detectron2', 'mmdet', 'mmengine', 'mmcv') if m in sys.modules]\n"
+            "assert not bad, bad\n")
+    import os
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=root))
+    assert out.returncode == 0, out.stderr
+    assert "dropped: module.encoder_k." in out.stdout and "calibrated widths none" in out.stdout
