@@ -46,7 +46,9 @@ def export_checkpoint(src: str, dst: str, width: float):
     returns ``(static model, metadata)``."""
     model, meta = build_model_from_checkpoint(src)
     static = export_static(model, width)
-    atomic_save({"state_dict": static.state_dict(), "meta": {**meta, "width": width, "static": True}}, dst)
+    atomic_save({"state_dict": static.state_dict(),
+                 "meta": {**meta, "width": width, "fixed_width": width, "width_range": [width, width], "static": True}},
+                dst)
     return static, meta
 
 
