@@ -134,7 +134,7 @@ def mmdet_meta_to_d2(meta: Mapping, layout: str) -> dict:
         return dict(d2["extras"])
     # a bare trunk is matched into detectors by Detectron2's name heuristics (as MoCo's converted weights)
     extras = {"__author__": "US3L", "matching_heuristics": layout == "trunk"}
-    if "arch" in meta:  # what the Detectron2 plugin's loader checks (us3l.d2.pkl_format)
+    if "arch" in meta:  # what the Detectron2 plugin's loader checks (us3l.checkpoint.d2_format)
         extras[META_KEY] = {"format": D2_PKL_FORMAT, **{k: meta[k] for k in META_FIELDS if k in meta}}
     return extras
 
