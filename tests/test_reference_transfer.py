@@ -28,7 +28,8 @@ ARCHS = {"us_resnet18": 18, "us_resnet50": 50}
 MM_TINY = ["train_cfg.max_epochs=1", "train_cfg.val_interval=1", "train_dataloader.batch_size=2",
            "train_dataloader.dataset.indices=4", "default_hooks.checkpoint.interval=1", "randomness.seed=0",
            "model.train_cfg.rpn_proposal.max_per_img=100", "model.train_cfg.rcnn.sampler.num=64",
-           "model.test_cfg.rpn.nms_pre=200", "model.test_cfg.rpn.max_per_img=50", "model.neck.norm_cfg=None"]
+           "model.test_cfg.rpn.nms_pre=200", "model.test_cfg.rpn.max_per_img=50", "model.neck.norm_cfg=None",
+           "default_hooks.logger.interval=1", "model.test_cfg.rcnn.score_thr=0.0"]
 
 
 def _d2_opts(depth):
