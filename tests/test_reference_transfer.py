@@ -106,7 +106,6 @@ def test_reference_layout_fine_tunes_in_both_frameworks(arch, layout, d2_env, ti
                        ("stem.conv1.norm.running_mean", "bn1.running_mean")):
             assert torch.equal(trunk[f"backbone.bottom_up.{d2}"], ref[tv]), d2
     monkeypatch.setenv("US3L_DATASETS", d2_env["datasets_dir"])
-    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")  # mmengine's own checkpoints (as test_mmdet_train)
     runner = _mm_finetune(mm, depth, tmp_path / "mm")
     assert runner.model.backbone.width_mult == WIDTH and runner.iter == 2
     expected_c = channels_at(arch, "layer4.0.conv2", 512, 1, WIDTH)
@@ -157,7 +156,6 @@ def test_bn_stats_reset_fine_tunes_a_pretraining_file(d2_env, tmp_path, monkeypa
         _d2_finetune(str(tmp_path / "checkpoint.pth.tar"), 18, tmp_path / "d2b", "MODEL.US3L.BN_STATS", "reset",
                      "MODEL.BACKBONE.FREEZE_AT", "2")
     monkeypatch.setenv("US3L_DATASETS", d2_env["datasets_dir"])
-    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
     runner = _mm_finetune(str(tmp_path / "checkpoint.pth.tar"), 18, tmp_path / "mm", "model.backbone.bn_stats=reset",
                           "model.backbone.norm_eval=False", "model.backbone.init_cfg.prefix=None")
     assert runner.iter == 2
