@@ -89,7 +89,9 @@ def test_loading_errors(mm_file, tmp_path):
         _backbone(1.0, mm_file, depth=18)
     with pytest.raises(UncalibratedWidthError, match="calibrated widths"):
         _backbone(0.3, mm_file)
-    _backbone(0.3, mm_file, bn_stats="reset")  # re-estimated while fine-tuning: allowed
+    _backbone(0.3, mm_file, bn_stats="reset", norm_eval=False)  # re-estimated while fine-tuning: allowed
+    with pytest.raises(CheckpointError, match="norm_eval=True"):  # BN kept in eval: mean 0 / var 1 for good
+        _backbone(0.3, mm_file, bn_stats="reset")
     bad = tmp_path / "corrupt.pth"
     bad.write_bytes(b"garbage" * 10)
     with pytest.raises(CheckpointError, match="corrupt"):

@@ -20,14 +20,16 @@ from .slicing import select_width_stats, slice_to_shapes
 _STATS = re.compile(r"(running_mean|running_var|num_batches_tracked)(_w\d{4})?$")
 
 
-def check_detection_backbone(meta: Mapping, depth: int | None = None, context: str = "") -> None:
-    """A detection trunk is an ImageNet-stem ResNet (of ``depth`` when given)."""
+def check_detection_backbone(meta: Mapping, depth: int | None = None, context: str = "", model: str = "") -> None:
+    """A detection trunk is an ImageNet-stem ResNet (of ``depth`` when given; ``model`` says how the
+    framework's config names it)."""
     arch = str(meta.get("arch", ""))
     where = f"{context}: " if context else ""
     if not arch.startswith("resnet"):
         raise CheckpointError(f"{where}only ResNet backbones transfer to the detection plugins, got {arch!r}")
     if depth is not None and arch != f"resnet{depth}":
-        raise CheckpointError(f"{where}the checkpoint is a {arch} backbone but the model is resnet{depth}; "
+        model = model or f"resnet{depth}"
+        raise CheckpointError(f"{where}the checkpoint is a {arch} backbone but the model is {model}; "
                               "use a checkpoint of the same depth (or set the model's depth to match)")
     if meta.get("cifar_stem"):
         raise CheckpointError(f"{where}this backbone has a CIFAR stem (3x3 conv, no max-pool); detection needs "
@@ -51,7 +53,7 @@ def check_width_in_range(meta: Mapping, width: float, context: str = "") -> None
 
 def fit_backbone(state: Mapping[str, torch.Tensor], meta: Mapping, own: Mapping[str, torch.Tensor], *,
                  width: float, bn_stats: str = "calibrated", depth: int | None = None, context: str = "",
-                 report: LoadReport | None = None) -> tuple[dict[str, torch.Tensor], LoadReport]:
+                 model: str = "", report: LoadReport | None = None) -> tuple[dict[str, torch.Tensor], LoadReport]:
     """The tensors of ``own`` (a module's state dict, names as in ``state``) taken from a backbone checkpoint.
 
     ``state``/``meta`` as :func:`us3l.checkpoint.load_backbone` returns them (or renamed alike); parts of
@@ -60,7 +62,7 @@ def fit_backbone(state: Mapping[str, torch.Tensor], meta: Mapping, own: Mapping[
     :class:`us3l.UncalibratedWidthError` when ``bn_stats="calibrated"`` and the width is not calibrated.
     """
     report = report if report is not None else LoadReport()
-    check_detection_backbone(meta, depth, context)
+    check_detection_backbone(meta, depth, context, model)
     check_width_in_range(meta, width, context)
     tensors = {k: torch.as_tensor(v) for k, v in state.items()}
     if any(k.endswith("running_mean") for k in own):

@@ -156,6 +156,7 @@ class US3LCheckpointer(DetectionCheckpointer):
         fitted, report = fit_backbone(state, meta, {k: model_state[v] for k, v in placed.items()}, width=width,
                                       bn_stats=self.bn_stats, depth=trunk.us3l_depth,
                                       context=f"MODEL.US3L.WIDTH_MULT={width}",
+                                      model=f"resnet{trunk.us3l_depth} (MODEL.RESNETS.DEPTH={trunk.us3l_depth})",
                                       report=LoadReport(dropped=list(getattr(self, "_dropped", []))))
         self._report(report, what)
         return {placed[k]: v for k, v in fitted.items()}

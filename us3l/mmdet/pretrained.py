@@ -34,12 +34,13 @@ def load_width_sized(module: nn.Module, init_cfg: Mapping, *, depth: int, width:
     own = module.state_dict()
     if bn_stats == "reset" and norms_frozen and any(k.endswith("running_mean") for k in own):
         raise CheckpointError(f"{context}: bn_stats='reset' re-estimates BN statistics while fine-tuning, but "
-                              "norm_eval=True (or frozen_stages) keeps them at mean 0 / var 1: set norm_eval=False and "
-                              "frozen_stages=-1, or calibrate the width (tools/calibrate_bn.py) and keep bn_stats='calibrated'")
+                              "norm_eval=True (or frozen_stages) keeps them at mean 0 / var 1: set norm_eval=False "
+                              "and frozen_stages=-1, or calibrate the width (tools/calibrate_bn.py) and keep "
+                              "bn_stats='calibrated'")
     report = LoadReport()
     state, meta = read_full_width_backbone(path, init_cfg.get("prefix"), report=report)
     tensors, report = fit_backbone(state, meta, own, width=width, bn_stats=bn_stats, depth=depth,
-                                   context=f"{context}: {path}", report=report)
+                                   context=f"{context}: {path}", model=f"depth={depth} (resnet{depth})", report=report)
     report.raise_if_bad(f"{context}: loading {path} at width {width}")
     module.load_state_dict(tensors, strict=True)
     print_log(f"{context}: loaded {path} at width {width} (BN statistics: {bn_stats}): {report.summary()}",
