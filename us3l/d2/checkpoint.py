@@ -158,6 +158,8 @@ class US3LCheckpointer(DetectionCheckpointer):
                                       context=f"MODEL.US3L.WIDTH_MULT={width}",
                                       model=f"resnet{trunk.us3l_depth} (MODEL.RESNETS.DEPTH={trunk.us3l_depth})",
                                       report=LoadReport(dropped=list(getattr(self, "_dropped", []))))
+        for part in ("loaded", "sliced", "missing"):  # the report names the model's keys
+            setattr(report, part, [placed.get(k, k) for k in getattr(report, part)])
         self._report(report, what)
         return {placed[k]: v for k, v in fitted.items()}
 
