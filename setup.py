@@ -13,5 +13,11 @@ setup(
         "export": ["onnx"],
         "dev": ["pytest", "matplotlib", "tensorboard"],
     },
-    entry_points={"console_scripts": []},
+    entry_points={"console_scripts": [
+        "us3l-pretrain = us3l.cli:pretrain_cli",
+        "us3l-eval-ssl = us3l.cli:eval_ssl_cli",
+        "us3l-train-net = us3l.d2.engine:cli",
+        "us3l-mmdet-train = us3l.mmdet.runner:train_cli",
+        "us3l-mmdet-test = us3l.mmdet.runner:test_cli",
+    ]},
 )

@@ -16,10 +16,9 @@ import subprocess
 import sys
 import tempfile
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from us3l.ssl.width_sampling import WidthSampler
 
-from us3l.ssl.width_sampling import WidthSampler  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def flop_units(widths_per_iter, teacher: bool) -> float:
@@ -41,8 +40,7 @@ def main(argv=None) -> int:
     work = tempfile.mkdtemp(prefix="us3l_bench_")
     # a private dataset folder: the shared default one may hold another run's (differently sized) set, which
     # regenerating here would replace under that run's feet
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               US3L_DATASETS=os.path.join(work, "data"))
+    env = dict(os.environ, US3L_DATASETS=os.path.join(work, "data"))
     common = [f"method.name={args.method}", "model.arch=resnet18", f"model.cifar_stem={str(args.cifar_stem).lower()}",
               f"data.image_size={args.image_size}", f"data.batch_size={args.batch_size}",
               f"train.iterations={args.iterations}", "train.checkpoint_every=0", "train.progress=false",
@@ -58,7 +56,7 @@ def main(argv=None) -> int:
         procs[name] = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         if args.sequential:
             procs[name].wait()
-    for name, p in procs.items():
+    for p in procs.values():
         _, err = p.communicate()
         if p.returncode != 0:
             print(err[-3000:], file=sys.stderr)
@@ -70,7 +68,8 @@ def main(argv=None) -> int:
         widths = [sampler(i, args.iterations) for i in range(args.iterations)]
         res[name] = {"step_time_s": s["step_time_s"], "wall_s": s["wall_s"], "passes": s["forward_backward_passes"],
                      "images_per_s": s["images_per_s"], "peak_rss_mb": s["peak_rss_mb"],
-                     "peak_cuda_mb": s["peak_cuda_mb"], "flop_units": flop_units(widths, args.method in ("us3l", "byol_noaux"))}
+                     "peak_cuda_mb": s["peak_cuda_mb"],
+                     "flop_units": flop_units(widths, args.method in ("us3l", "byol_noaux"))}
     d, a = res["dynamic"], res["always_sandwich"]
     ratios = {"step_time": d["step_time_s"] / a["step_time_s"], "passes": d["passes"] / a["passes"],
               "analytic_flops": d["flop_units"] / a["flop_units"]}

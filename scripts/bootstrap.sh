@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
 # Idempotent set-up of the pinned stack in a venv cached OUTSIDE the repository.
 # Source it (`source scripts/bootstrap.sh`): it activates the venv, installing what is missing first.
-# Cache location: $US3L_CACHE (default ~/.cache/us3l); the venv is keyed by requirements.txt + BOOTSTRAP_VERSION.
+# Cache location: $US3L_CACHE (default ~/.cache/us3l); the venv is keyed by requirements.txt + BOOTSTRAP_VERSION;
+# built wheels (Detectron2, mmcv) stay in $US3L_CACHE/wheels across venv keys.
+# Order: torch + core + Detectron2 first (the Detectron2 path is usable then); mmcv's compiled ops, which only
+# MMDetection needs, are built when US3L_WITH_MMCV=1 (scripts/test.sh, scripts/main.sh --mmdet) and cached.
+# Source packages come through pip, so its configuration (mirrors, proxies, find-links) is honoured.
 set -euo pipefail
+_T0=$SECONDS
 _US3L_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 US3L_CACHE="${US3L_CACHE:-$HOME/.cache/us3l}"
-BOOTSTRAP_VERSION=1  # bump when the install steps below change
+BOOTSTRAP_VERSION=2  # bump when the install steps below change
 _key="$( (cat "$_US3L_ROOT/requirements.txt"; echo "$BOOTSTRAP_VERSION") | sha256sum | cut -c1-12)"
 US3L_VENV="$US3L_CACHE/venv-$_key"
 _WHEELS="$US3L_CACHE/wheels"
@@ -15,19 +20,31 @@ MMCV_VERSION=2.1.0
 
 _log() { echo "[us3l-bootstrap] $*" >&2; }
 
-_fetch_sdist() {  # name version -> downloads the sdist into the current folder (PyPI simple index)
+_fetch_sdist() {  # name version -> downloads the source archive into the current folder, through pip
+  # (the user's pip configuration: index / extra indexes, find-links, proxies, certificates)
+  if pip download -q --no-deps --no-binary :all: --no-build-isolation "$1==$2" -d . >/dev/null 2>&1; then
+    return 0
+  fi
+  # pip refuses to prepare a PyPI sdist whose metadata names a URL dependency (pb1-detectron2's "all" extra):
+  # ask pip's own package finder, with the same configuration, for the archive and download it with pip's session
   python - "$1" "$2" <<'PY'
-import re, sys, urllib.request
-name, ver = sys.argv[1:3]
-index = (urllib.request.urlopen(f"https://pypi.org/simple/{name}/", timeout=120).read().decode())
-for url in re.findall(r'href="([^"#]+)', index):
-    fname = url.rsplit("/", 1)[-1]
-    if fname.endswith(".tar.gz") and fname[: -len(".tar.gz")].replace("_", "-").endswith("-" + ver):
-        urllib.request.urlretrieve(url, fname)
-        print(fname)
-        break
-else:
-    sys.exit(f"no sdist of {name}=={ver} on the package index")
+import os, sys
+from pip._internal.commands import create_command
+from pip._vendor.packaging.specifiers import SpecifierSet
+
+name, version = sys.argv[1:3]
+cmd = create_command("download")
+options, _ = cmd.parse_args(["--no-deps", "--no-binary", ":all:", f"{name}=={version}"])
+with cmd.main_context():
+    session = cmd.get_default_session(options)
+    best = cmd._build_package_finder(options=options, session=session).find_best_candidate(
+        name, SpecifierSet(f"=={version}")).best_candidate
+    if best is None or not best.link.filename.endswith((".tar.gz", ".zip")):
+        sys.exit(f"no source archive of {name}=={version} on the configured package indexes (pip config list)")
+    with session.get(best.link.url.split("#")[0], stream=True) as r, open(best.link.filename, "wb") as f:
+        r.raise_for_status()
+        for chunk in r.iter_content(1 << 20):
+            f.write(chunk)
 PY
 }
 
@@ -67,7 +84,6 @@ _build_mmcv_wheel() {
     tar xzf mmcv-"$MMCV_VERSION".tar.gz
     cd mmcv-"$MMCV_VERSION"
     sed -i 's/-std=c++17/-std=c++20/g' setup.py
-    _log "compiling mmcv $MMCV_VERSION ops (one time, ~15 min on 2 cores; cached in $_WHEELS)"
     MMCV_WITH_OPS=1 FORCE_CUDA=0 MAX_JOBS="${MAX_JOBS:-$(nproc)}" \
       pip wheel --no-deps --no-build-isolation -w "$_WHEELS" . )
   rm -rf "$work"
@@ -77,7 +93,7 @@ mkdir -p "$US3L_CACHE"
 exec 9>"$US3L_CACHE/.lock"
 flock 9  # one installer at a time (parallel test runs / CI on the same machine)
 if [ ! -f "$US3L_VENV/.complete" ]; then
-  _log "creating $US3L_VENV"
+  _log "creating $US3L_VENV (torch, core, Detectron2; mmcv later, only for MMDetection)"
   mkdir -p "$_WHEELS"
   rm -rf "$US3L_VENV"
   "$_PY" -m venv "$US3L_VENV"
@@ -87,20 +103,37 @@ if [ ! -f "$US3L_VENV/.complete" ]; then
   pip install -q torch==2.14.1 torchvision==0.29.1
   pip install -q -r "$_US3L_ROOT/requirements.txt"
   ls "$_WHEELS"/pb1_detectron2-"$D2_VERSION"-*.whl >/dev/null 2>&1 || _build_detectron2_wheel
-  ls "$_WHEELS"/mmcv-"$MMCV_VERSION"*.whl >/dev/null 2>&1 || _build_mmcv_wheel
-  pip install -q --no-deps "$_WHEELS"/pb1_detectron2-"$D2_VERSION"-*.whl "$_WHEELS"/mmcv-"$MMCV_VERSION"*.whl
-  # detectron2's runtime deps (its wheel is installed --no-deps to keep torch pinned)
+  pip install -q --no-deps "$_WHEELS"/pb1_detectron2-"$D2_VERSION"-*.whl
+  # detectron2's runtime deps (its wheel is installed --no-deps to keep torch pinned) and MMDetection's
   pip install -q "iopath<0.1.10,>=0.1.7" "omegaconf>=2.1" "hydra-core>=1.1" yacs tabulate cloudpickle termcolor \
     black "addict" "rich" "opencv-python-headless" "terminaltables" "shapely" "scipy" packaging yapf future pydot
+  pip install -q --no-deps --no-build-isolation -e "$_US3L_ROOT"
   touch "$US3L_VENV/.complete"
-  _log "venv ready"
+  _log "venv ready for the core and Detectron2 ($((SECONDS - _T0)) s)"
 else
   # shellcheck disable=SC1091
   source "$US3L_VENV/bin/activate"
 fi
-# the project itself, editable (cheap; re-run so a fresh clone points the venv at itself)
-if ! python -c "import us3l, os, sys; sys.exit(0 if os.path.realpath(us3l.__path__[0]).startswith('$_US3L_ROOT') else 1)" 2>/dev/null; then
+if [ "${US3L_WITH_MMCV:-0}" = 1 ] && [ ! -f "$US3L_VENV/.mmcv" ]; then
+  if ! ls "$_WHEELS"/mmcv-"$MMCV_VERSION"*.whl >/dev/null 2>&1; then
+    _log "MMDetection needs mmcv's compiled ops: building mmcv $MMCV_VERSION once (~10-25 min on 2 cores, then" \
+         "cached in $_WHEELS); the Detectron2 path does not need it"
+    _build_mmcv_wheel
+  fi
+  pip install -q --no-deps "$_WHEELS"/mmcv-"$MMCV_VERSION"*.whl
+  touch "$US3L_VENV/.mmcv"
+  _log "mmcv installed ($((SECONDS - _T0)) s)"
+fi
+# the project itself, editable: checked from another folder (the current one would always "find" us3l)
+_where() { (cd / && python -c "import os, us3l; print(os.path.realpath(us3l.__path__[0]))" 2>/dev/null) || true; }
+if [ "$(_where)" != "$(realpath "$_US3L_ROOT/us3l")" ]; then
   pip install -q --no-deps --no-build-isolation -e "$_US3L_ROOT"
+  if [ "$(_where)" != "$(realpath "$_US3L_ROOT/us3l")" ]; then
+    _log "error: after 'pip install -e $_US3L_ROOT', python outside the repository imports us3l from" \
+         "'$(_where)', not $_US3L_ROOT/us3l"
+    flock -u 9
+    return 1 2>/dev/null || exit 1
+  fi
 fi
 flock -u 9
 exec 9>&-

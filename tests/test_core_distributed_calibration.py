@@ -1,5 +1,4 @@
 """BN calibration across 2 gloo processes equals calibration over all batches in one process."""
-import os
 import socket
 
 import torch

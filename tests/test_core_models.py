@@ -52,7 +52,10 @@ def test_width_changes_output_features_and_flops(factory, size):
         flops[w] = FlopCountAnalysis(model, x).unsupported_ops_warnings(False).uncalled_modules_warnings(False).total()
     if factory is us_resnet50:
         assert [feats[w].shape[1] for w in (1.0, 0.5, 0.25)] == [2048, 1024, 512]
-    assert flops[1.0] > 3 * flops[0.5] > 3 * 3 * flops[0.25] / 1.5  # roughly quadratic in width
+    # roughly quadratic in width; MobileNetV2 less so: its hidden channels stay multiples of 8 * expansion ratio
+    # (the reference's rounding) and its 1280-d head conv keeps its full output
+    k = 3 if factory is us_resnet50 else 2.5
+    assert flops[1.0] > k * flops[0.5] > k * 3 * flops[0.25] / 1.5
     assert not torch.allclose(feats[0.5][:, :8], feats[1.0][:, :8])
 
 

@@ -5,7 +5,6 @@ import os
 import subprocess
 import sys
 
-import pytest
 
 import detectron2  # noqa: E402,F401
 

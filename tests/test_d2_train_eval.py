@@ -107,7 +107,7 @@ def test_missing_dataset_json_is_a_clear_error(tmp_path):
     register_us3l_datasets(str(tmp_path / "no_datasets_here"))
     with pytest.raises(DatasetFilesError, match="US3L_DATASETS"):
         check_datasets(["us3l_shapes_train"])
-    with pytest.raises(KeyError, match="not registered"):
+    with pytest.raises(ValueError, match="not registered"):
         check_datasets(["no_such_dataset"])
 
 

@@ -27,8 +27,8 @@ TINY = ["train_cfg.max_epochs=1", "train_cfg.val_interval=1", "train_dataloader.
 @pytest.fixture
 def datasets_env(tiny_coco, monkeypatch):
     monkeypatch.setenv("US3L_DATASETS", tiny_coco["datasets_dir"])
-    # the entry points allow mmengine's own checkpoints; keep that inside these tests
-    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    # no TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD: mmengine's own checkpoints load weights-only (us3l.mmdet.runner)
+    monkeypatch.delenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", raising=False)
     return tiny_coco
 
 

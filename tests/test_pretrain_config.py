@@ -1,4 +1,5 @@
-"""Config system and bad input: unknown names/keys, bad width ranges, wrong resumes, missing data; nothing overwritten."""
+"""Config system and bad input: unknown names/keys, bad width ranges, wrong resumes, missing data; nothing
+overwritten."""
 import importlib.util
 import os
 
@@ -31,9 +32,10 @@ def test_configs_load_with_inheritance():
     assert tiny.model.arch == "resnet18" and tiny.model.cifar_stem and tiny.data.dataset == "embedded"
     assert tiny.group_reg.lam == 5e-5 and tiny.method.temperature == 0.5  # from the CIFAR base
     r50 = load_config(os.path.join(ROOT, "configs", "us3l_imagenet_r50.yaml"))
-    assert (r50.model.arch, r50.method.base_loss, r50.data.image_size, r50.train.epochs) == ("resnet50", "byol", 224, 100)
+    assert (r50.model.arch, r50.method.base_loss, r50.data.image_size,
+            r50.train.epochs) == ("resnet50", "byol", 224, 100)
     c100 = load_config(os.path.join(ROOT, "configs", "us3l_cifar100_r18.yaml"), ["train.iterations=20", "data.root=/x"])
-    assert c100.train.iterations == 20 and c100.data.root == "/x" and c100.method.base_loss == "moco"
+    assert c100.train.iterations == 20 and c100.data.root == "/x" and c100.method.base_loss == "simclr_momentum"
 
 
 @pytest.mark.parametrize("override,match", [

@@ -91,7 +91,8 @@ def test_detection_file_is_a_fixed_width_backbone(arch, tmp_path):
     report = LoadReport()
     state, meta = load_backbone(path, report=report)
     assert meta["fixed_width"] == 0.5 and meta["calibrated_widths"] == [0.5] and meta["width_range"] == [0.5, 0.5]
-    assert state["conv1.weight"].shape[0] == 32 and {d.split(" ")[0] for d in report.dropped} == {"fc.weight", "fc.bias"}
+    assert state["conv1.weight"].shape[0] == 32
+    assert {d.split(" ")[0] for d in report.dropped} == {"fc.weight", "fc.bias"}
     with pytest.raises(CheckpointError, match="fixed-width"):
         build_model_from_checkpoint(path)
     # the file's width is found from the shapes as well as from the name

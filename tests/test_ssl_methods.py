@@ -103,7 +103,7 @@ def test_feature_distillation_and_moco_base():
     m = make("us3l", base_loss="moco", feature_distill_weight=1.0, feature_distill_stages=[3, 4])
     x = views()
     ctx, losses = run_widths(m, [1.0, 0.5], x)
-    assert len(ctx["ts1"]) == 4 and all(torch.isfinite(l) for l, _ in losses)
+    assert len(ctx["ts1"]) == 4 and all(torch.isfinite(loss) for loss, _ in losses)
     losses[1][0].backward()
     assert m.online.adapters["4"].weight.grad is not None
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import pycocotools
+import pycocotools  # noqa: F401 (the module under its own name, as the tests below use it)
 from pycocotools.coco import COCO  # noqa: E402
 from pycocotools.cocoeval import COCOeval  # noqa: E402
 

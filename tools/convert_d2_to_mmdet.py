@@ -12,6 +12,7 @@ import argparse
 import sys
 
 from us3l.checkpoint import CheckpointError
+from us3l.cli import BAD_INPUT, error_line
 from us3l.checkpoint.frameworks import convert_d2_to_mmdet
 
 
@@ -27,7 +28,8 @@ def main(argv=None):
     try:
         conv = convert_d2_to_mmdet(args.src, args.dst, args.num_ratios, args.skip_unmapped_heads)
     except CheckpointError as e:
-        sys.exit(f"error: {e}")
+        print(error_line(e), file=sys.stderr)
+        sys.exit(BAD_INPUT)
     print(conv.summary(verbose=not args.quiet))
     print(f"saved {args.dst}")
 

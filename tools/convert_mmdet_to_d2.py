@@ -10,6 +10,7 @@ import argparse
 import sys
 
 from us3l.checkpoint import CheckpointError
+from us3l.cli import BAD_INPUT, error_line
 from us3l.checkpoint.frameworks import convert_mmdet_to_d2
 from us3l.checkpoint.keymaps import D2_LAYOUTS
 
@@ -27,7 +28,8 @@ def main(argv=None):
     try:
         conv = convert_mmdet_to_d2(args.src, args.dst, args.layout, args.num_ratios, args.skip_unmapped_heads)
     except CheckpointError as e:
-        sys.exit(f"error: {e}")
+        print(error_line(e), file=sys.stderr)
+        sys.exit(BAD_INPUT)
     print(conv.summary(verbose=not args.quiet))
     print(f"saved {args.dst}")
 

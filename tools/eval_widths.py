@@ -32,7 +32,7 @@ from us3l.width import width_tag  # noqa: E402
 from results_table import render_markdown, write_results  # noqa: E402
 
 D2_CONFIG = "projects/segmentation/configs/mask_rcnn_US-R50_FPN_tiny.yaml"
-MMDET_CONFIG = "projects/segmentation/configs/mask-rcnn_us-r50_fpn_tiny_shapes.py"
+MMDET_CONFIG = "projects/segmentation/mmdet_configs/mask-rcnn_us-r50_fpn_1x_coco_tiny.py"
 
 
 def weights_for(template: str, w: float) -> str:
@@ -99,7 +99,7 @@ def mmdet_read_metrics(out_dir: str, width: float) -> dict:
             if rec.get("mode") == "test" and abs(float(rec.get("width", -1)) - width) < 1e-6:
                 m = {k.split("/", 1)[-1]: v for k, v in rec["metrics"].items()}
 
-                def pct(key):
+                def pct(key, m=m):
                     v = m.get(key)
                     return None if not isinstance(v, (int, float)) or v < 0 else 100.0 * float(v)
                 return {"box_AP": pct("bbox_mAP"), "mask_AP": pct("segm_mAP"),

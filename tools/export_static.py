@@ -7,9 +7,8 @@ SRC is any backbone checkpoint us3l reads (``us3l.backbone/1``, pre-training, th
 hold BN statistics calibrated for the width (tools/calibrate_bn.py).
 """
 import argparse
-import sys
 
-from us3l.checkpoint import CheckpointError
+from us3l.cli import exit_with
 from us3l.export import export_checkpoint, write_onnx
 
 
@@ -21,11 +20,7 @@ def main(argv=None) -> int:
     p.add_argument("--onnx", help="also write an ONNX graph here")
     p.add_argument("--image-size", type=int, default=224)
     args = p.parse_args(argv)
-    try:
-        static, meta = export_checkpoint(args.src, args.dst, args.width)
-    except (CheckpointError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    static, meta = export_checkpoint(args.src, args.dst, args.width)  # bad input: exit 2 through exit_with
     n = sum(p.numel() for p in static.parameters()) / 1e6
     print(f"exported {meta['arch']} at width {args.width}: {n:.2f}M parameters -> {args.dst}")
     if args.onnx:
@@ -35,4 +30,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main)

@@ -5,13 +5,10 @@ No download: the images are generated from a seed. Re-running with the same para
 """
 import argparse
 import json
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from us3l.data.datasets import embedded_root  # noqa: E402
-from us3l.data.synthetic import (CLASSIFICATION_STYLES, default_dataset_root,  # noqa: E402
+from us3l.cli import exit_with
+from us3l.data.datasets import embedded_root
+from us3l.data.synthetic import (CLASSIFICATION_STYLES, default_dataset_root,
                                  generate_classification_dataset,
                                  generate_coco_dataset)
 
@@ -19,7 +16,8 @@ from us3l.data.synthetic import (CLASSIFICATION_STYLES, default_dataset_root,  #
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--root", default=None,
-                   help="output folder (default: $US3L_DATASETS/us3l_shapes; with --classification us3l_shapes_cls, or us3l_shapes_cls_<style> for a style other than category)")
+                   help="output folder (default: $US3L_DATASETS/us3l_shapes; with --classification us3l_shapes_cls, "
+                        "or us3l_shapes_cls_<style> for a style other than category)")
     p.add_argument("--num-train", type=int, default=256,
                    help="training images (per class with --classification)")
     p.add_argument("--num-val", type=int, default=64, help="validation images (per class with --classification)")
@@ -43,4 +41,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    exit_with(main)

@@ -21,7 +21,8 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = [profile_width(args.arch, w, args.image_size, args.batch_size, args.runs) for w in args.widths]
-    print(f"| width | GFLOPs (fvcore, 1x3x{args.image_size}^2) | params (M) | CPU latency (ms, batch {args.batch_size}) |")
+    print(f"| width | GFLOPs (fvcore, 1x3x{args.image_size}^2) | params (M) "
+          f"| CPU latency (ms, batch {args.batch_size}) |")
     print("|---|---|---|---|")
     for r in rows:
         print(f"| {r['width']:.3g} | {r['gflops']:.3f} | {r['params_m']:.2f} | {r['latency_ms']:.1f} |")

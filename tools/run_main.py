@@ -44,6 +44,7 @@ sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.join(REPO, "tools"))
 
 from live_log import tee_process  # noqa: E402
+from us3l.data.datasets import datasets_root  # noqa: E402
 from us3l.width import width_tag  # noqa: E402
 
 DEFAULT_WIDTHS = (1.0, 0.75, 0.5, 0.25)
@@ -205,7 +206,7 @@ def main(argv=None) -> dict:
     fw = FRAMEWORKS[fw_name]
     out = os.path.abspath(args.output_dir)
     os.makedirs(out, exist_ok=True)
-    datasets = os.path.abspath(args.datasets or os.environ.get("US3L_DATASETS", "datasets"))
+    datasets = os.path.abspath(args.datasets or datasets_root())
     env = dict(os.environ, US3L_DATASETS=datasets, PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = REPO + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     py = sys.executable

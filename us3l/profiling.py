@@ -1,4 +1,4 @@
-"""Cost of a slimmable backbone per width: FLOPs (fvcore), parameters and CPU latency.
+"""Cost of a slimmable backbone per width: FLOPs (fvcore), parameters, CPU latency, interleaved ratios.
 
 Costs are measured on the fixed-width twin (:func:`us3l.models.build_static_model`), which is what a
 deployed model at that width runs; the slimmable model computes exactly the same convolutions.
@@ -32,6 +32,42 @@ def measure_latency_ms(model: torch.nn.Module, inputs: torch.Tensor, runs: int =
         model(inputs)
         times.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(times)
+
+
+def _timed(fn) -> tuple[float, float]:
+    w0, c0 = time.perf_counter(), time.thread_time()
+    fn()
+    return time.perf_counter() - w0, time.thread_time() - c0
+
+
+def _quartiles(values: list[float]) -> tuple[float, float, float]:
+    q = statistics.quantiles(values, n=4) if len(values) > 1 else [values[0]] * 3
+    return q[0], statistics.median(values), q[2]
+
+
+def interleaved_ratios(a, b, pairs: int, warmup: int = 1) -> dict:
+    """Cost of callable ``a`` relative to ``b``, robust to load from other processes.
+
+    The two run alternately in one loop (a b, then b a, ...) and the ratio is taken per pair, so that a
+    burst of load hits both sides of a pair alike. Each call is timed by wall clock and by the CPU time of
+    the calling thread (with one torch thread, the latter leaves out time the OS gave to other processes).
+    Returns ``wall``/``cpu``: (lower quartile, median, upper quartile) of the ratios, and the median
+    seconds of each side (``a_s``, ``b_s``).
+    """
+    for _ in range(warmup):
+        a(), b()
+    walls, cpus, a_s, b_s = [], [], [], []
+    for i in range(pairs):
+        if i % 2 == 0:
+            ta, tb = _timed(a), _timed(b)
+        else:
+            tb, ta = _timed(b), _timed(a)
+        walls.append(ta[0] / tb[0])
+        cpus.append(ta[1] / tb[1])
+        a_s.append(ta[0])
+        b_s.append(tb[0])
+    return {"wall": _quartiles(walls), "cpu": _quartiles(cpus), "a_s": statistics.median(a_s),
+            "b_s": statistics.median(b_s), "pairs": pairs}
 
 
 def profile_width(arch: str, width: float, image_size: int = 224, batch_size: int = 1, runs: int = 10,

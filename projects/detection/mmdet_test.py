@@ -5,12 +5,9 @@
 
 The width must be the one the checkpoint was fine-tuned at. Metrics go to WORK_DIR/metrics_w0.50.json.
 """
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-
-from us3l.mmdet.runner import test_main  # noqa: E402
+from us3l.mmdet.runner import test_cli
 
 if __name__ == "__main__":
-    test_main()
+    sys.exit(test_cli())

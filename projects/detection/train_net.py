@@ -4,14 +4,11 @@
     python projects/detection/train_net.py --config-file projects/detection/configs/faster_rcnn_US-R50_FPN_1x.yaml \
         --num-gpus 8 MODEL.WEIGHTS us3l_resnet50.pkl MODEL.US3L.WIDTH_MULT 0.5
 
-The logic lives in us3l.d2.engine (shared with projects/segmentation); this file only makes the repository importable.
+The logic lives in us3l.d2.engine (shared by both projects; also the console script ``us3l-train-net``).
 """
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-
-from us3l.d2.engine import run  # noqa: E402
+from us3l.d2.engine import cli
 
 if __name__ == "__main__":
-    run()
+    sys.exit(cli())

@@ -7,12 +7,9 @@
 Multi-GPU: torchrun --nproc_per_node=8 projects/segmentation/mmdet_train.py CONFIG --launcher pytorch
 Metrics are named by width (``w0.50/bbox_mAP``) and written to WORK_DIR/metrics_w0.50.json.
 """
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-
-from us3l.mmdet.runner import train_main  # noqa: E402
+from us3l.mmdet.runner import train_cli
 
 if __name__ == "__main__":
-    train_main()
+    sys.exit(train_cli())

@@ -6,14 +6,11 @@ Train, --eval-only, --resume, --num-gpus (Detectron2 launch):
     python projects/segmentation/train_net.py --config-file projects/segmentation/configs/mask_rcnn_US-R50_FPN_1x.yaml \
         --num-gpus 8 MODEL.WEIGHTS us3l_resnet50.pkl MODEL.US3L.WIDTH_MULT 0.5
 
-The logic lives in us3l.d2.engine (shared with projects/detection); this file only makes the repository importable.
+The logic lives in us3l.d2.engine (shared by both projects; also the console script ``us3l-train-net``).
 """
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-
-from us3l.d2.engine import run  # noqa: E402
+from us3l.d2.engine import cli
 
 if __name__ == "__main__":
-    run()
+    sys.exit(cli())

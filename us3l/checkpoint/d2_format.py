@@ -24,6 +24,7 @@ from .fit import check_detection_backbone
 from .io import atomic_save, load_backbone, read_framework_checkpoint
 from .keymaps import rename_all, tv_to_d2
 from .report import CheckpointError, LoadReport
+from .safe_load import load_pickle
 
 META_KEY = "__us3l__"
 AUTHOR = "US3L"
@@ -70,15 +71,10 @@ def read_pkl(path: str) -> dict:
         raise CheckpointError(f"weights file not found: {path}")
     with open(path, "rb") as f:
         head = f.read(4)
-        f.seek(0)
-        if head.startswith(b"PK"):
-            raise CheckpointError(f"{path} is a torch checkpoint (zip), not a pickled Detectron2 .pkl; convert "
-                                  "a US3L checkpoint with tools/convert_pretrain_to_d2.py SRC DST.pkl")
-        try:
-            data = pickle.load(f, encoding="latin1")
-        except Exception as e:
-            raise CheckpointError(f"cannot read Detectron2 checkpoint {path} (corrupt, truncated or not a pickle): "
-                                  f"{type(e).__name__}: {e}") from e
+    if head.startswith(b"PK"):
+        raise CheckpointError(f"{path} is a torch checkpoint (zip), not a pickled Detectron2 .pkl; convert "
+                              "a US3L checkpoint with tools/convert_pretrain_to_d2.py SRC DST.pkl")
+    data = load_pickle(path)  # plain data only: a crafted file is refused, never run
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: a Detectron2 .pkl holds a dict, got {type(data).__name__}")
     return data

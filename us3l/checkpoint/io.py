@@ -23,6 +23,7 @@ import torch
 from ..ops.width_state import DEFAULT_WIDTH_RANGE
 from .reference import extract_reference, is_reference, width_from_name
 from .report import CheckpointError, LoadReport
+from .safe_load import load_torch
 from .slicing import calibrated_widths_in, has_native_stats
 
 BACKBONE_FORMAT = "us3l.backbone/1"
@@ -44,27 +45,15 @@ def atomic_save(obj, path: str) -> None:
         raise
 
 
-def read_checkpoint(path: str, weights_only: bool = True):
-    if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=weights_only)
-    except Exception as e:  # torch raises several types for truncated / foreign files
-        raise CheckpointError(f"cannot read checkpoint {path} (corrupt, truncated or not a torch file): "
-                              f"{type(e).__name__}: {e}") from e
+def read_checkpoint(path: str):
+    """A torch checkpoint, loaded weights-only (never runs code from the file): :func:`safe_load.load_torch`."""
+    return load_torch(path)
 
 
 def read_framework_checkpoint(path: str):
-    """``torch.load`` with ``weights_only=True``; framework training checkpoints (numpy scalars, mmengine
-    HistoryBuffer) need the full unpickler, which is used only for them and announced."""
-    try:
-        return read_checkpoint(path)
-    except CheckpointError as e:
-        if "Unpickling" not in str(e) and "weights_only" not in str(e):
-            raise
-    print(f"note: {path} is not plain tensors; retrying with the full unpickler (framework training checkpoints "
-          "hold more than tensors): convert only files you trust")
-    return read_checkpoint(path, weights_only=False)
+    """A Detectron2 / MMDetection training checkpoint (numpy scalars, mmengine ``HistoryBuffer`` beside the
+    tensors): weights-only, with :func:`safe_load.load_torch`'s scoped trainer-state allowlist."""
+    return load_torch(path)
 
 
 def infer_arch(state: Mapping[str, torch.Tensor]) -> tuple[str, bool]:
@@ -133,9 +122,9 @@ def extract_backbone(ckpt, source: str = "", width: float | None = None,
 
     ``meta["calibrated_widths"]`` lists the widths whose BN statistics are real; any other statistics in
     the state (1.0's buffers of a pre-training run) are placeholders that consumers refuse: a backbone
-    without calibration is calibrated at NO width (1.0 included). ``meta["fixed_width"]`` marks tensors already sliced to one width. ``width`` names the width
-    of a reference calibration / detection file whose name does not say it. Keys left out on purpose are
-    appended to ``report.dropped``.
+    without calibration is calibrated at NO width (1.0 included). ``meta["fixed_width"]`` marks tensors
+    already sliced to one width. ``width`` names the width of a reference calibration / detection file whose
+    name does not say it. Keys left out on purpose are appended to ``report.dropped``.
     """
     report = report if report is not None else LoadReport()
     if not isinstance(ckpt, Mapping):

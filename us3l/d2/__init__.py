@@ -5,7 +5,8 @@
 * datasets ``us3l_shapes_train`` / ``us3l_shapes_val`` (``$US3L_DATASETS/us3l_shapes``),
 
 and provides ``add_us3l_config`` (``MODEL.US3L.WIDTH_MULT / WIDTH_RANGE / BN_STATS``), the loader
-``US3LCheckpointer`` (the converted ``.pkl`` format lives in :mod:`us3l.checkpoint.d2_format`). ``import us3l`` alone never imports Detectron2.
+``US3LCheckpointer`` (the converted ``.pkl`` format lives in :mod:`us3l.checkpoint.d2_format`).
+``import us3l`` alone never imports Detectron2.
 """
 from .backbone import US3LResNet, build_us3l_resnet_backbone, build_us3l_resnet_fpn_backbone, find_us3l_resnet
 from .checkpoint import US3LCheckpointer

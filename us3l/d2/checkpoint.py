@@ -8,6 +8,7 @@ load report) and places it: ``backbone.bottom_up.*`` for FPN, ``backbone.*`` + `
 It raises :class:`us3l.checkpoint.CheckpointError` on any missing, unexpected or mismatched backbone key
 (heads may be missing: they start from scratch). Any other checkpoint must fit exactly: a full detector
 checkpoint (``model_final.pth``, a resume) in every key, backbone-only weights in every trunk key.
+Every file is read through :mod:`us3l.checkpoint.safe_load` (plain data only; nothing in a file runs).
 """
 from __future__ import annotations
 
@@ -22,8 +23,9 @@ from detectron2.layers import FrozenBatchNorm2d
 from detectron2.modeling.backbone.resnet import BottleneckBlock
 
 from ..checkpoint import (BACKBONE_FORMAT, PRETRAIN_FORMAT, CheckpointError, LoadReport, extract_backbone,
-                          fit_backbone, read_checkpoint)
+                          fit_backbone)
 from ..checkpoint.d2_format import META_KEY, backbone_to_d2, read_pkl
+from ..checkpoint.io import read_framework_checkpoint
 from ..checkpoint.reference import is_reference
 from .backbone import find_us3l_resnet
 from .config import bn_stats_policy
@@ -55,6 +57,25 @@ def is_backbone_file(obj) -> bool:
     return "conv1.weight" in inner and any(str(k).startswith("layer1.") for k in inner)
 
 
+def detectron2_file(filename: str, data) -> dict:
+    """What ``DetectionCheckpointer._load_file`` makes of a file's contents (model-zoo / Caffe2 ``.pkl``, pycls
+    ``.pyth``, native ``.pth``), applied to data that the safe loaders read."""
+    if not isinstance(data, Mapping):
+        raise CheckpointError(f"{filename}: a Detectron2 checkpoint is a dict, got {type(data).__name__}")
+    if filename.endswith(".pkl"):
+        if "model" in data and "__author__" in data:  # Detectron2 model zoo / our converted files
+            return dict(data)
+        data = data.get("blobs", data)  # Caffe2 / Detectron1 model zoo
+        data = {k: v for k, v in data.items() if not k.endswith("_momentum")}
+        return {"model": data, "__author__": "Caffe2", "matching_heuristics": True}
+    if filename.endswith(".pyth"):  # pycls
+        if "model_state" not in data:
+            raise CheckpointError(f"{filename}: a pycls .pyth checkpoint holds 'model_state'")
+        state = {k: v for k, v in data["model_state"].items() if not k.endswith("num_batches_tracked")}
+        return {"model": state, "__author__": "pycls", "matching_heuristics": True}
+    return dict(data) if "model" in data else {"model": data}
+
+
 class US3LCheckpointer(DetectionCheckpointer):
     """``DetectionCheckpointer`` that slices a full-width US3L backbone to the model and fails loudly."""
 
@@ -65,27 +86,18 @@ class US3LCheckpointer(DetectionCheckpointer):
 
     # -- reading -------------------------------------------------------------------------------------------
     def _load_file(self, filename: str):
+        """Every file through :mod:`us3l.checkpoint.safe_load` (Detectron2's own reader uses ``pickle.load`` and a
+        bare ``torch.load``): a file that would run code is refused with a :class:`CheckpointError`."""
         self._dropped = []
         if filename.endswith(".pkl"):
-            data = read_pkl(filename)  # clear errors for torch files named .pkl
-            if "model" in data and "__author__" in data:
-                return data
-            return super()._load_file(filename)  # Caffe2 / Detectron1 model zoo
-        try:
-            obj = read_checkpoint(filename)  # tensors only: every backbone format
-        except CheckpointError:
-            obj = None  # a Detectron2 training checkpoint (non-tensor state): Detectron2 reads it below
+            return detectron2_file(filename, read_pkl(filename))  # plain-data unpickler; torch files named .pkl
+        obj = read_framework_checkpoint(filename)  # weights only, with the trainer-state allowlist
         if is_backbone_file(obj):
             report = LoadReport()
             state, meta = extract_backbone(obj, source=filename, report=report)
             self._dropped = report.dropped
             return backbone_to_d2(state, meta, source=filename)
-        try:
-            return super()._load_file(filename)
-        except Exception as e:
-            raise CheckpointError(
-                f"cannot read {filename}: {type(e).__name__}: {e}. It is neither a backbone file (US3L, the "
-                "reference code's, torchvision) nor a Detectron2 checkpoint this environment can read") from e
+        return detectron2_file(filename, obj)
 
     # -- loading -------------------------------------------------------------------------------------------
     def _load_model(self, checkpoint):

@@ -13,6 +13,8 @@ import os
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 
+from ..data.datasets import check_coco_instances, datasets_root
+
 SHAPES_NAME = "us3l_shapes"
 SPLITS = ("train", "val")
 
@@ -49,8 +51,8 @@ def register_coco_json(name: str, json_file: str, image_root: str, hint: str = "
 
 
 def register_us3l_datasets(datasets_dir: str | None = None) -> dict[str, str]:
-    """Register ``us3l_shapes_{train,val}`` under ``datasets_dir`` (default ``$US3L_DATASETS``, else ``datasets``)."""
-    datasets_dir = datasets_dir or os.environ.get("US3L_DATASETS", "datasets")
+    """Register ``us3l_shapes_{train,val}`` under ``datasets_dir`` (default: ``us3l.data.datasets.datasets_root()``)."""
+    datasets_dir = datasets_dir or datasets_root()
     root = os.path.join(datasets_dir, SHAPES_NAME)
     hint = (f"The embedded dataset is looked up in $US3L_DATASETS/{SHAPES_NAME} (now {os.path.abspath(root)}); "
             "create it with python -c \"from us3l.data.synthetic import generate_coco_dataset; "
@@ -65,11 +67,12 @@ def register_us3l_datasets(datasets_dir: str | None = None) -> dict[str, str]:
 
 
 def check_datasets(names) -> None:
-    """Fail early, with a hint, when a dataset's json or images are missing (COCO or ours)."""
+    """Fail early, with a hint, when a dataset's json or images are missing or its json is not a usable COCO
+    instances file (COCO or ours): before any training starts."""
     for name in names:
         if name not in DatasetCatalog.list():
-            raise KeyError(f"dataset {name!r} is not registered; registered: {sorted(DatasetCatalog.list())[:8]}... "
-                           "(import us3l.d2 and use --dataset NAME JSON IMAGE_ROOT for your own COCO-format data)")
+            raise ValueError(f"dataset {name!r} is not registered; registered: {sorted(DatasetCatalog.list())[:8]}... "
+                             "(import us3l.d2 and use --dataset NAME JSON IMAGE_ROOT for your own COCO-format data)")
         meta = MetadataCatalog.get(name)
         json_file, image_root = getattr(meta, "json_file", None), getattr(meta, "image_root", None)
         if json_file is None or image_root is None:
@@ -79,3 +82,4 @@ def check_datasets(names) -> None:
             f"{os.path.abspath(os.environ.get('DETECTRON2_DATASETS', 'datasets'))}/coco) with "
             "annotations/instances_{train,val}2017.json and {train,val}2017/")
         _require(json_file, image_root, name, hint)
+        check_coco_instances(json_file, image_root, name)

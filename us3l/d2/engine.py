@@ -7,13 +7,13 @@ skipped tensor), the evaluator is pycocotools COCO evaluation, and results are k
 """
 from __future__ import annotations
 
-import os
 import weakref
 from collections import OrderedDict
 
 import torch
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
 
+from ..cli import run_tool
 from .checkpoint import US3LCheckpointer
 from .config import load_config, us3l_width
 from .datasets import check_datasets, register_coco_json, register_us3l_datasets
@@ -91,9 +91,6 @@ def run(argv=None):
     """Command-line entry: parse, then ``launch`` ``main`` on every process."""
     args = argument_parser().parse_args(argv)
     print("Command Line Args:", args)
-    # torch >= 2.6 loads weights-only by default; some Detectron2 checkpoints (model zoo, numpy scalars in
-    # trainer state) are not weights-only loadable. Set for this program only, never on library import.
-    os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
     if args.cpu_processes:
         from .cpu_launch import launch_cpu
 
@@ -106,4 +103,9 @@ def run(argv=None):
                   dist_url=args.dist_url, args=(args,))
 
 
-__all__ = ["US3LTrainer", "argument_parser", "setup", "main", "run"]
+def cli() -> int:
+    """Console script ``us3l-train-net`` (exit codes: :mod:`us3l.cli`)."""
+    return run_tool(run)
+
+
+__all__ = ["US3LTrainer", "argument_parser", "setup", "main", "run", "cli"]

@@ -4,5 +4,5 @@ from .datasets import (DATASETS, ImageList, ResumableBatchSampler, TwoViewDatase
                        prepare_embedded)
 from .transforms import RECIPES, TwoViews, eval_transform, ssl_transform
 
-__all__ = ["DATASETS", "detect_kind", "ImageList", "ResumableBatchSampler", "TwoViewDataset", "build_dataset", "embedded_root",
-           "prepare_embedded", "RECIPES", "TwoViews", "eval_transform", "ssl_transform"]
+__all__ = ["DATASETS", "detect_kind", "ImageList", "ResumableBatchSampler", "TwoViewDataset", "build_dataset",
+           "embedded_root", "prepare_embedded", "RECIPES", "TwoViews", "eval_transform", "ssl_transform"]

@@ -6,6 +6,7 @@ augmentation RNG is seeded from (seed, epoch, index): neither depends on workers
 """
 from __future__ import annotations
 
+import json
 import os
 
 import torch
@@ -19,11 +20,57 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 EMBEDDED_DIRNAME = "us3l_shapes_cls"
 
 
+def datasets_root() -> str:
+    """Where the project's datasets live: ``$US3L_DATASETS``, else ``datasets`` (relative to the current folder).
+    The one rule every tool, config loader and dataset registration uses."""
+    return os.environ.get("US3L_DATASETS") or "datasets"
+
+
 def embedded_root(style: str = "category") -> str:
     """Default home of the embedded classification set: ``$US3L_DATASETS/us3l_shapes_cls`` (category style)
     or ``us3l_shapes_cls_<style>``, so that the styles never overwrite each other."""
     name = EMBEDDED_DIRNAME if style == "category" else f"{EMBEDDED_DIRNAME}_{style}"
-    return os.path.join(os.environ.get("US3L_DATASETS", "datasets"), name)
+    return os.path.join(datasets_root(), name)
+
+
+def check_coco_instances(json_file: str, image_root: str, name: str = "") -> None:
+    """Fail with one clear line when a COCO instances set cannot be what its loaders expect: a JSON that is not
+    COCO, no images, an image file named in the JSON but absent, an annotation whose category or image id is not
+    listed. (Detectron2 / pycocotools would stop later with a bare ``KeyError`` or mid-training.)"""
+    from ..cli import DatasetFormatError
+
+    what = f"dataset {name!r}: " if name else ""
+    if not os.path.isfile(json_file):
+        raise FileNotFoundError(f"{what}annotation file not found: {json_file}")
+    if not os.path.isdir(image_root):
+        raise FileNotFoundError(f"{what}image folder not found: {image_root}")
+    try:
+        with open(json_file) as f:
+            doc = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DatasetFormatError(f"{what}{json_file} is not a JSON file ({type(e).__name__}: {e})") from e
+    missing = [k for k in ("images", "annotations", "categories") if not isinstance(doc, dict) or k not in doc]
+    if missing:
+        raise DatasetFormatError(f"{what}{json_file} is not a COCO instances file: no {', '.join(missing)} "
+                                 "(expected {\"images\": [...], \"annotations\": [...], \"categories\": [...]})")
+    if not doc["images"]:
+        raise DatasetFormatError(f"{what}{json_file} lists no images (empty dataset)")
+    if not doc["categories"]:
+        raise DatasetFormatError(f"{what}{json_file} lists no categories")
+    absent = [im.get("file_name") for im in doc["images"]
+              if not os.path.isfile(os.path.join(image_root, str(im.get("file_name"))))]
+    if absent:
+        raise FileNotFoundError(f"{what}{len(absent)} of {len(doc['images'])} images named in {json_file} are not in "
+                                f"{image_root}, e.g. {absent[:3]}")
+    cat_ids, image_ids = {c.get("id") for c in doc["categories"]}, {im.get("id") for im in doc["images"]}
+    bad_cats = sorted({a.get("category_id") for a in doc["annotations"]} - cat_ids, key=str)
+    if bad_cats:
+        raise DatasetFormatError(f"{what}{json_file}: annotations use category ids {bad_cats[:5]} that are not in its "
+                                 f"categories list {sorted(cat_ids, key=str)[:10]}")
+    bad_images = sorted({a.get("image_id") for a in doc["annotations"]} - image_ids, key=str)
+    if bad_images:
+        raise DatasetFormatError(f"{what}{json_file}: annotations refer to image ids {bad_images[:5]} that are not "
+                                 "in its images list")
 
 
 def prepare_embedded(root: str | None, num_per_class_train: int = 256, num_per_class_val: int = 64,

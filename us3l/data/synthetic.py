@@ -16,7 +16,7 @@ import math
 import os
 import shutil
 import tempfile
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
@@ -44,7 +44,9 @@ _PALETTE = {
 
 def default_dataset_root() -> str:
     """Where the default dataset lives: ``$US3L_DATASETS/us3l_shapes`` (``datasets/us3l_shapes`` if unset)."""
-    return os.environ.get("US3L_DATASETS", "datasets") + "/" + DEFAULT_DATASET_NAME
+    from .datasets import datasets_root
+
+    return os.path.join(datasets_root(), DEFAULT_DATASET_NAME)
 
 
 # ----------------------------------------------------------------------------------------------- rendering

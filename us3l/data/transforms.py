@@ -7,21 +7,22 @@ from __future__ import annotations
 
 import torchvision.transforms as T
 
-CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+# the reference code's CIFAR normalisation (its std is the commonly quoted 0.2023/0.1994/0.2010)
+CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 RECIPES = ("cifar", "imagenet")
 
 
 def ssl_transform(recipe: str, image_size: int) -> T.Compose:
-    """One random view. ``cifar``: crop(0.2-1), jitter(0.4,0.4,0.4,0.1) p.8, gray p.2, flip.
-    ``imagenet``: the same (crop 0.08-1) plus Gaussian blur p.5."""
+    """One random view, as the reference: crop(scale 0.2-1), jitter(0.4,0.4,0.4,0.1) p.8, gray p.2, flip;
+    ``imagenet`` adds Gaussian blur (sigma 0.1-2) p.5 before the flip."""
     if recipe not in RECIPES:
         raise ValueError(f"unknown augmentation recipe {recipe!r}; choose from {RECIPES}")
     if image_size < 8:
         raise ValueError(f"image_size must be >= 8, got {image_size}")
     cifar = recipe == "cifar"
     mean, std = (CIFAR_MEAN, CIFAR_STD) if cifar else (IMAGENET_MEAN, IMAGENET_STD)
-    ops = [T.RandomResizedCrop(image_size, scale=(0.2, 1.0) if cifar else (0.08, 1.0)),
+    ops = [T.RandomResizedCrop(image_size, scale=(0.2, 1.0)),
            T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
            T.RandomGrayscale(p=0.2)]
     if not cifar:

@@ -22,21 +22,24 @@ class ConfigError(ValueError):
 class ModelConfig:
     arch: str = "resnet18"
     cifar_stem: bool = True
-    width_range: list = field(default_factory=lambda: [0.25, 1.0])
+    width_range: list = field(default_factory=lambda: [0.25, 1.0])  # every slimmable module, heads included
+    init_from: Any = None  # start from a checkpoint's backbone and heads (reference code or us3l.pretrain/1)
 
 
 @dataclass
 class MethodConfig:
+    """The method and its heads. These are the only head defaults (``us3l.ssl.methods.HeadSpec`` is resolved
+    from them); the sizes are the reference code's (projector 3 layers, hidden 2048, predictor hidden 2048)."""
     name: str = "us3l"  # us3l | byol_noaux | simsiam_naive | simsiam_inplace | simclr
-    base_loss: str = "byol"  # byol | moco (us3l only)
+    base_loss: str = "byol"  # byol | simclr_momentum | moco (us3l / byol_noaux)
     temperature: float = 0.5
     proj_hidden: int = 2048
     proj_dim: int = 256
-    proj_layers: int = 2
+    proj_layers: int = 3
     proj_last_bn: bool = False
-    pred_hidden: int = 512
-    predictor: bool = True
-    aux_head: bool = True
+    pred_hidden: int = 2048
+    predictor: Any = None  # null: the method decides (BYOL / SimSiam: yes; SimCLR, SimCLR-momentum: no)
+    aux_head: Any = None  # null: the method decides (us3l: yes; others have none)
     distill_weight: float = 1.0
     ema_momentum: float = 0.99
     ema_schedule: str = "constant"  # constant | cosine
@@ -122,7 +125,7 @@ class PretrainConfig:
 # keys that may differ between a checkpoint and the config that resumes it (they do not change the result)
 RESUME_FREE_KEYS = {"data.root", "data.num_workers", "train.log_every", "train.progress", "train.tensorboard",
                     "train.stop_after", "train.checkpoint_every", "train.keep_last", "train.num_threads",
-                    "train.device"}
+                    "train.device", "model.init_from"}  # init_from: a resumed run restores everything itself
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -220,7 +223,7 @@ def validate(cfg: PretrainConfig) -> PretrainConfig:
     from ..data.synthetic import CLASSIFICATION_STYLES
     from ..data.transforms import RECIPES
     from ..models import ARCHS
-    from ..ssl.methods import BASE_LOSSES, METHODS
+    from ..ssl.methods import BASE_LOSSES, METHODS, resolve_heads
 
     def choose(value, options, where):
         if value not in options:
@@ -257,6 +260,20 @@ def validate(cfg: PretrainConfig) -> PretrainConfig:
         raise ConfigError("train.epochs must be > 0")
     if any(s not in (1, 2, 3, 4) for s in cfg.method.feature_distill_stages):
         raise ConfigError("method.feature_distill_stages must list stages 1..4")
+    for key in ("predictor", "aux_head"):
+        if getattr(cfg.method, key) not in (None, True, False):
+            raise ConfigError(f"method.{key} must be true, false or null (the method decides), "
+                              f"got {getattr(cfg.method, key)!r}")
+    if cfg.method.temperature <= 0:
+        raise ConfigError(f"method.temperature must be > 0, got {cfg.method.temperature}")
+    try:
+        resolve_heads(cfg.method, tuple(wr), cfg.model.arch)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if cfg.model.init_from is not None and not isinstance(cfg.model.init_from, str):
+        raise ConfigError(f"model.init_from must be a checkpoint path, got {cfg.model.init_from!r}")
+    if cfg.model.init_from and not os.path.isfile(cfg.model.init_from):
+        raise ConfigError(f"model.init_from: checkpoint not found: {cfg.model.init_from}")
     if cfg.train.amp and cfg.train.device == "cpu":
         raise ConfigError("train.amp needs CUDA")
     return cfg

@@ -80,14 +80,6 @@ def all_reduce_grads(params) -> None:
         offset += g.numel()
 
 
-def all_reduce_mean(value: float) -> float:
-    if not is_distributed():
-        return value
-    t = torch.tensor([value], dtype=torch.float64)
-    dist.all_reduce(t)
-    return float(t.item()) / world_size()
-
-
 def barrier() -> None:
     if is_distributed():
         dist.barrier()

@@ -72,4 +72,3 @@ class ScalarWriter:
         if self.writer is not None:
             self.writer.flush()
             self.writer.close()
-

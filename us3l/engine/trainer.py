@@ -16,6 +16,7 @@ import resource
 import signal
 import threading
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -26,6 +27,7 @@ from ..checkpoint.report import CheckpointError
 from ..data.datasets import ResumableBatchSampler, TwoViewDataset, build_dataset
 from ..data.transforms import ssl_transform
 from ..ssl.group_reg import GroupRegularizer, alpha_at
+from ..ssl.init_from import init_from_checkpoint
 from ..ssl.methods import build_method
 from ..ssl.width_sampling import WidthSampler
 from ..width import set_width
@@ -83,15 +85,43 @@ class Pretrainer:
             signal.signal(s, handler)
 
     def run(self) -> dict:
+        """Build everything, train until done / stopped, save, and write ``summary.json``."""
+        r = self._build()
+        stats = {"step_times": [], "passes": 0, "images": 0, "optimizer_steps": 0, "last": {}}
+        it, stopped = r.start, None
+        t_run = time.perf_counter()
+        bar = tqdm(total=r.total, initial=r.start, disable=not (r.main and self.cfg.train.progress),
+                   dynamic_ncols=True, desc=self.cfg.method.name)
+        for (v1, v2), _ in r.loader:
+            t0 = time.perf_counter()
+            views = (v1.to(r.device, non_blocking=True), v2.to(r.device, non_blocking=True))
+            scalars, widths = self._step(r, views, it, stats)
+            stats["step_times"].append(time.perf_counter() - t0)
+            stats["images"] += v1.shape[0] * du.world_size()
+            it += 1
+            bar.update(1)
+            self._log_step(r, bar, it, scalars, widths, stats)
+            stopped = self._checkpoint_policy(r, it)
+            if stopped:
+                break
+        bar.close()
+        if stopped is None and it >= r.total:
+            self._save(r.method, r.opt, r.scaler, it, r.total, r.ipe, False, final=True)
+        r.writer.close()
+        return self._summary(r, stats, it, stopped, time.perf_counter() - t_run)
+
+    # -- build ----------------------------------------------------------------------------------------------
+    def _build(self) -> SimpleNamespace:
+        """Process group, output folder, seeds, data, model and loader of this run."""
         cfg = self.cfg
-        device = du.local_device(cfg.train.device)
-        du.init_from_env(device.type)
-        main = du.is_main()
+        r = SimpleNamespace(device=du.local_device(cfg.train.device))
+        du.init_from_env(r.device.type)
+        r.main = du.is_main()
         ckpt = self._check_output_dir()  # every process validates before anything is written
-        if main:
+        if r.main:
             os.makedirs(self.output_dir, exist_ok=True)
         du.barrier()
-        log = get_logger(self.output_dir if main else None, main)
+        r.log = log = get_logger(self.output_dir if r.main else None, r.main)
         if cfg.train.num_threads > 0:
             torch.set_num_threads(cfg.train.num_threads)
         seed = cfg.train.seed
@@ -99,134 +129,159 @@ class Pretrainer:
         np.random.seed(seed)
         torch.manual_seed(seed)
 
-        base = build_dataset(cfg.data.dataset, cfg.data.root, "train", None, embedded=self._embedded_args())
-        data = TwoViewDataset(base, ssl_transform(cfg.data.augment, cfg.data.image_size), seed)
-        probe = ResumableBatchSampler(len(data), cfg.data.batch_size, seed, du.rank(), du.world_size())
-        ipe = probe.iterations_per_epoch()
-        total = cfg.train.iterations or max(1, round(cfg.train.epochs * ipe))
-
-        method = build_method(cfg).to(device)
-        online = method.online
-        du.broadcast_module(method)
-        params = [p for p in online.parameters() if p.requires_grad]
-        wd = 0.0 if cfg.group_reg.enabled else cfg.optim.weight_decay
-        opt = torch.optim.SGD(params, lr=cfg.optim.lr, momentum=cfg.optim.momentum, weight_decay=wd)
-        amp = cfg.train.amp and device.type == "cuda"
-        scaler = torch.amp.GradScaler("cuda", enabled=amp)
-        sampler_w = WidthSampler(tuple(cfg.model.width_range), cfg.sampling.num_widths, cfg.sampling.dynamic,
-                                 cfg.sampling.num_stages, seed)
-        greg = (GroupRegularizer(cfg.group_reg.lam, cfg.group_reg.alpha, cfg.group_reg.bins, cfg.group_reg.type)
-                if cfg.group_reg.enabled else None)
-        warm_iters = int(round(cfg.group_reg.warmup_epochs * ipe))
-        ramp_end = int(round(cfg.group_reg.ramp_end * total))
-
-        start = 0
-        if ckpt is not None:
-            start = self._restore(ckpt, method, opt, scaler, total, log)
-        if start >= total:
-            log.info(f"nothing to do: checkpoint is at iteration {start} of {total}")
-
+        data = self._build_data(r)
+        self._build_model(r, ckpt)
         batches = ResumableBatchSampler(len(data), cfg.data.batch_size, seed, du.rank(), du.world_size(),
-                                        start_iteration=start, num_iterations=total)
-        loader = tud.DataLoader(data, batch_sampler=batches, num_workers=cfg.data.num_workers,
-                                pin_memory=device.type == "cuda", persistent_workers=False)
-        writer = ScalarWriter(self.output_dir, cfg.train.tensorboard and main)
-        monitor = CollapseMonitor(cfg.train.collapse_warn, log)
+                                        start_iteration=r.start, num_iterations=r.total)
+        r.loader = tud.DataLoader(data, batch_sampler=batches, num_workers=cfg.data.num_workers,
+                                  pin_memory=r.device.type == "cuda", persistent_workers=False)
+        r.writer = ScalarWriter(self.output_dir, cfg.train.tensorboard and r.main)
+        r.monitor = CollapseMonitor(cfg.train.collapse_warn, log)
         self._install_signal_handlers()
         log.info(f"method {cfg.method.name} | {cfg.model.arch} widths {cfg.model.width_range} | {len(data)} images, "
-                 f"{ipe} it/epoch, {total} iterations from {start} | {du.world_size()} process(es) on {device} | "
-                 f"step mode {cfg.sampling.step_mode}, dynamic sampling {cfg.sampling.dynamic}")
+                 f"{r.ipe} it/epoch, {r.total} iterations from {r.start} | {du.world_size()} process(es) on "
+                 f"{r.device} | step mode {cfg.sampling.step_mode}, dynamic sampling {cfg.sampling.dynamic}")
+        r.method.train()
+        return r
 
+    def _build_data(self, r) -> TwoViewDataset:
+        """The two-view dataset; sets the run's iterations per epoch and total iterations."""
+        cfg = self.cfg
+        base = build_dataset(cfg.data.dataset, cfg.data.root, "train", None, embedded=self._embedded_args())
+        data = TwoViewDataset(base, ssl_transform(cfg.data.augment, cfg.data.image_size), cfg.train.seed)
+        probe = ResumableBatchSampler(len(data), cfg.data.batch_size, cfg.train.seed, du.rank(), du.world_size())
+        r.ipe = probe.iterations_per_epoch()
+        r.total = cfg.train.iterations or max(1, round(cfg.train.epochs * r.ipe))
+        return data
+
+    def _build_model(self, r, ckpt) -> None:
+        """Method (initialised from ``model.init_from`` or restored from ``ckpt``), optimizer, width sampler
+        and group regularizer."""
+        cfg = self.cfg
+        r.method = build_method(cfg)
+        r.init_report = None
+        if cfg.model.init_from and ckpt is None:  # a resumed run restores everything from its own checkpoint
+            r.init_report = self._init_from(r.method, r.log)
+        r.method = r.method.to(r.device)
+        du.broadcast_module(r.method)
+        r.params = _trainable(r.method)
+        wd = 0.0 if cfg.group_reg.enabled else cfg.optim.weight_decay
+        r.opt = torch.optim.SGD(r.params, lr=cfg.optim.lr, momentum=cfg.optim.momentum, weight_decay=wd)
+        r.amp = cfg.train.amp and r.device.type == "cuda"
+        r.scaler = torch.amp.GradScaler("cuda", enabled=r.amp)
+        r.widths = WidthSampler(tuple(cfg.model.width_range), cfg.sampling.num_widths, cfg.sampling.dynamic,
+                                cfg.sampling.num_stages, cfg.train.seed)
+        r.greg = (GroupRegularizer(cfg.group_reg.lam, cfg.group_reg.alpha, cfg.group_reg.bins, cfg.group_reg.type)
+                  if cfg.group_reg.enabled else None)
+        r.warm_iters = int(round(cfg.group_reg.warmup_epochs * r.ipe))
+        r.ramp_end = int(round(cfg.group_reg.ramp_end * r.total))
+        r.start = 0
+        if ckpt is not None:
+            r.start = self._restore(ckpt, r.method, r.opt, r.scaler, r.total, r.log)
+        if r.start >= r.total:
+            r.log.info(f"nothing to do: checkpoint is at iteration {r.start} of {r.total}")
+
+    def _init_from(self, method, log):
+        """Backbone, heads and teacher from ``model.init_from``; the full key report goes to init_from.json."""
+        mc = self.cfg.model
+        report = init_from_checkpoint(method, mc.init_from, mc.arch, mc.cifar_stem)
+        log.info(report.summary())
+        if du.is_main():
+            with open(os.path.join(self.output_dir, "init_from.json"), "w") as f:
+                json.dump(report.to_dict(), f, indent=1)
+        return report
+
+    # -- one iteration ------------------------------------------------------------------------------------------
+    def _step(self, r, views, it: int, stats: dict) -> tuple[dict, list[float]]:
+        """All widths of iteration ``it``: loss (+ group regularization), backward, optimizer step(s)."""
+        cfg, online, opt = self.cfg, r.method.online, r.opt
         per_width_step = cfg.sampling.step_mode == "per_width"
-        method.train()
-        step_times, passes, images, opt_steps = [], 0, 0, 0
-        last_losses: dict[str, float] = {}
-        stopped = None
-        it = start
-        t_run = time.perf_counter()
-        bar = tqdm(total=total, initial=start, disable=not (main and cfg.train.progress), dynamic_ncols=True,
-                   desc=cfg.method.name)
-        for (v1, v2), _ in loader:
-            t0 = time.perf_counter()
-            views = (v1.to(device, non_blocking=True), v2.to(device, non_blocking=True))
-            lr = lr_at(cfg, it, total)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            widths = sampler_w(it, total)
-            names = slot_names(widths)
-            ctx = method.begin_iteration(it, total)
-            alpha_t = alpha_at(cfg.group_reg.alpha, cfg.group_reg.type, it, warm_iters, ramp_end) if greg else 0.0
-            scalars = {"lr": lr, "num_widths": len(widths)}
-            if not per_width_step:
-                opt.zero_grad(set_to_none=True)
-            for k, w in enumerate(widths):
-                if per_width_step:
-                    opt.zero_grad(set_to_none=True)
-                set_width(online, w)
-                with torch.autocast(device.type, enabled=amp):
-                    loss, info = method.width_loss(views, ctx)
-                total_loss = loss.float()
-                if greg is not None:
-                    reg = greg.penalty(method.reg_parameters(is_max=k == 0), alpha_t)
-                    total_loss = total_loss + reg
-                    scalars[f"reg/{names[k]}"] = float(reg.detach())
-                if not torch.isfinite(total_loss):
-                    raise FloatingPointError(f"non-finite loss at iteration {it}, width {w}: {float(total_loss)}")
-                scaler.scale(total_loss).backward()
-                if per_width_step:
-                    du.all_reduce_grads(params)
-                    scaler.step(opt)
-                    scaler.update()
-                    opt_steps += 1
-                score = monitor.update(w, info["std"], info["dim"], it)
-                scalars[f"loss/{names[k]}"] = float(loss.detach())
-                scalars[f"collapse/{names[k]}"] = score
-                scalars[f"width/{names[k]}"] = w
-                passes += 1
-            if not per_width_step:
-                du.all_reduce_grads(params)
-                scaler.step(opt)
-                scaler.update()
-                opt_steps += 1
-            set_width(online, 1.0)
-            if "momentum" in ctx:
-                scalars["ema_momentum"] = ctx["momentum"]
-            if greg is not None:
-                scalars["group_reg/alpha_t"] = alpha_t
-            step_times.append(time.perf_counter() - t0)
-            images += v1.shape[0] * du.world_size()
-            it += 1
-            last_losses = {k: v for k, v in scalars.items() if k.startswith(("loss/", "collapse/"))}
-            bar.update(1)
-            if it % max(cfg.train.log_every, 1) == 0 or it == total:
-                bar.set_postfix({k.replace("loss/", "L_").replace("collapse/", "C_"): f"{v:.3f}"
-                                 for k, v in last_losses.items()})
-                writer.add(scalars, it)
-                log.info(f"it {it}/{total} lr {lr:.4g} widths {widths} " +
-                         " ".join(f"{k}={v:.4f}" for k, v in last_losses.items()))
-            stop_now = cfg.train.stop_after is not None and it >= cfg.train.stop_after and it < total
-            if self._stop_signal is not None:
-                stop_now = True
-            periodic = cfg.train.checkpoint_every > 0 and it % cfg.train.checkpoint_every == 0
-            if (periodic or stop_now) and it < total:
-                self._save(method, opt, scaler, it, total, ipe, periodic)
-            if stop_now:
-                stopped = "signal" if self._stop_signal is not None else "stop_after"
-                log.warning(f"stopping at iteration {it} ({stopped}); resume with --resume")
-                break
-        bar.close()
-        wall = time.perf_counter() - t_run
-        if stopped is None and it >= total:
-            self._save(method, opt, scaler, it, total, ipe, False, final=True)
-        writer.close()
-        summary = {"method": cfg.method.name, "iterations_done": it, "total_iterations": total, "stopped": stopped,
-                   "wall_s": wall, "step_time_s": sum(step_times), "steps_timed": len(step_times),
-                   "forward_backward_passes": passes, "optimizer_steps": opt_steps, "images_per_s": images / max(sum(step_times), 1e-9),
+        lr = lr_at(cfg, it, r.total)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        widths = r.widths(it, r.total)
+        names = slot_names(widths)
+        ctx = r.method.begin_iteration(it, r.total)
+        alpha_t = alpha_at(cfg.group_reg.alpha, cfg.group_reg.type, it, r.warm_iters, r.ramp_end) if r.greg else 0.0
+        scalars = {"lr": lr, "num_widths": len(widths)}
+        if not per_width_step:
+            opt.zero_grad(set_to_none=True)
+        for k, w in enumerate(widths):
+            if per_width_step:
+                # as the reference (PyTorch 1.10 zero_grad keeps zero tensors): a head a width does not use still
+                # gets its SGD momentum step once it has had a gradient
+                opt.zero_grad(set_to_none=False)
+            set_width(online, w)
+            with torch.autocast(r.device.type, enabled=r.amp):
+                loss, info = r.method.width_loss(views, ctx)
+            total_loss = loss.float()
+            if r.greg is not None:
+                reg = r.greg.penalty(r.method.reg_parameters(is_max=k == 0), alpha_t)
+                total_loss = total_loss + reg
+                scalars[f"reg/{names[k]}"] = float(reg.detach())
+            if not torch.isfinite(total_loss):
+                raise FloatingPointError(f"non-finite loss at iteration {it}, width {w}: {float(total_loss)}")
+            r.scaler.scale(total_loss).backward()
+            if per_width_step:
+                self._optimizer_step(r, stats)
+            scalars[f"loss/{names[k]}"] = float(loss.detach())
+            scalars[f"collapse/{names[k]}"] = r.monitor.update(w, info["std"], info["dim"], it)
+            scalars[f"width/{names[k]}"] = w
+            stats["passes"] += 1
+        if not per_width_step:
+            self._optimizer_step(r, stats)
+        set_width(online, 1.0)
+        if "momentum" in ctx:
+            scalars["ema_momentum"] = ctx["momentum"]
+        if r.greg is not None:
+            scalars["group_reg/alpha_t"] = alpha_t
+        return scalars, widths
+
+    @staticmethod
+    def _optimizer_step(r, stats: dict) -> None:
+        du.all_reduce_grads(r.params)
+        r.scaler.step(r.opt)
+        r.scaler.update()
+        stats["optimizer_steps"] += 1
+
+    def _log_step(self, r, bar, it: int, scalars: dict, widths: list[float], stats: dict) -> None:
+        last = {k: v for k, v in scalars.items() if k.startswith(("loss/", "collapse/"))}
+        stats["last"] = last
+        if it % max(self.cfg.train.log_every, 1) == 0 or it == r.total:
+            bar.set_postfix({k.replace("loss/", "L_").replace("collapse/", "C_"): f"{v:.3f}" for k, v in last.items()})
+            r.writer.add(scalars, it)
+            r.log.info(f"it {it}/{r.total} lr {scalars['lr']:.4g} widths {widths} " +
+                       " ".join(f"{k}={v:.4f}" for k, v in last.items()))
+
+    # -- checkpoint and stop policy -----------------------------------------------------------------------------
+    def _checkpoint_policy(self, r, it: int) -> str | None:
+        """Periodic checkpoints; on ``stop_after`` or a signal, save and return why the run stops."""
+        tc = self.cfg.train
+        stop_now = (tc.stop_after is not None and tc.stop_after <= it < r.total) or self._stop_signal is not None
+        periodic = tc.checkpoint_every > 0 and it % tc.checkpoint_every == 0
+        if (periodic or stop_now) and it < r.total:
+            self._save(r.method, r.opt, r.scaler, it, r.total, r.ipe, periodic)
+        if not stop_now:
+            return None
+        stopped = "signal" if self._stop_signal is not None else "stop_after"
+        r.log.warning(f"stopping at iteration {it} ({stopped}); resume with --resume")
+        return stopped
+
+    # -- summary ------------------------------------------------------------------------------------------------
+    def _summary(self, r, stats: dict, it: int, stopped: str | None, wall: float) -> dict:
+        step_time = sum(stats["step_times"])
+        summary = {"method": self.cfg.method.name, "iterations_done": it, "total_iterations": r.total,
+                   "stopped": stopped, "wall_s": wall, "step_time_s": step_time,
+                   "steps_timed": len(stats["step_times"]), "forward_backward_passes": stats["passes"],
+                   "optimizer_steps": stats["optimizer_steps"], "images_per_s": stats["images"] / max(step_time, 1e-9),
                    "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
-                   "peak_cuda_mb": (torch.cuda.max_memory_allocated() / 2 ** 20) if device.type == "cuda" else None,
-                   "last": last_losses, "step_times": step_times}
-        summary["param_checksum"] = float(sum(p.detach().double().sum() for p in online.parameters()))
-        name = "summary.json" if main else f"summary_rank{du.rank()}.json"
+                   "peak_cuda_mb": (torch.cuda.max_memory_allocated() / 2 ** 20) if r.device.type == "cuda" else None,
+                   "last": stats["last"], "step_times": stats["step_times"]}
+        if r.init_report is not None:
+            summary["init_from"] = {"source": r.init_report.source, "mapped": len(r.init_report.mapped),
+                                    "dropped": len(r.init_report.dropped)}
+        summary["param_checksum"] = float(sum(p.detach().double().sum() for p in r.method.online.parameters()))
+        name = "summary.json" if r.main else f"summary_rank{du.rank()}.json"
         with open(os.path.join(self.output_dir, name), "w") as f:
             json.dump(summary, f, indent=1)
         du.barrier()
@@ -252,7 +307,9 @@ class Pretrainer:
                                                               "total": total},
                  "progress": {"iteration": it, "epoch": it // ipe, "batch_in_epoch": it % ipe, "total": total,
                               "world_size": du.world_size()},
-                 "rng": rng_state()}
+                 "rng": rng_state(),
+                 # which parameters hold a (zero) gradient tensor: per-width steps move those by momentum
+                 "grad_present": [i for i, p in enumerate(_trainable(method)) if p.grad is not None]}
         if method.teacher is not None:
             state["teacher"] = method.teacher.state_dict()
         save_checkpoint(state, self.output_dir, it, self.cfg.train.keep_last, periodic, final)
@@ -271,11 +328,19 @@ class Pretrainer:
                 raise CheckpointError("checkpoint has no teacher state")
             method.teacher.load_state_dict(ckpt["teacher"], strict=True)
         opt.load_state_dict(ckpt["optimizer"])
+        params = _trainable(method)
+        for i in ckpt.get("grad_present", []):
+            params[i].grad = torch.zeros_like(params[i])
         if ckpt.get("scaler"):
             scaler.load_state_dict(ckpt["scaler"])
         set_rng_state(ckpt["rng"])
         log.info(f"resumed from iteration {prog['iteration']} (epoch {prog['epoch']}, batch {prog['batch_in_epoch']})")
         return int(prog["iteration"])
+
+
+def _trainable(method) -> list[torch.Tensor]:
+    """The optimizer's parameters, in its order."""
+    return [p for p in method.online.parameters() if p.requires_grad]
 
 
 def pretrain(cfg: PretrainConfig, output_dir: str, resume: bool = False) -> dict:

@@ -10,18 +10,50 @@ import argparse
 import json
 import os
 import os.path as osp
+import re
 
 import torch
 import torch.distributed as dist
 from mmengine.config import Config, DictAction
+from mmengine.logging import HistoryBuffer
+from mmengine.model import is_model_wrapper
+from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
+from ..checkpoint import CheckpointError
+from ..checkpoint.model_io import load_state_dict_checked
+from ..checkpoint.safe_load import load_torch
+from ..cli import run_tool
 from .width_config import apply_width, width_tag
 
 
-def _allow_runner_checkpoints() -> None:
-    """mmengine's own checkpoints (resume, testing) hold more than tensors; torch>=2.6 refuses them by default."""
-    os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+@RUNNERS.register_module()
+class US3LRunner(Runner):
+    """mmengine's ``Runner`` whose checkpoint loading (``load_from``, ``--resume``, testing) never runs code from
+    the file and fits the detector exactly.
+
+    mmengine reads checkpoints with a bare ``torch.load`` and loads them with ``strict=False`` (a checkpoint of
+    another model "loads" with warnings). Here the file is read weights-only with mmengine's trainer state
+    allowed (:func:`us3l.checkpoint.safe_load.load_torch`), and every key and shape must match, else
+    :class:`CheckpointError` before any tensor is copied.
+    """
+
+    def load_checkpoint(self, filename: str, map_location="cpu", strict: bool = True,
+                        revise_keys=((r"^module.", ""),)):
+        if not osp.isfile(filename):
+            raise CheckpointError(f"checkpoint not found (a local file is needed; download URLs first): {filename}")
+        checkpoint = load_torch(filename, extra_globals=[HistoryBuffer], map_location=map_location)
+        if not isinstance(checkpoint, dict):
+            raise CheckpointError(f"{filename}: an MMDetection checkpoint is a dict, got {type(checkpoint).__name__}")
+        self.call_hook("after_load_checkpoint", checkpoint=checkpoint)
+        model = self.model.module if is_model_wrapper(self.model) else self.model
+        state = checkpoint.get("state_dict", checkpoint)
+        for pattern, replacement in revise_keys:
+            state = {re.sub(pattern, replacement, k): v for k, v in state.items()}
+        load_state_dict_checked(model, state, f"loading detector checkpoint {filename}")
+        self._has_loaded = True
+        self.logger.info(f"Load checkpoint from {filename} (every key and shape matched)")
+        return checkpoint
 
 
 def _cpu_distributed(cfg: Config) -> None:
@@ -34,7 +66,8 @@ def _cpu_distributed(cfg: Config) -> None:
     if cfg.launcher == "none" or torch.cuda.is_available():
         return
     if cfg.launcher != "pytorch":
-        raise SystemExit(f"--launcher {cfg.launcher} without GPUs is not supported; use torchrun and --launcher pytorch")
+        raise SystemExit(f"--launcher {cfg.launcher} without GPUs is not supported; "
+                         "use torchrun and --launcher pytorch")
     if not dist.is_initialized():
         dist.init_process_group("gloo")
     wrapper = dict(cfg.get("model_wrapper_cfg") or {})
@@ -80,10 +113,9 @@ def train_main(argv=None):
     p.add_argument("--resume", action="store_true", help="resume from the latest checkpoint in the work dir")
     _common_args(p)
     args = p.parse_args(argv)
-    _allow_runner_checkpoints()
     cfg = build_cfg(args)
     cfg.resume = args.resume
-    runner = Runner.from_cfg(cfg)
+    runner = US3LRunner.from_cfg(cfg)
     runner.train()
     return runner
 
@@ -94,12 +126,13 @@ def test_main(argv=None):
     p.add_argument("checkpoint")
     _common_args(p)
     args = p.parse_args(argv)
-    _allow_runner_checkpoints()
+    if not osp.isfile(args.checkpoint):
+        raise CheckpointError(f"checkpoint not found: {args.checkpoint}")
     cfg = build_cfg(args)
     cfg.load_from = args.checkpoint
     # the detector's weights come from the checkpoint: do not read the pre-trained backbone file again
     _drop_pretrained(cfg.model)
-    runner = Runner.from_cfg(cfg)
+    runner = US3LRunner.from_cfg(cfg)
     metrics = runner.test()
     print(json.dumps({k: (float(v) if isinstance(v, (int, float)) else str(v)) for k, v in metrics.items()},
                      indent=1))
@@ -113,3 +146,13 @@ def _drop_pretrained(node) -> None:
             node["init_cfg"] = None
         for v in node.values():
             _drop_pretrained(v)
+
+
+def train_cli() -> int:
+    """Console script ``us3l-mmdet-train`` (exit codes: :mod:`us3l.cli`)."""
+    return run_tool(train_main)
+
+
+def test_cli() -> int:
+    """Console script ``us3l-mmdet-test`` (exit codes: :mod:`us3l.cli`)."""
+    return run_tool(test_main)

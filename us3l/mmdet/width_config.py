@@ -41,7 +41,8 @@ def apply_width(cfg, width: float | None = None) -> float:
     head = roi.get("shared_head")
     if head:  # C4: the RPN and RoI extractor read res4, the box/mask heads read res5
         if head.get("type") != "US3LResLayer":
-            raise ValueError(f"a C4 US3L detector needs roi_head.shared_head.type='US3LResLayer', got {head.get('type')!r}")
+            raise ValueError("a C4 US3L detector needs roi_head.shared_head.type='US3LResLayer', "
+                             f"got {head.get('type')!r}")
         head.width_mult, head.depth = w, depth
         rpn = model.get("rpn_head")
         if rpn:

@@ -1,7 +1,8 @@
 """MobileNetV2 in torchvision's layout and names, slimmable or at one fixed width.
 
-The expansion ratio is kept at every width (hidden channels are sliced like any other); the stem's RGB
-input, the 1280-d last conv's output and the classifier stay full.
+The expansion ratio is kept at every width: a block's hidden channels are ``t * c(w)`` with ``c(w)`` the
+rounded input channels (the reference code's rule, so its checkpoints and per-width statistics fit); the
+stem's RGB input, the 1280-d last conv's output and the classifier stay full.
 """
 from __future__ import annotations
 
@@ -16,12 +17,12 @@ INVERTED_RESIDUAL_SETTING = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64
 
 
 def _conv_bn_relu(f: LayerFactory, cin, cout, kernel_size=3, stride=1, *, depthwise=False, slice_in=True,
-                  slice_out=True) -> nn.Sequential:
+                  slice_out=True, ratio=(1, 1)) -> nn.Sequential:
     groups = cin if depthwise else 1
     return nn.Sequential(
         f.conv(cin, cout, kernel_size, stride, (kernel_size - 1) // 2, groups, slice_in=slice_in,
-               slice_out=slice_out, depthwise=depthwise),
-        f.norm(cout, sliced=slice_out), nn.ReLU6(inplace=True))
+               slice_out=slice_out, depthwise=depthwise, ratio=ratio),
+        f.norm(cout, sliced=slice_out, ratio=ratio[1]), nn.ReLU6(inplace=True))
 
 
 class InvertedResidual(nn.Module):
@@ -29,9 +30,10 @@ class InvertedResidual(nn.Module):
         super().__init__()
         hidden = int(round(inp * expand_ratio))
         self.use_res_connect = stride == 1 and inp == oup
-        layers = [] if expand_ratio == 1 else [_conv_bn_relu(f, inp, hidden, 1)]
-        layers += [_conv_bn_relu(f, hidden, hidden, 3, stride, depthwise=True),
-                   f.conv(hidden, oup, 1), f.norm(oup)]
+        t = expand_ratio
+        layers = [] if t == 1 else [_conv_bn_relu(f, inp, hidden, 1, ratio=(1, t))]
+        layers += [_conv_bn_relu(f, hidden, hidden, 3, stride, depthwise=True, ratio=(t, t)),
+                   f.conv(hidden, oup, 1, ratio=(t, 1)), f.norm(oup)]
         self.conv = nn.Sequential(*layers)
 
     def forward(self, x):

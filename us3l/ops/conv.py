@@ -6,6 +6,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .channels import active_channels
+from .weight_slice import SliceCache, copied_bytes, grad_free, prefix_slice, unchanged_key
 from .width_state import DEFAULT_WIDTH_RANGE, SlimmableMixin
 
 
@@ -26,7 +27,7 @@ class USConv2d(SlimmableMixin, nn.Conv2d):
             raise ValueError("grouped slimmable convs are supported only as depthwise convs")
         self.slice_in, self.slice_out, self.depthwise = slice_in, slice_out, depthwise
         self._init_width(width_range)
-        self._inference_slice = None  # (key, contiguous weight slice) reused while weights do not change
+        self._slice_cache = SliceCache()  # the grad-free forward's contiguous weight slice (see weight_slice)
 
     def active_in_out(self) -> tuple[int, int]:
         w = self.width_mult
@@ -35,23 +36,26 @@ class USConv2d(SlimmableMixin, nn.Conv2d):
         return c_in, c_out
 
     def active_weight(self) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+        """(weight, bias, groups) at the active width; without autograd, reused until the weights change."""
+        weight = self.weight
+        if grad_free(weight, self.bias):
+            key = unchanged_key(self.width_mult, weight, self.bias)
+            cache = self._slice_cache
+            if cache.key == key:
+                return cache.value
+            active = self._slice_active()
+            return cache.store(key, active, copied_bytes(weight, active[0]))
+        return self._slice_active()
+
+    def _slice_active(self) -> tuple[torch.Tensor, torch.Tensor | None, int]:
         c_in, c_out = self.active_in_out()
         groups = c_in if self.depthwise else 1
-        weight = self.weight
-        if c_out != self.out_channels or (c_in != self.in_channels and not self.depthwise):
-            weight = self._sliced_weight(c_out, c_in // groups)
+        weight = prefix_slice(self.weight, c_out, c_in // groups)
         bias = self.bias[:c_out] if self.bias is not None else None
         return weight, bias, groups
 
-    def _sliced_weight(self, c_out: int, c_in: int) -> torch.Tensor:
-        """The input-channel slice is strided; without autograd, keep one contiguous copy per width so that
-        inference does not re-copy it on every call (the copy is invalidated when the weights change)."""
-        if torch.is_grad_enabled() and self.weight.requires_grad:
-            return self.weight[:c_out, :c_in]
-        key = (c_out, c_in, self.weight._version, self.weight.data_ptr(), self.weight.device)
-        if self._inference_slice is None or self._inference_slice[0] != key:
-            self._inference_slice = (key, self.weight.detach()[:c_out, :c_in].contiguous())
-        return self._inference_slice[1]
+    def _clear_inference_cache(self) -> None:
+        self._slice_cache.clear()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight, bias, groups = self.active_weight()

@@ -6,6 +6,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .channels import active_channels
+from .weight_slice import SliceCache, copied_bytes, grad_free, prefix_slice, unchanged_key
 from .width_state import DEFAULT_WIDTH_RANGE, SlimmableMixin
 
 
@@ -15,6 +16,7 @@ class USLinear(SlimmableMixin, nn.Linear):
         super().__init__(in_features, out_features, bias)
         self.slice_in, self.slice_out = slice_in, slice_out
         self._init_width(width_range)
+        self._slice_cache = SliceCache()  # the grad-free forward's contiguous weight slice (see weight_slice)
 
     def active_in_out(self) -> tuple[int, int]:
         w = self.width_mult
@@ -22,11 +24,30 @@ class USLinear(SlimmableMixin, nn.Linear):
         c_out = active_channels(self.out_features, w) if self.slice_out else self.out_features
         return c_in, c_out
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def active_weight(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(weight, bias) at the active width; without autograd, reused until the weights change."""
+        weight = self.weight
+        if grad_free(weight, self.bias):
+            key = unchanged_key(self.width_mult, weight, self.bias)
+            cache = self._slice_cache
+            if cache.key == key:
+                return cache.value
+            active = self._slice_active()
+            return cache.store(key, active, copied_bytes(weight, active[0]))
+        return self._slice_active()
+
+    def _slice_active(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         c_in, c_out = self.active_in_out()
-        if x.shape[-1] != c_in:
-            raise RuntimeError(f"USLinear at width {self.width_mult} expects {c_in} input features, "
-                               f"got {x.shape[-1]}")
-        weight = self.weight if (c_in, c_out) == tuple(self.weight.shape[::-1]) else self.weight[:c_out, :c_in]
+        weight = prefix_slice(self.weight, c_out, c_in)
         bias = self.bias[:c_out] if self.bias is not None else None
+        return weight, bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight, bias = self.active_weight()
+        if x.shape[-1] != weight.shape[1]:
+            raise RuntimeError(f"USLinear at width {self.width_mult} expects {weight.shape[1]} input features, "
+                               f"got {x.shape[-1]}")
         return F.linear(x, weight, bias)
+
+    def _clear_inference_cache(self) -> None:
+        self._slice_cache.clear()

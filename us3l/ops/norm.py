@@ -19,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .channels import active_channels
+from .weight_slice import SliceCache, grad_free
 from .width_state import DEFAULT_WIDTH_RANGE, SlimmableMixin, width_key
 
 WIDTH_STATS_RE = re.compile(r"^running_(mean|var)_w(\d{4})$")
@@ -42,6 +43,10 @@ class USBatchNorm2d(SlimmableMixin, nn.BatchNorm2d):
         self.sliced = sliced  # False after a conv whose output stays full (MobileNetV2's 1280-d head)
         self._init_width(width_range)
         self._calibration: dict | None = None
+        self._slice_cache = SliceCache()  # grad-free eval: (weight, bias, mean, var) of the last width, all views
+
+    def _clear_inference_cache(self) -> None:
+        self._slice_cache.clear()
 
     # -- per-width statistics -------------------------------------------------------------------------
     def features_at(self, width: float) -> int:
@@ -74,6 +79,7 @@ class USBatchNorm2d(SlimmableMixin, nn.BatchNorm2d):
         if mean.shape != (c,) or var.shape != (c,):
             raise ValueError(f"statistics for width {width} need shape ({c},), got {tuple(mean.shape)}")
         mean_name, var_name = self.stats_names(width)
+        self._clear_inference_cache()
         if float(width) >= 1.0:
             self.running_mean.copy_(mean)
             self.running_var.copy_(var)
@@ -83,6 +89,12 @@ class USBatchNorm2d(SlimmableMixin, nn.BatchNorm2d):
 
     # -- forward ----------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training and self._calibration is None and grad_free(self.weight, self.bias):
+            weight, bias, mean, var = self._eval_tensors()
+            if x.shape[1] != weight.shape[0]:
+                raise RuntimeError(f"USBatchNorm2d at width {self.width_mult} expects {weight.shape[0]} channels, "
+                                   f"got {x.shape[1]}")
+            return F.batch_norm(x, mean, var, weight, bias, False, 0.0, self.eps)
         c = self.active_features()
         if x.shape[1] != c:
             raise RuntimeError(f"USBatchNorm2d at width {self.width_mult} expects {c} channels, got {x.shape[1]}")
@@ -99,6 +111,22 @@ class USBatchNorm2d(SlimmableMixin, nn.BatchNorm2d):
             return F.batch_norm(x, None, None, weight, bias, True, 0.0, self.eps)
         mean, var = self.width_stats(self.width_mult)
         return F.batch_norm(x, mean, var, weight, bias, False, 0.0, self.eps)
+
+    def _eval_tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Affine slices (views: in-place updates show through) and statistics of the active width, reused
+        until the width, a tensor's identity or the inference mode changes (or the stats are re-registered)."""
+        w = self.width_mult
+        mean_name, var_name = _stats_names(w)
+        buffers = self._buffers
+        key = (w, id(self.weight), id(self.bias), id(buffers.get(mean_name)), id(buffers.get(var_name)),
+               torch.is_inference_mode_enabled())
+        cache = self._slice_cache
+        if cache.key == key:
+            return cache.value
+        c = self.active_features()
+        mean, var = self.width_stats(w)
+        weight, bias = (self.weight, self.bias) if c == self.num_features else (self.weight[:c], self.bias[:c])
+        return cache.store(key, (weight.detach(), bias.detach(), mean, var), 0)
 
     # -- checkpoint hooks ------------------------------------------------------------------------------
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,

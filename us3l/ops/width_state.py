@@ -41,3 +41,19 @@ class SlimmableMixin:
     def _init_width(self, width_range=DEFAULT_WIDTH_RANGE) -> None:
         self.width_range = check_width_range(width_range)
         self.width_mult = 1.0
+
+    # -- grad-free forwards reuse per-width tensors (us3l.ops.weight_slice); these events drop them ------------
+    def _clear_inference_cache(self) -> None:
+        """Layers that keep per-width tensors for grad-free forwards release them here."""
+
+    def train(self, mode: bool = True):
+        self._clear_inference_cache()
+        return super().train(mode)
+
+    def _apply(self, *args, **kwargs):
+        self._clear_inference_cache()
+        return super()._apply(*args, **kwargs)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._clear_inference_cache()
+        return super()._load_from_state_dict(*args, **kwargs)

@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import torch
-import torch.nn as nn
 
 GROUP_REG_TYPES = ("linear", "exp")
 
@@ -76,6 +75,3 @@ class GroupRegularizer:
             return torch.zeros(())
         return total
 
-
-def regularized_parameters(module: nn.Module) -> list[torch.Tensor]:
-    return [p for p in module.parameters() if p.requires_grad]

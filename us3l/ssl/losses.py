@@ -58,6 +58,15 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Ten
     return F.cross_entropy(sim, labels)
 
 
+def cross_view_nt_xent(s1, s2, t1, t2, temperature: float) -> torch.Tensor:
+    """The reference's SimCLR-momentum loss: NT-Xent of the student's view v against the teacher's view v'.
+
+    Each pair is one NT-Xent over the concatenated ``[student; teacher]`` batch (2B-1 candidates per row, the
+    teacher detached), so the negatives come from both the student and the slowly moving teacher.
+    """
+    return 0.5 * (nt_xent(s1, t2.detach(), temperature) + nt_xent(s2, t1.detach(), temperature))
+
+
 def normalized_std(z: torch.Tensor) -> float:
     """Per-dimension std of L2-normalised outputs, averaged (``~1/sqrt(d)`` healthy, ``0`` collapsed)."""
     with torch.no_grad():

@@ -5,9 +5,10 @@ optimizer, so per-width stepping and gradient accumulation share this code). Per
 targets, the online max network's outputs) lives in a ``ctx`` dict created by :meth:`begin_iteration` and
 filled in the max-width pass.
 
-* ``us3l``: EMA teacher at width 1.0, updated once per iteration; base loss (BYOL cosine or momentum
-  InfoNCE) at the max width; sub-networks distil through a separate auxiliary head against the teacher's
-  targets of the same iteration (cross-view cosine), optionally plus feature distillation.
+* ``us3l``: EMA teacher at width 1.0, updated once per iteration; base loss at the max width (BYOL cosine,
+  the reference's SimCLR-momentum NT-Xent, or a MoCo-style InfoNCE against the teacher); sub-networks distil
+  through a separate auxiliary head against the teacher's targets of the same iteration (cross-view cosine),
+  optionally plus feature distillation.
 * ``byol_noaux``: the same without the auxiliary head (sub-networks reuse the predictor).
 * ``simsiam_naive``: every width its own SimSiam loss (collapses, Table 1).
 * ``simsiam_inplace``: SimSiam at the max width; sub-networks distil from the ONLINE max network's outputs.
@@ -25,22 +26,74 @@ from ..models import build_us_model
 from ..width import get_width
 from .ema import ema_update, make_teacher, momentum_at
 from .heads import feature_adapter, mlp
-from .losses import cross_view_cosine, cross_view_info_nce, normalized_std, nt_xent
+from .losses import cross_view_cosine, cross_view_info_nce, cross_view_nt_xent, normalized_std, nt_xent
 
 METHODS = ("us3l", "byol_noaux", "simsiam_naive", "simsiam_inplace", "simclr")
-BASE_LOSSES = ("byol", "moco")
+BASE_LOSSES = ("byol", "simclr_momentum", "moco")
 
 
-@dataclass
+@dataclass(frozen=True)
 class HeadSpec:
-    proj_hidden: int = 2048
-    proj_dim: int = 256
-    proj_layers: int = 2
-    proj_last_bn: bool = False
-    pred_hidden: int = 512
-    predictor: bool = True
-    aux_head: bool = False
-    feature_distill_stages: tuple[int, ...] = ()
+    """The heads one method builds, resolved from the ``method`` config section by :func:`resolve_heads`
+    (the defaults live in ``us3l.engine.config.MethodConfig`` only)."""
+    proj_hidden: int
+    proj_dim: int
+    proj_layers: int
+    proj_last_bn: bool
+    proj_hidden_bias: bool
+    pred_hidden: int
+    predictor: bool
+    aux_head: bool
+    feature_distill_stages: tuple[int, ...]
+    width_range: tuple[float, float]
+
+
+def resolve_heads(mm, width_range=(0.25, 1.0), arch: str = "resnet18") -> HeadSpec:
+    """Heads of method config ``mm``; ``ValueError`` naming the fix for a combination that cannot train.
+
+    ``predictor`` / ``aux_head`` left unset (``None``) take the method's own choice; set explicitly, they must
+    agree with it. The projector's hidden linear layers carry a bias where the reference's do (its SimCLR
+    classes), so that reference checkpoints map tensor for tensor.
+    """
+    name, base = mm.name, mm.base_loss
+    what = f"method {name}" + (f" with base_loss {base}" if name in ("us3l", "byol_noaux") else "")
+    needs_pred = name in ("simsiam_naive", "simsiam_inplace", "byol_noaux") or (name == "us3l" and base == "byol")
+    no_pred = name == "simclr" or (name in ("us3l", "byol_noaux") and base == "simclr_momentum")
+    if name == "byol_noaux" and base == "simclr_momentum":
+        raise ValueError("method byol_noaux cannot use base_loss simclr_momentum: that recipe has no predictor on "
+                         "the max branch, and a predictor trained only by sub-networks is US3L's auxiliary head; "
+                         "use method.name=us3l (or base_loss byol)")
+    predictor = (needs_pred or (name in ("us3l", "byol_noaux") and base == "moco")) if mm.predictor is None \
+        else bool(mm.predictor)
+    if needs_pred and not predictor:
+        raise ValueError(f"{what} cannot train without a predictor (its targets would make the outputs collapse); "
+                         "remove method.predictor or set it true")
+    if no_pred and predictor:
+        raise ValueError(f"{what} has no predictor on the max branch (the reference's recipe); remove "
+                         "method.predictor or set it false" + (" (base_loss moco takes one)" if name == "us3l" else ""))
+    aux = (name == "us3l") if mm.aux_head is None else bool(mm.aux_head)
+    if aux and name != "us3l":
+        raise ValueError(f"method {name} has no auxiliary head (only us3l has one; byol_noaux is US3L without it); "
+                         "remove method.aux_head or set it false")
+    if name == "us3l" and not aux and not predictor:
+        raise ValueError(f"{what} needs a head for its sub-networks to distil through: set method.aux_head=true")
+    stages: tuple[int, ...] = ()
+    if mm.feature_distill_weight > 0:
+        if name != "us3l":
+            raise ValueError(f"feature distillation is part of us3l only; set method.feature_distill_weight=0 "
+                             f"for {name}")
+        if not mm.feature_distill_stages:
+            raise ValueError("method.feature_distill_weight > 0 needs method.feature_distill_stages (1..4)")
+        if not arch.startswith("resnet"):
+            raise ValueError(f"feature distillation needs a ResNet backbone (stage features), not {arch}; "
+                             "set method.feature_distill_weight=0")
+        stages = tuple(mm.feature_distill_stages)
+    if mm.proj_layers < 1:
+        raise ValueError(f"method.proj_layers must be >= 1, got {mm.proj_layers}")
+    return HeadSpec(proj_hidden=mm.proj_hidden, proj_dim=mm.proj_dim, proj_layers=mm.proj_layers,
+                    proj_last_bn=mm.proj_last_bn, proj_hidden_bias=no_pred, pred_hidden=mm.pred_hidden,
+                    predictor=predictor, aux_head=aux, feature_distill_stages=stages,
+                    width_range=tuple(width_range))
 
 
 class OnlineNet(nn.Module):
@@ -51,7 +104,8 @@ class OnlineNet(nn.Module):
         self.backbone = backbone
         feat = backbone.feature_dim
         self.projector = mlp(feat, spec.proj_hidden, spec.proj_dim, spec.proj_layers, spec.proj_last_bn,
-                             slice_input=not _fixed_feature(backbone))
+                             slice_input=not _fixed_feature(backbone), first_bias=True,
+                             hidden_bias=spec.proj_hidden_bias, width_range=spec.width_range)
         self.predictor = mlp(spec.proj_dim, spec.pred_hidden, spec.proj_dim) if spec.predictor else None
         self.aux_head = mlp(spec.proj_dim, spec.pred_hidden, spec.proj_dim) if spec.aux_head else None
         self.adapters = None
@@ -59,7 +113,8 @@ class OnlineNet(nn.Module):
             if not hasattr(backbone, "forward_stages"):
                 raise ValueError("feature distillation needs a backbone with forward_stages (ResNet)")
             chans = [64, 128, 256, 512] if backbone.feature_dim == 512 else [256, 512, 1024, 2048]
-            self.adapters = nn.ModuleDict({str(s): feature_adapter(chans[s - 1]) for s in spec.feature_distill_stages})
+            self.adapters = nn.ModuleDict({str(s): feature_adapter(chans[s - 1], spec.width_range)
+                                           for s in spec.feature_distill_stages})
 
     def encode(self, x: torch.Tensor, with_stages: bool = False):
         """(projector output, stage features or None)."""
@@ -103,14 +158,13 @@ class SSLMethod(nn.Module):
         raise NotImplementedError
 
     def reg_parameters(self, is_max: bool) -> list[torch.Tensor]:
-        """Parameters group regularization penalizes at this width: prediction heads are skipped at 1.0."""
+        """Parameters group regularization penalizes at this width, as the reference: backbone and projector
+        always; the prediction heads (predictor and auxiliary head) at sub-widths only; never the teacher or
+        the feature adapters."""
         mods = [self.online.backbone, self.online.projector]
         if not is_max:
-            mods += [m for m in (self._sub_head(), self.online.adapters) if m is not None]
+            mods += [m for m in (self.online.predictor, self.online.aux_head) if m is not None]
         return [p for m in mods for p in m.parameters() if p.requires_grad]
-
-    def _sub_head(self):
-        return self.online.predictor
 
     def _is_max(self, ctx) -> bool:
         if not ctx["max_done"]:
@@ -131,6 +185,8 @@ class US3L(SSLMethod):
             raise ValueError(f"unknown base loss {base_loss!r}; choose from {BASE_LOSSES}")
         if base_loss == "byol" and online.predictor is None:
             raise ValueError("the BYOL base loss needs a predictor")
+        if base_loss == "simclr_momentum" and online.predictor is not None:
+            raise ValueError("the SimCLR-momentum base loss has no predictor on the max branch")
         self.teacher = make_teacher(Encoder(online.backbone, online.projector))
         self.base_loss, self.temperature = base_loss, temperature
         self.ema_momentum, self.ema_schedule = ema_momentum, ema_schedule
@@ -138,6 +194,7 @@ class US3L(SSLMethod):
         self.distill_weight, self.feature_distill_weight = distill_weight, feature_distill_weight
 
     def _sub_head(self):
+        """The sub-networks' distillation head: the auxiliary head, else (``byol_noaux``) the predictor."""
         return self.online.aux_head if self.online.aux_head is not None else self.online.predictor
 
     def width_loss(self, views, ctx):
@@ -154,6 +211,8 @@ class US3L(SSLMethod):
             z2, _ = self.online.encode(x2)
             if self.base_loss == "byol":
                 loss = cross_view_cosine(self.online.predictor(z1), self.online.predictor(z2), t1, t2)
+            elif self.base_loss == "simclr_momentum":  # the projection itself, negatives from [student; teacher]
+                loss = cross_view_nt_xent(z1, z2, t1, t2, self.temperature)
             else:
                 q1, q2 = (self.online.predictor(z1), self.online.predictor(z2)) if self.online.predictor else (z1, z2)
                 loss = cross_view_info_nce(q1, q2, t1, t2, self.temperature)
@@ -210,27 +269,18 @@ class SimCLR(SSLMethod):
         z2, _ = self.online.encode(views[1])
         return nt_xent(z1, z2, self.temperature), {"std": normalized_std(z1), "dim": z1.shape[1]}
 
-    def _sub_head(self):
-        return None
-
 
 def build_method(cfg) -> SSLMethod:
     """Method from the ``model`` and ``method`` config sections (see :mod:`us3l.engine.config`)."""
     mc, mm = cfg.model, cfg.method
     if mm.name not in METHODS:
         raise ValueError(f"unknown method {mm.name!r}; choose from {', '.join(METHODS)}")
+    spec = resolve_heads(mm, tuple(mc.width_range), mc.arch)
     backbone = build_us_model(mc.arch, 0, mc.cifar_stem, tuple(mc.width_range))
-    is_us3l = mm.name in ("us3l", "byol_noaux")
-    spec = HeadSpec(proj_hidden=mm.proj_hidden, proj_dim=mm.proj_dim, proj_layers=mm.proj_layers,
-                    proj_last_bn=mm.proj_last_bn, pred_hidden=mm.pred_hidden,
-                    predictor=mm.name != "simclr" and (mm.predictor or mm.base_loss == "byol" or not is_us3l),
-                    aux_head=mm.name == "us3l" and mm.aux_head,
-                    feature_distill_stages=tuple(mm.feature_distill_stages) if mm.name == "us3l"
-                    and mm.feature_distill_weight > 0 else ())
     online = OnlineNet(backbone, spec)
-    if is_us3l:
+    if mm.name in ("us3l", "byol_noaux"):
         return US3L(online, mm.base_loss, mm.temperature, mm.ema_momentum, mm.ema_schedule, mm.distill_weight,
-                    mm.feature_distill_weight if mm.name == "us3l" else 0.0)
+                    mm.feature_distill_weight if spec.feature_distill_stages else 0.0)
     if mm.name == "simsiam_naive":
         return SimSiamNaive(online)
     if mm.name == "simsiam_inplace":

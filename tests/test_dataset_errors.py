@@ -1,0 +1,84 @@
+"""Bad datasets give one clear error line and exit code 2 (us3l.cli), before any training starts."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from us3l.cli import DatasetFormatError
+from us3l.data.datasets import check_coco_instances
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SEG = os.path.join(ROOT, "projects", "segmentation")
+
+
+@pytest.fixture
+def coco_copy(tiny_coco, tmp_path):
+    """A private copy of the tiny validation split: (json path, image folder, parsed json)."""
+    images = tmp_path / "val"
+    shutil.copytree(tiny_coco["val_images"], images)
+    with open(tiny_coco["val_json"]) as f:
+        doc = json.load(f)
+    return tmp_path / "instances.json", images, doc
+
+
+def _write(path, doc):
+    path.write_text(json.dumps(doc))
+    return str(path)
+
+
+def test_a_good_set_passes(coco_copy):
+    path, images, doc = coco_copy
+    check_coco_instances(_write(path, doc), str(images), "ok")
+
+
+@pytest.mark.parametrize("breakage, error, message", [
+    ("not_coco", DatasetFormatError, "not a COCO instances file: no images, annotations, categories"),
+    ("no_categories_key", DatasetFormatError, "not a COCO instances file: no categories"),
+    ("empty", DatasetFormatError, "lists no images"),
+    ("image_absent", FileNotFoundError, "1 of 8 images named in .* are not in"),
+    ("unknown_category", DatasetFormatError, r"category ids \[99\] that are not in its categories list"),
+    ("unknown_image", DatasetFormatError, r"image ids \[12345\] that are not in its images list"),
+    ("not_json", DatasetFormatError, "is not a JSON file"),
+    ("no_folder", FileNotFoundError, "image folder not found"),
+])
+def test_broken_sets_are_named_precisely(coco_copy, breakage, error, message):
+    path, images, doc = coco_copy
+    if breakage == "not_coco":
+        doc = {"info": "a list of captions"}
+    elif breakage == "no_categories_key":
+        doc.pop("categories")
+    elif breakage == "empty":
+        doc["images"], doc["annotations"] = [], []
+    elif breakage == "image_absent":
+        os.remove(images / doc["images"][0]["file_name"])
+    elif breakage == "unknown_category":
+        doc["annotations"][0]["category_id"] = 99
+    elif breakage == "unknown_image":
+        doc["annotations"][0]["image_id"] = 12345
+    elif breakage == "no_folder":
+        shutil.rmtree(images)
+    json_file = _write(path, doc)
+    if breakage == "not_json":
+        path.write_text("{ this is not json")
+    with pytest.raises(error, match=message):
+        check_coco_instances(json_file, str(images), "mine")
+
+
+def test_train_net_with_a_json_that_is_not_coco(coco_copy, tmp_path):
+    """The issue's case: ``--dataset`` with a non-COCO JSON used to stop with ``KeyError: 'categories'``."""
+    path, images, _ = coco_copy
+    _write(path, [{"caption": "a cat"}])
+    cmd = [sys.executable, os.path.join(SEG, "train_net.py"), "--config-file",
+           os.path.join(SEG, "configs", "mask_rcnn_US-R50_FPN_tiny.yaml"), "--dataset", "mine", str(path), str(images),
+           "DATASETS.TRAIN", "('mine',)", "DATASETS.TEST", "('mine',)", "MODEL.WEIGHTS", "",
+           "OUTPUT_DIR", str(tmp_path / "out")]
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
+    r = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 2, r.stderr[-3000:]
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: dataset 'mine':") and "is not a COCO instances file" in last, last
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / "out" / "model_final.pth").exists()

@@ -1,0 +1,109 @@
+"""Prefix slices ``weight[:rows, :cols]`` of a slimmable layer's weight, cheap with and without autograd.
+
+A prefix of rows is a view. A prefix of columns is strided: the oneDNN convolution copies such a weight to
+a contiguous layout on every call (forward and backward), so:
+
+* with autograd, :func:`prefix_slice` hands the kernel one contiguous copy and writes the gradient into a
+  full-size tensor in one pass (plain indexing slices one dimension at a time, and the backward of each
+  slice allocates and zero-fills a tensor of its input's size);
+* without autograd (inference, BN calibration, a frozen layer) each layer keeps ONE contiguous copy, for
+  the last width it ran at (:class:`SliceCache`), and reuses it while the weight is unchanged.
+
+"Unchanged" means: the same tensor, storage, dtype and version counter (every in-place update through
+autograd-visible ops bumps it: optimizer steps, ``load_state_dict``, EMA updates), no optimizer step
+anywhere since (fused optimizers do not bump version counters), and no ``train()``/``eval()``/``to()``
+call on the layer since. Writes through ``tensor.data`` are invisible to all of these; after such a
+write call :func:`us3l.inference.clear_cache` (or ``model.eval()``).
+"""
+from __future__ import annotations
+
+import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
+
+_optimizer_steps = 0  # bumped by every optimizer step in the process, once a cache exists
+_step_hook = None
+
+
+def _count_optimizer_step(optimizer, args, kwargs) -> None:
+    global _optimizer_steps
+    _optimizer_steps += 1
+
+
+def _watch_optimizer_steps() -> None:
+    global _step_hook
+    if _step_hook is None:
+        _step_hook = register_optimizer_step_post_hook(_count_optimizer_step)
+
+
+class _PrefixSlice(torch.autograd.Function):
+    """``weight[:rows, :cols]`` as a contiguous tensor; its gradient is written once into a full-size one."""
+
+    @staticmethod
+    def forward(ctx, weight: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+        ctx.full_shape = weight.shape
+        return weight[:rows, :cols].contiguous()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        rows, cols = grad.shape[:2]
+        full = grad.new_empty(ctx.full_shape)
+        full[rows:].zero_()
+        full[:rows, cols:].zero_()
+        full[:rows, :cols].copy_(grad)
+        return full, None, None
+
+
+def grad_free(weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """True when this forward records no gradient for the layer (inference, calibration, frozen layers) and
+    is not being traced (a trace must record the slicing, not bake in a tensor from an earlier call)."""
+    if torch.jit.is_tracing():
+        return False
+    return not torch.is_grad_enabled() or not (weight.requires_grad or (bias is not None and bias.requires_grad))
+
+
+def unchanged_key(width: float, weight: torch.Tensor, *others) -> tuple:
+    """What must stay equal for a grad-free cache entry to stay valid (see the module docstring)."""
+    return (width, id(weight), weight.data_ptr(), weight._version, _optimizer_steps,
+            torch.is_inference_mode_enabled(), *map(id, others))
+
+
+class SliceCache:
+    """One layer's grad-free tensors for its last width (a tuple), valid while ``key`` is unchanged."""
+
+    __slots__ = ("key", "value", "copied_bytes")
+
+    def __init__(self):
+        self.clear()
+
+    def __reduce__(self):  # copies and pickles of a model start empty (the key names the original's tensors)
+        return SliceCache, ()
+
+    def clear(self) -> None:
+        self.key = self.value = None
+        self.copied_bytes = 0
+
+    def nbytes(self) -> int:
+        """Bytes of weight copies held (views of the layer's own tensors cost nothing)."""
+        return self.copied_bytes
+
+    def store(self, key: tuple, value: tuple, copied_bytes: int) -> tuple:
+        _watch_optimizer_steps()
+        self.key, self.value, self.copied_bytes = key, value, copied_bytes
+        return value
+
+
+def prefix_slice(weight: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """``weight[:rows, :cols]``: a view when only rows are cut, else a contiguous tensor (with autograd, its
+    gradient is written into a full-size tensor in one pass)."""
+    if cols == weight.shape[1]:
+        return weight if rows == weight.shape[0] else weight[:rows]
+    if torch.jit.is_tracing():  # plain aten slicing, which traces (and exports) as such
+        return weight[:rows, :cols]
+    if torch.is_grad_enabled() and weight.requires_grad:
+        return _PrefixSlice.apply(weight, rows, cols)
+    return weight.detach()[:rows, :cols].contiguous()
+
+
+def copied_bytes(weight: torch.Tensor, sliced: torch.Tensor) -> int:
+    """Bytes ``prefix_slice`` allocated (0 when it returned a view)."""
+    return 0 if sliced.shape[1] == weight.shape[1] else sliced.numel() * sliced.element_size()
