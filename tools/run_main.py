@@ -39,13 +39,11 @@ import shlex
 import sys
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-sys.path.insert(0, os.path.join(REPO, "tools"))
+from live_log import tee_process
+from us3l.data.datasets import datasets_root
+from us3l.width import width_tag
 
-from live_log import tee_process  # noqa: E402
-from us3l.data.datasets import datasets_root  # noqa: E402
-from us3l.width import width_tag  # noqa: E402
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 DEFAULT_WIDTHS = (1.0, 0.75, 0.5, 0.25)
 FRAMEWORKS = {
