@@ -1,8 +1,8 @@
-"""Helpers shared by the MMDetection / conversion tests: a real US3L ResNet-50 checkpoint and tool loading."""
+"""Helpers shared by the MMDetection / conversion tests: a real US3L ResNet-50 checkpoint in OUR format
+(``us3l.backbone/1``, written by this project; the reference code's files come from reference_layout.py)."""
 from __future__ import annotations
 
 import functools
-import importlib.util
 import os
 import tempfile
 
@@ -42,11 +42,3 @@ def us_r50_checkpoint(seed: int = 0) -> tuple:
     path = os.path.join(tempfile.mkdtemp(prefix="us3l-r50-"), f"us_r50_seed{seed}.pth")
     save_model_backbone(model, path)
     return path, model
-
-
-def load_tool(name: str):
-    """Import ``tools/<name>.py`` as a module (its ``convert()`` is what the tests call)."""
-    spec = importlib.util.spec_from_file_location(f"tool_{name}", os.path.join(ROOT, "tools", f"{name}.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod

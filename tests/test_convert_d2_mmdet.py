@@ -13,7 +13,9 @@ import mmcv.ops  # noqa: E402,F401
 
 import us3l.d2  # noqa: E402,F401
 import us3l.mmdet  # noqa: E402,F401
-from ckpt_helpers import ROOT, load_tool, us_r50_checkpoint  # noqa: E402
+from ckpt_helpers import ROOT, us_r50_checkpoint  # noqa: E402
+from us3l.checkpoint.d2_format import convert_backbone_to_d2  # noqa: E402
+from us3l.checkpoint.frameworks import convert_d2_to_mmdet, convert_mmdet_to_d2  # noqa: E402
 from detectron2.config import get_cfg  # noqa: E402
 from detectron2.layers import ShapeSpec  # noqa: E402
 from mmdet.registry import MODELS  # noqa: E402
@@ -33,8 +35,8 @@ MM_CFG = {"fpn": "projects/segmentation/mmdet_configs/mask-rcnn_us-r50_fpn_1x_co
 def files(tmp_path_factory):
     """Our checkpoint -> Detectron2 .pkl (the Detectron2 plugin's converter) -> MMDetection .pth (ours)."""
     d = tmp_path_factory.mktemp("d2mm")
-    load_tool("convert_pretrain_to_d2").convert(us_r50_checkpoint()[0], str(d / "us_r50.pkl"))
-    load_tool("convert_d2_to_mmdet").convert(str(d / "us_r50.pkl"), str(d / "us_r50_mmdet.pth"), verbose=False)
+    convert_backbone_to_d2(us_r50_checkpoint()[0], str(d / "us_r50.pkl"))
+    convert_d2_to_mmdet(str(d / "us_r50.pkl"), str(d / "us_r50_mmdet.pth"))
     return d
 
 
@@ -139,8 +141,7 @@ def test_rpn_anchor_order_is_what_the_converter_assumes(sizes, ratios, strides, 
 
 
 def test_round_trip_d2_mmdet_d2_is_bit_identical(files, tmp_path):
-    load_tool("convert_mmdet_to_d2").convert(str(files / "us_r50_mmdet.pth"), str(tmp_path / "back.pkl"),
-                                              verbose=False)
+    convert_mmdet_to_d2(str(files / "us_r50_mmdet.pth"), str(tmp_path / "back.pkl"))
     with open(files / "us_r50.pkl", "rb") as f:
         orig = pickle.load(f)
     with open(tmp_path / "back.pkl", "rb") as f:

@@ -4,18 +4,30 @@ import pickle
 import pytest
 import torch
 
-from ckpt_helpers import load_tool, us_r50_checkpoint
+from ckpt_helpers import us_r50_checkpoint
+from reference_layout import channels_at, resnet_layers
+from tools_loader import load_tool
 from us3l.checkpoint import CheckpointError, load_backbone
-from us3l.checkpoint.frameworks import (d2_to_mmdet_state, mmdet_to_d2_state, read_d2_checkpoint,
-                                        read_mmdet_checkpoint)
+from us3l.checkpoint.d2_format import read_d2_checkpoint
+from us3l.checkpoint.frameworks import convert_d2_to_mmdet, convert_mmdet_to_d2, d2_to_mmdet_state, mmdet_to_d2_state
 from us3l.checkpoint.keymaps import d2_to_tv, detect_d2_layout, permute_anchors, tv_to_d2
-from us3l.models import build_static_model
+from us3l.checkpoint.mmdet_format import convert_backbone_to_mmdet, read_mmdet_checkpoint
 
 
 @pytest.fixture(scope="module")
 def d2_trunk():
-    sd = build_static_model("resnet50", 0.5).state_dict()
-    return {tv_to_d2(k): v for k, v in sd.items() if not k.startswith("fc.")}
+    """A ResNet-50 trunk at width 0.5 from an independent description of torchvision's layout."""
+    g, tv = torch.Generator().manual_seed(0), {}
+    for name, kind, o, i, k in resnet_layers(50):
+        c = channels_at("r50", name, o, 1, 0.5)
+        if kind == "conv":
+            tv[f"{name}.weight"] = torch.randn(c, 3 if name == "conv1" else channels_at("r50", name, i, 1, 0.5), k, k,
+                                               generator=g)
+        else:
+            for leaf in ("weight", "bias", "running_mean", "running_var"):
+                tv[f"{name}.{leaf}"] = torch.rand(c, generator=g)
+            tv[f"{name}.num_batches_tracked"] = torch.tensor(0)
+    return {tv_to_d2(k): v for k, v in tv.items()}
 
 
 def _fake_fpn_detector(trunk):
@@ -107,7 +119,7 @@ def test_unmapped_keys_fail(d2_trunk):
 
 def test_pretrain_to_mmdet_tool(tmp_path):
     src, dst = us_r50_checkpoint()[0], str(tmp_path / "mm.pth")
-    meta = load_tool("convert_pretrain_to_mmdet").convert(src, dst, verbose=False)
+    meta = convert_backbone_to_mmdet(src, dst)
     assert meta["arch"] == "resnet50" and meta["calibrated_widths"] == [0.25, 0.5, 1.0]
     obj = torch.load(dst, weights_only=True)  # only tensors and plain metadata
     state, _ = load_backbone(src)
@@ -122,8 +134,8 @@ def test_d2_mmdet_tools_round_trip_files(tmp_path, d2_trunk):
     extras = {"__author__": "someone", "matching_heuristics": False}
     with open(src, "wb") as f:
         pickle.dump({"model": {k: v.numpy() for k, v in state.items()}, **extras}, f)
-    load_tool("convert_d2_to_mmdet").convert(str(src), str(tmp_path / "mm.pth"), verbose=False)
-    load_tool("convert_mmdet_to_d2").convert(str(tmp_path / "mm.pth"), str(tmp_path / "back.pkl"), verbose=False)
+    convert_d2_to_mmdet(str(src), str(tmp_path / "mm.pth"))
+    convert_mmdet_to_d2(str(tmp_path / "mm.pth"), str(tmp_path / "back.pkl"))
     with open(tmp_path / "back.pkl", "rb") as f:
         back = pickle.load(f)
     assert {k: v for k, v in back.items() if k != "model"} == extras

@@ -15,20 +15,20 @@ from detectron2.modeling import build_model  # noqa: E402
 
 import us3l  # noqa: E402
 from us3l.checkpoint import PRETRAIN_FORMAT, CheckpointError, atomic_save  # noqa: E402
-from us3l.checkpoint.keymaps import d2_to_tv  # noqa: E402
+from us3l.checkpoint.d2_format import convert_backbone_to_d2 as convert  # noqa: E402
+from us3l.checkpoint.keymaps import d2_to_tv, tv_to_d2  # noqa: E402
 from us3l.checkpoint.model_io import save_model_backbone  # noqa: E402
 from us3l.d2 import META_KEY, US3LCheckpointer, load_config, read_pkl  # noqa: E402
 from us3l.models import us_resnet18, us_resnet50  # noqa: E402
+from reference_layout import pretrain_file  # noqa: E402
+from tools_loader import load_tool  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONVERTER = os.path.join(ROOT, "tools", "convert_pretrain_to_d2.py")
 FPN_CPU = os.path.join(ROOT, "projects", "detection", "configs", "faster_rcnn_US-R50_FPN_1x_cpu.yaml")
 C4_CPU = os.path.join(ROOT, "projects", "detection", "configs", "faster_rcnn_US-R50_C4_1x_cpu.yaml")
 CALIBRATED = (0.35, 0.5)
-
-sys.path.insert(0, os.path.join(ROOT, "tools"))
-from convert_pretrain_to_d2 import convert  # noqa: E402
-from convert_pretrain_to_d2 import main as converter_main  # noqa: E402
+converter_main = load_tool("convert_pretrain_to_d2").main
 
 
 def _pretrained(model):
@@ -42,7 +42,7 @@ def _pretrained(model):
                 m.running_mean.uniform_(-0.1, 0.1)
                 m.running_var.uniform_(0.5, 2.0)
     batches = [torch.rand(4, 3, 64, 64) for _ in range(2)]
-    for w in CALIBRATED:
+    for w in (*CALIBRATED, 1.0):
         us3l.calibrate_bn(model, batches, w)
     return model.eval()
 
@@ -78,7 +78,7 @@ def test_converter_writes_detectron2_pkl_with_per_width_stats(r50):
     data = read_pkl(r50["pkl"])
     assert set(data) == {"model", "__author__", "matching_heuristics", META_KEY}
     assert data["__author__"] != "Caffe2" and data["matching_heuristics"] is True
-    assert data[META_KEY]["arch"] == "resnet50" and data[META_KEY]["calibrated_widths"] == list(CALIBRATED)
+    assert data[META_KEY]["arch"] == "resnet50" and data[META_KEY]["calibrated_widths"] == [*CALIBRATED, 1.0]
     assert all(isinstance(v, np.ndarray) for v in data["model"].values())
     src = r50["state"]
     np.testing.assert_array_equal(data["model"]["res5.2.conv3.weight"], src["layer4.2.conv3.weight"].numpy())
@@ -88,22 +88,26 @@ def test_converter_writes_detectron2_pkl_with_per_width_stats(r50):
     assert len(data["model"]) == len(src)
 
 
-def test_pretrain_and_reference_formats_convert_to_the_same_tensors(r50, tmp_path):
-    src, meta = r50["state"], {"arch": "resnet50", "cifar_stem": False, "width_range": [0.25, 1.0]}
+def test_pretrain_and_reference_formats_convert(r50, tmp_path):
+    src, meta = r50["state"], {"arch": "resnet50", "cifar_stem": False, "width_range": [0.25, 1.0],
+                               "calibrated_widths": list(CALIBRATED)}
     atomic_save({"format": PRETRAIN_FORMAT, "meta": meta, "model": {f"backbone.{k}": v for k, v in src.items()}},
                 str(tmp_path / "pretrain.pth"))
-    plain = {k: v for k, v in src.items() if "_w0" not in k}  # the reference code has no per-width statistics
-    reference = {f"module.encoder_q.{k}": v for k, v in plain.items()}
-    reference["module.encoder_q.fc.0.weight"] = torch.zeros(8, 2048)  # projector: dropped
-    reference.update({f"module.encoder_k.{k}": v for k, v in plain.items()})
-    torch.save({"state_dict": reference, "epoch": 3}, str(tmp_path / "reference.pth.tar"))
     ours = read_pkl(r50["pkl"])["model"]
-    for name in ("pretrain.pth", "reference.pth.tar"):
-        payload = convert(str(tmp_path / name), str(tmp_path / (name + ".pkl")))
-        expected = ours if name == "pretrain.pth" else {k: v for k, v in ours.items() if "_w0" not in k}
-        assert set(payload["model"]) == set(expected)
-        for k, v in expected.items():
-            np.testing.assert_array_equal(payload["model"][k], v)
+    payload = convert(str(tmp_path / "pretrain.pth"), str(tmp_path / "pretrain.pkl"))
+    expected = ours  # 1.0 is not listed as calibrated: its buffers travel, refused by the loader (below)
+    assert set(payload["model"]) == set(expected) and payload[META_KEY]["calibrated_widths"] == list(CALIBRATED)
+    for k, v in expected.items():
+        np.testing.assert_array_equal(payload["model"][k], v)
+    # the reference code's BYOL checkpoint (layout from tests/reference_layout.py): the online encoder only
+    ref = pretrain_file("us_resnet50")
+    torch.save(ref, str(tmp_path / "checkpoint.pth.tar"))
+    payload = convert(str(tmp_path / "checkpoint.pth.tar"), str(tmp_path / "reference.pkl"))
+    enc = {k[len("module.encoder_q."):]: v for k, v in ref["state_dict"].items()
+           if k.startswith("module.encoder_q.") and ".fc." not in k}
+    assert set(payload["model"]) == {tv_to_d2(k) for k in enc} and payload[META_KEY]["calibrated_widths"] == []
+    for k, v in enc.items():
+        np.testing.assert_array_equal(payload["model"][tv_to_d2(k)], v.numpy())
 
 
 @pytest.mark.parametrize("width", [0.35, 1.0])
@@ -185,13 +189,13 @@ def test_stride_in_1x1_is_rejected(r50):
         US3LCheckpointer(model, cfg=cfg).load(r50["pkl"])
 
 
-def test_pth_where_pkl_is_expected(r50, tmp_path, capsys):
+def test_backbone_files_load_directly_and_torch_files_named_pkl_fail(r50, tmp_path, capsys):
     cfg, model = detector(FPN_CPU, 0.5)
-    with pytest.raises(CheckpointError, match="convert_pretrain_to_d2"):  # our .pth as MODEL.WEIGHTS
-        US3LCheckpointer(model, cfg=cfg).load(r50["pth"])
-    torch.save({"state_dict": {"module.encoder_q.conv1.weight": torch.zeros(64, 3, 7, 7)}},
-               str(tmp_path / "checkpoint_0199.pth.tar"))
-    with pytest.raises(CheckpointError, match="reference-code checkpoint"):  # the reference code's file
+    ck = US3LCheckpointer(model, cfg=cfg)
+    ck.load(r50["pth"])  # our .pth as MODEL.WEIGHTS: converted in memory
+    assert ck.last_report.ok and ck.last_report.sliced
+    torch.save(pretrain_file("us_resnet50"), str(tmp_path / "checkpoint_0199.pth.tar"))
+    with pytest.raises(us3l.UncalibratedWidthError, match="Calibrate that width"):  # no width calibrated
         US3LCheckpointer(model, cfg=cfg).load(str(tmp_path / "checkpoint_0199.pth.tar"))
     renamed = tmp_path / "renamed.pkl"
     renamed.write_bytes(open(r50["pth"], "rb").read())

@@ -6,7 +6,8 @@ import mmdet  # noqa: E402,F401
 import mmcv.ops  # noqa: E402,F401
 
 import us3l.mmdet  # noqa: E402,F401  (registers the modules)
-from ckpt_helpers import load_tool, us_r50_checkpoint  # noqa: E402
+from ckpt_helpers import us_r50_checkpoint  # noqa: E402
+from us3l.checkpoint.mmdet_format import convert_backbone_to_mmdet  # noqa: E402
 from mmdet.registry import MODELS  # noqa: E402
 from mmdet.utils import register_all_modules  # noqa: E402
 from us3l import UncalibratedWidthError, export_static  # noqa: E402
@@ -19,7 +20,7 @@ register_all_modules()
 def mm_file(tmp_path_factory):
     """Our pre-training-side checkpoint converted for MMDetection (one file, every width)."""
     dst = str(tmp_path_factory.mktemp("mm") / "us_r50_mmdet.pth")
-    load_tool("convert_pretrain_to_mmdet").convert(us_r50_checkpoint()[0], dst, verbose=False)
+    convert_backbone_to_mmdet(us_r50_checkpoint()[0], dst)
     return dst
 
 
@@ -88,7 +89,9 @@ def test_loading_errors(mm_file, tmp_path):
         _backbone(1.0, mm_file, depth=18)
     with pytest.raises(UncalibratedWidthError, match="calibrated widths"):
         _backbone(0.3, mm_file)
-    _backbone(0.3, mm_file, bn_stats="reset")  # re-estimated while fine-tuning: allowed
+    _backbone(0.3, mm_file, bn_stats="reset", norm_eval=False)  # re-estimated while fine-tuning: allowed
+    with pytest.raises(CheckpointError, match="norm_eval=True"):  # BN kept in eval: mean 0 / var 1 for good
+        _backbone(0.3, mm_file, bn_stats="reset")
     bad = tmp_path / "corrupt.pth"
     bad.write_bytes(b"garbage" * 10)
     with pytest.raises(CheckpointError, match="corrupt"):

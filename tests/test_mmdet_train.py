@@ -54,12 +54,14 @@ def test_configs_parse_and_tiny_classes_are_the_embedded_datasets():
 
 
 def test_faster_rcnn_fpn_train_and_test_at_a_width(datasets_env, tmp_path):
-    from ckpt_helpers import load_tool, us_r50_checkpoint
+    from ckpt_helpers import us_r50_checkpoint
+    from us3l.checkpoint.frameworks import convert_mmdet_to_d2
+    from us3l.checkpoint.mmdet_format import convert_backbone_to_mmdet
     from us3l import export_static
 
     mm_file = str(tmp_path / "us_r50_mmdet.pth")
     path, slimmable = us_r50_checkpoint()
-    load_tool("convert_pretrain_to_mmdet").convert(path, mm_file, verbose=False)
+    convert_backbone_to_mmdet(path, mm_file)
     cfg = os.path.join(DET, "faster-rcnn_us-r50_fpn_1x_coco_tiny.py")
     # the pre-trained backbone goes in through init_cfg, as on the command line of a real run
     # (plain FPN: after 2 steps the BN statistics of a fresh FPN are not estimated yet)
@@ -76,8 +78,7 @@ def test_faster_rcnn_fpn_train_and_test_at_a_width(datasets_env, tmp_path):
                         *[o for o in TINY if o.startswith("model.test_cfg")]])
     assert metrics["w0.25/bbox_mAP"] == pytest.approx(records[-1]["metrics"]["w0.25/bbox_mAP"])
     # a fine-tuned mmengine checkpoint converts to Detectron2 as a whole detector
-    conv = load_tool("convert_mmdet_to_d2").convert(str(tmp_path / "epoch_1.pth"), str(tmp_path / "d2.pkl"),
-                                                     verbose=False)
+    conv = convert_mmdet_to_d2(str(tmp_path / "epoch_1.pth"), str(tmp_path / "d2.pkl"))
     assert conv.layout == "fpn" and not conv.skipped
     assert len(conv.renamed) == len(runner.model.state_dict())
 

@@ -54,19 +54,19 @@ def test_calibrate_tool_imagefolder_and_coco_images(pretrain_ckpt, tiny_cls, tin
     assert main([src, src, "--widths", "0.5", "--data-root", tiny_cls["root"], "--num-batches", "1"]) == 2
 
 
-def test_reference_code_checkpoint_is_read(pretrain_ckpt, tiny_cls, tmp_path):
-    _, m = pretrain_ckpt
-    bb = m.online.backbone.state_dict()
-    ref = {f"module.encoder_q.{k}": v for k, v in bb.items()}
-    ref.update({f"module.encoder_k.{k}": v + 1 for k, v in bb.items()})
-    ref.update({"module.encoder_q.fc.0.weight": torch.zeros(32, 512), "module.predictor.0.weight": torch.zeros(16, 16)})
+def test_reference_code_checkpoint_is_read(tiny_cls, tmp_path):
+    from reference_layout import pretrain_file  # the reference's BYOL file, from an independent description
+
+    ref = pretrain_file("us_resnet18")
     src = tmp_path / "ref.pth.tar"
-    torch.save({"state_dict": ref, "epoch": 400}, str(src))
+    torch.save(ref, str(src))
     state, meta = load_backbone(str(src))
-    assert meta["arch"] == "resnet18" and torch.equal(state["conv1.weight"], bb["conv1.weight"])
+    assert meta["arch"] == "resnet18" and meta["calibrated_widths"] == []
+    assert torch.equal(state["conv1.weight"], ref["state_dict"]["module.encoder_q.conv1.weight"])
     dst = tmp_path / "ref_cal.pth"
     assert tool("calibrate_bn")([str(src), str(dst), "--widths", "0.75", "--data-root", tiny_cls["root"],
                                  "--num-batches", "1", "--batch-size", "4", "--image-size", "16"]) == 0
+    assert load_backbone(str(dst))[1]["calibrated_widths"] == [0.75]
 
 
 def test_eval_ssl_writes_json_and_markdown(pretrain_ckpt, tiny_cls, tmp_path):

@@ -3,9 +3,10 @@
 
   python tools/calibrate_bn.py SRC DST --widths 1.0 0.75 0.5 0.25 --data-root PATH --num-batches 50
 
-SRC: any backbone checkpoint ``us3l.checkpoint.load_backbone`` reads (pre-training, backbone, reference code,
-torchvision). Calibration uses non-augmented images (resize + center crop) from an ImageFolder
-(``root/train/<class>/*``) or a flat folder of images (COCO-style ``root/train/*.png``).
+SRC: any backbone checkpoint ``us3l.checkpoint.load_backbone`` reads (ours, the reference code's
+pre-training or per-width calibration files, torchvision). Widths SRC already holds stay calibrated.
+Calibration uses non-augmented images (resize + center crop) from an ImageFolder (``root/train/<class>/*``)
+or a flat folder of images (COCO-style ``root/train/*.png``).
 """
 from __future__ import annotations
 
@@ -13,25 +14,13 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch
+import torch.utils.data as tud
 
-import torch  # noqa: E402
-import torch.utils.data as tud  # noqa: E402
-
-from us3l import calibrate_bn, calibrated_widths  # noqa: E402
-from us3l.checkpoint import load_backbone  # noqa: E402
-from us3l.checkpoint.model_io import load_state_dict_checked, save_model_backbone  # noqa: E402
-from us3l.checkpoint.report import CheckpointError  # noqa: E402
-from us3l.data import build_dataset, detect_kind, eval_transform  # noqa: E402
-from us3l.models import build_us_model  # noqa: E402
-
-
-def load_us_backbone(path: str, device="cpu"):
-    """Slimmable backbone (no classifier) with the checkpoint's weights; returns (model, meta)."""
-    state, meta = load_backbone(path)
-    model = build_us_model(meta["arch"], 0, meta["cifar_stem"], tuple(meta.get("width_range", (0.25, 1.0))))
-    load_state_dict_checked(model, state, f"loading {path}")
-    return model.to(device), meta
+from us3l import calibrate_bn, calibrated_widths
+from us3l.checkpoint import CheckpointError, LoadReport
+from us3l.checkpoint.model_io import build_model_from_checkpoint, save_model_backbone
+from us3l.data import build_dataset, detect_kind, eval_transform
 
 
 def main(argv=None) -> int:
@@ -46,12 +35,19 @@ def main(argv=None) -> int:
     ap.add_argument("--image-size", type=int, default=None, help="default: 32 (CIFAR stem) or 224")
     ap.add_argument("--recipe", choices=("cifar", "imagenet"), default=None,
                     help="normalization/resize recipe (default: cifar for a CIFAR stem, else imagenet)")
+    ap.add_argument("--src-width", type=float, default=None,
+                    help="width of a reference calibration file whose name does not say it")
     ap.add_argument("--workers", type=int, default=0)
     args = ap.parse_args(argv)
     try:
         if os.path.abspath(args.src) == os.path.abspath(args.dst):
             raise ValueError("DST must differ from SRC (the source checkpoint is never overwritten)")
-        model, meta = load_us_backbone(args.src)
+        report = LoadReport()
+        model, meta = build_model_from_checkpoint(args.src, width=args.src_width, report=report)
+        if report.dropped:
+            print(f"left out of {args.src}: {len(report.dropped)} keys that are not the backbone")
+            print("\n".join(f"  dropped: {k}" for k in report.dropped))
+        print(f"{meta['arch']} from {args.src}: calibrated widths {meta['calibrated_widths'] or 'none'}")
         recipe = args.recipe or ("cifar" if meta["cifar_stem"] else "imagenet")
         size = args.image_size or (32 if meta["cifar_stem"] else 224)
         ds = build_dataset(detect_kind(args.data_root, args.split), args.data_root, args.split,

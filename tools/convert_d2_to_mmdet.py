@@ -9,24 +9,11 @@ deconv + predictor). Any backbone key left unconverted is an error; other heads 
 --skip-unmapped-heads. The Detectron2 file's own metadata is kept in ``meta['d2']`` for the way back.
 """
 import argparse
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from us3l.checkpoint import CheckpointError  # noqa: E402
-from us3l.checkpoint.frameworks import (d2_meta_to_mmdet, d2_to_mmdet_state, read_d2_checkpoint,  # noqa: E402
-                                        write_mmdet_checkpoint)
-
-
-def convert(src: str, dst: str, num_ratios: int = 3, skip_unmapped_heads: bool = False, verbose: bool = True):
-    """Convert ``src`` and save ``dst``; returns the :class:`~us3l.checkpoint.frameworks.Conversion`."""
-    state, extras = read_d2_checkpoint(src)
-    out, conv = d2_to_mmdet_state(state, num_ratios=num_ratios, skip_unmapped_heads=skip_unmapped_heads)
-    write_mmdet_checkpoint(out, d2_meta_to_mmdet(extras, conv.layout), dst)
-    print(conv.summary(verbose))
-    print(f"saved {dst}")
-    return conv
+from us3l.checkpoint import CheckpointError
+from us3l.cli import BAD_INPUT, error_line
+from us3l.checkpoint.frameworks import convert_d2_to_mmdet
 
 
 def main(argv=None):
@@ -39,10 +26,12 @@ def main(argv=None):
     p.add_argument("--quiet", action="store_true", help="do not list every renamed key")
     args = p.parse_args(argv)
     try:
-        convert(args.src, args.dst, args.num_ratios, args.skip_unmapped_heads, verbose=not args.quiet)
+        conv = convert_d2_to_mmdet(args.src, args.dst, args.num_ratios, args.skip_unmapped_heads)
     except CheckpointError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)  # bad input (us3l.cli)
+        print(error_line(e), file=sys.stderr)
+        sys.exit(BAD_INPUT)
+    print(conv.summary(verbose=not args.quiet))
+    print(f"saved {args.dst}")
 
 
 if __name__ == "__main__":

@@ -7,27 +7,12 @@ Detectron2 gets its original metadata back (round trip bit-identical); a bare tr
 (unprefixed names, ``matching_heuristics: True``) so Detectron2 matches it into FPN and C4 models.
 """
 import argparse
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from us3l.checkpoint import CheckpointError  # noqa: E402
-from us3l.checkpoint.frameworks import (mmdet_meta_to_d2, mmdet_to_d2_state, read_mmdet_checkpoint,  # noqa: E402
-                                        write_d2_checkpoint)
-from us3l.checkpoint.keymaps import D2_LAYOUTS  # noqa: E402
-
-
-def convert(src: str, dst: str, layout: str | None = None, num_ratios: int = 3, skip_unmapped_heads: bool = False,
-            verbose: bool = True):
-    """Convert ``src`` and save ``dst``; returns the :class:`~us3l.checkpoint.frameworks.Conversion`."""
-    state, meta = read_mmdet_checkpoint(src)
-    out, conv = mmdet_to_d2_state(state, num_ratios=num_ratios, skip_unmapped_heads=skip_unmapped_heads,
-                                  layout=layout)
-    write_d2_checkpoint(out, mmdet_meta_to_d2(meta, conv.layout), dst)
-    print(conv.summary(verbose))
-    print(f"saved {dst}")
-    return conv
+from us3l.checkpoint import CheckpointError
+from us3l.cli import BAD_INPUT, error_line
+from us3l.checkpoint.frameworks import convert_mmdet_to_d2
+from us3l.checkpoint.keymaps import D2_LAYOUTS
 
 
 def main(argv=None):
@@ -41,10 +26,12 @@ def main(argv=None):
     p.add_argument("--quiet", action="store_true", help="do not list every renamed key")
     args = p.parse_args(argv)
     try:
-        convert(args.src, args.dst, args.layout, args.num_ratios, args.skip_unmapped_heads, verbose=not args.quiet)
+        conv = convert_mmdet_to_d2(args.src, args.dst, args.layout, args.num_ratios, args.skip_unmapped_heads)
     except CheckpointError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)  # bad input (us3l.cli)
+        print(error_line(e), file=sys.stderr)
+        sys.exit(BAD_INPUT)
+    print(conv.summary(verbose=not args.quiet))
+    print(f"saved {args.dst}")
 
 
 if __name__ == "__main__":

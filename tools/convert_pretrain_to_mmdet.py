@@ -1,66 +1,39 @@
 #!/usr/bin/env python
-"""Convert a US3L pre-training / backbone / reference-code checkpoint to an MMDetection backbone file.
+"""Convert a US3L backbone (ours, or the reference code's pre-training / calibration / fixed-width file) to an
+MMDetection backbone file.
 
 Writes ``dict(state_dict={'backbone.<torchvision names>': full-width tensors, incl. per-width BN statistics},
 meta={arch, width_range, calibrated_widths, ...})``: ONE file that ``US3LResNet`` / ``US3LResLayer`` load
 at any width of the range (``init_cfg=dict(type='Pretrained', checkpoint=DST, prefix='backbone.')``).
+Keys left out on purpose (projector, EMA encoder, predictors) are listed.
 """
 import argparse
-import json
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from us3l.checkpoint import CheckpointError, load_backbone  # noqa: E402
-from us3l.checkpoint.frameworks import write_mmdet_checkpoint  # noqa: E402
-
-MMDET_BACKBONE_FORMAT = "us3l.mmdet-backbone/1"
+from us3l.checkpoint import CheckpointError, LoadReport
+from us3l.checkpoint.mmdet_format import convert_backbone_to_mmdet
 
 
-def _plain(meta: dict) -> dict:
-    """Metadata that JSON (and ``torch.load(weights_only=True)``) can hold."""
-    out = {}
-    for k, v in meta.items():
-        try:
-            json.dumps(v)
-            out[k] = v
-        except TypeError:
-            out[k] = str(v)
-    return out
-
-
-def convert(src: str, dst: str, verbose: bool = True) -> dict:
-    """Convert ``src`` and save ``dst``; returns the written metadata."""
-    state, meta = load_backbone(src)
-    if not meta["arch"].startswith("resnet"):
-        raise CheckpointError(f"{src} holds a {meta['arch']} backbone; the MMDetection plugin has ResNets only")
-    if meta.get("cifar_stem"):
-        raise CheckpointError(f"{src} has a CIFAR (3x3) stem, which detection backbones do not use")
-    out = {}
-    for k, v in state.items():
-        out["backbone." + k] = v
-        if verbose:
-            print(f"{k} -> backbone.{k}")
-    meta = _plain(dict(meta, us3l_format=MMDET_BACKBONE_FORMAT, converted_from=os.path.basename(src)))
-    write_mmdet_checkpoint(out, meta, dst)
-    print(f"{len(out)} tensors ({meta['arch']}, width range {meta['width_range']}, calibrated widths "
-          f"{meta['calibrated_widths']}) -> {dst}")
-    return meta
-
-
-def main(argv=None):
+def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("src", help="US3L pre-training, backbone or reference-code checkpoint")
     p.add_argument("dst", help="output .pth for MMDetection")
-    p.add_argument("--quiet", action="store_true", help="do not list every key")
+    p.add_argument("--src-width", type=float, default=None,
+                   help="width of a reference calibration / fixed-width file whose name does not say it")
+    p.add_argument("--quiet", action="store_true", help="do not list the keys left out")
     args = p.parse_args(argv)
+    report = LoadReport()
     try:
-        convert(args.src, args.dst, verbose=not args.quiet)
+        meta = convert_backbone_to_mmdet(args.src, args.dst, width=args.src_width, report=report)
     except CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)  # bad input (us3l.cli)
+        return 2
+    if not args.quiet:
+        print("\n".join(f"  dropped: {k}" for k in report.dropped))
+    print(f"{meta['arch']} backbone (width range {meta['width_range']}, calibrated widths "
+          f"{meta['calibrated_widths'] or 'none'}) -> {args.dst}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

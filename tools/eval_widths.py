@@ -35,19 +35,14 @@ import shlex
 import sys
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-sys.path.insert(0, os.path.join(REPO, "tools"))
+from us3l.pipeline.live_log import tee_process
+from us3l.pipeline.results_table import render_markdown, write_results
+from us3l.width import width_tag
 
-from us3l.pipeline.live_log import tee_process  # noqa: E402
-from us3l.pipeline.results_table import render_markdown, write_results  # noqa: E402
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 D2_CONFIG = "projects/segmentation/configs/mask_rcnn_US-R50_FPN_tiny.yaml"
 MMDET_CONFIG = "projects/segmentation/mmdet_configs/mask-rcnn_us-r50_fpn_1x_coco_tiny.py"
-
-
-def width_tag(w: float) -> str:
-    return f"w{w:.2f}"
 
 
 def weights_for(template: str, w: float) -> str:

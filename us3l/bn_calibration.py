@@ -14,6 +14,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from .ops import USBatchNorm2d
+from .ops.norm import UncalibratedWidthError
 from .width import width as width_ctx
 
 
@@ -79,6 +80,9 @@ def _finish(bns: list[USBatchNorm2d], width: float, used: int) -> None:
         bn.set_width_stats(width, stats[0], stats[1])
         if width >= 1.0:
             bn.num_batches_tracked.fill_(int(total.item()))
+            guard = bn.__dict__.pop("_us3l_full_width_guard", None)
+            if guard is not None:
+                guard.remove()
 
 
 def calibrated_widths(model: nn.Module) -> list[float]:
@@ -95,3 +99,23 @@ def calibrated_widths(model: nn.Module) -> list[float]:
     if all(int(bn.num_batches_tracked) > 0 for bn in bns):
         common.add(1.0)
     return sorted(common)
+
+
+def _refuse_uncalibrated_full_width(bn: USBatchNorm2d, args) -> None:
+    if not bn.training and bn._calibration is None and bn.width_mult >= 1.0:
+        raise UncalibratedWidthError(
+            "BN statistics for width 1.0 are not calibrated (the checkpoint holds none); calibrate it first: "
+            "us3l.calibrate_bn(model, loader, 1.0) or tools/calibrate_bn.py")
+
+
+def guard_uncalibrated_full_width(model: nn.Module) -> None:
+    """Make evaluation at width 1.0 fail until 1.0 is calibrated.
+
+    Width 1.0 keeps the standard ``running_mean``/``running_var`` buffers, which always exist; a model loaded
+    from a checkpoint without statistics there (pre-training, the reference code's) would otherwise
+    normalize with placeholder mean 0 / var 1 in silence. Calibrating 1.0 lifts the guard.
+    """
+    for bn in model.modules():
+        if isinstance(bn, USBatchNorm2d) and "_us3l_full_width_guard" not in bn.__dict__:
+            bn.num_batches_tracked.zero_()
+            bn.__dict__["_us3l_full_width_guard"] = bn.register_forward_pre_hook(_refuse_uncalibrated_full_width)

@@ -103,7 +103,7 @@ def eval_ssl_main(argv=None) -> int:
     import torch
     import torch.utils.data as tud
 
-    from .checkpoint.model_io import load_slimmable_backbone
+    from .checkpoint.model_io import build_model_from_checkpoint
     from .data import build_dataset, eval_transform
     from .data.datasets import embedded_root, prepare_embedded
     from .data.synthetic import CLASSIFICATION_STYLES
@@ -130,7 +130,7 @@ def eval_ssl_main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        model, meta = load_slimmable_backbone(args.checkpoint)
+        model, meta = build_model_from_checkpoint(args.checkpoint)
         recipe = args.recipe or ("cifar" if meta["cifar_stem"] or args.dataset != "imagefolder" else "imagenet")
         size = args.image_size or (32 if recipe == "cifar" else 224)
         root, kind = args.data_root, args.dataset

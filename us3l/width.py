@@ -55,3 +55,13 @@ def _require_slimmable(model: nn.Module) -> list[SlimmableMixin]:
         raise ValueError(f"{type(model).__name__} has no slimmable layers: its width cannot be set "
                          "(build it with us3l.models, e.g. us3l.models.us_resnet50())")
     return mods
+
+
+def width_tag(width: float) -> str:
+    """Folder / metric name of a width: ``w0.50``, ``w1.00``, ``w0.375`` (two decimals, three when needed).
+
+    The one naming rule for widths in file names and metric keys, so that 0.35 and 0.375 never collide.
+    """
+    text = f"{float(width):.3f}".rstrip("0")
+    whole, frac = text.split(".")
+    return f"w{whole}.{frac.ljust(2, '0')}"

@@ -1,8 +1,9 @@
-"""Detectron2 / MMDetection checkpoint files and whole-model conversion between them (no framework needed).
+"""Whole-model conversion between Detectron2 and MMDetection checkpoints (no framework needed).
 
 Why here: the converters in ``tools/`` and the tests share one implementation, and converting must work on
-a machine that has only one of the two frameworks. Names come from :mod:`us3l.checkpoint.keymaps`; this
-module adds file formats, the tensor reordering the RPN needs, and a hard error on anything unmapped.
+a machine that has only one of the two frameworks. Names come from :mod:`us3l.checkpoint.keymaps`, files
+from :mod:`.d2_format` / :mod:`.mmdet_format`; this module adds the tensor reordering the RPN needs, a hard
+error on anything unmapped, and whole-file ``convert_d2_to_mmdet`` / ``convert_mmdet_to_d2``.
 
 Round trip: Detectron2 -> MMDetection -> Detectron2 gives back every tensor bit for bit under its original
 name, and the top-level metadata of the Detectron2 file (kept in the MMDetection ``meta['d2']``).
@@ -10,23 +11,16 @@ name, and the top-level metadata of the Detectron2 file (kept in the MMDetection
 from __future__ import annotations
 
 import dataclasses
-import os
-import pickle
 from collections.abc import Mapping
 
-import numpy as np
 import torch
 
-from .io import atomic_save
+from .d2_format import D2_PKL_FORMAT, META_FIELDS, META_KEY, read_d2_checkpoint, write_d2_checkpoint
 from .keymaps import (detect_d2_layout, detect_mmdet_layout, d2_to_mmdet, mmdet_to_d2,
                       permute_anchors)
+from .mmdet_format import read_mmdet_checkpoint, write_mmdet_checkpoint
 from .report import CheckpointError
-from .safe_load import load_any, load_torch
 
-US3L_D2_META_KEY = "__us3l__"  # metadata entry of the .pkl files tools/convert_pretrain_to_d2.py writes
-US3L_D2_FORMAT = "us3l.d2/1"  # = us3l.d2.pkl_format.D2_PKL_FORMAT (not imported: that needs Detectron2)
-_D2_DROPPED = ("optimizer", "scheduler", "iteration")  # training state: never converted
-_META_KEYS = ("arch", "cifar_stem", "width_range", "calibrated_widths", "method", "source")
 RPN_CLS = ("proposal_generator.rpn_head.objectness_logits.", "rpn_head.rpn_cls.")
 RPN_REG = ("proposal_generator.rpn_head.anchor_deltas.", "rpn_head.rpn_reg.")
 
@@ -46,72 +40,6 @@ class Conversion:
         lines += [f"  skipped (no counterpart): {k}" for k in self.skipped]
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
-
-
-# ------------------------------------------------------------------------------------------------- files
-def _load_trusted(path: str):
-    """``torch.load(weights_only=True)`` with the trainer-state allowlist (numpy scalars, mmengine HistoryBuffer
-    stood in for): framework training checkpoints convert, a file that would run code is refused."""
-    return load_torch(path)
-
-
-def _as_tensor(name: str, value) -> torch.Tensor:
-    if isinstance(value, torch.Tensor):
-        return value
-    if isinstance(value, np.ndarray):  # (np.ascontiguousarray would turn a 0-d counter into shape (1,))
-        return torch.from_numpy(value if value.flags.c_contiguous else value.copy(order="C"))
-    if isinstance(value, (np.generic, int, float)):
-        return torch.as_tensor(np.asarray(value))
-    raise CheckpointError(f"entry {name!r} of the model is a {type(value).__name__}, not a tensor")
-
-
-def read_d2_checkpoint(path: str) -> tuple[dict[str, torch.Tensor], dict]:
-    """(state dict, top-level metadata) of a Detectron2 ``.pkl`` (numpy) or ``.pth`` (torch) checkpoint."""
-    if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint not found: {path}")
-    obj = load_any(path)  # plain-data unpickler for .pkl, weights-only torch.load otherwise
-    if not isinstance(obj, Mapping):
-        raise CheckpointError(f"{path}: a Detectron2 checkpoint is a dict, got {type(obj).__name__}")
-    if "blobs" in obj:
-        raise CheckpointError(f"{path}: Caffe2-format Detectron checkpoints are not supported")
-    if "model" in obj:  # DetectionCheckpointer / model zoo / MoCo files
-        model, extras = obj["model"], {k: v for k, v in obj.items() if k != "model" and k not in _D2_DROPPED}
-    else:  # a bare ``model.state_dict()``
-        model, extras = obj, {}
-    if not isinstance(model, Mapping):
-        raise CheckpointError(f"{path}: 'model' is a {type(model).__name__}, not a state dict")
-    state = {k: _as_tensor(k, v) for k, v in model.items()}
-    return state, extras
-
-
-def write_d2_checkpoint(state: Mapping[str, torch.Tensor], extras: Mapping, path: str) -> None:
-    """``.pkl``: numpy arrays as Detectron2's model zoo; any other suffix: a torch file ``{"model": ...}``."""
-    if path.endswith(".pkl"):
-        obj = {"model": {k: v.detach().cpu().numpy() for k, v in state.items()}, **extras}
-        folder = os.path.dirname(os.path.abspath(path))
-        os.makedirs(folder, exist_ok=True)
-        tmp = path + ".tmp"
-        with open(tmp, "wb") as f:
-            pickle.dump(obj, f)
-        os.replace(tmp, path)
-    else:
-        atomic_save({"model": {k: v.detach().cpu() for k, v in state.items()}, **extras}, path)
-
-
-def read_mmdet_checkpoint(path: str) -> tuple[dict[str, torch.Tensor], dict]:
-    """(state dict, meta) of an MMDetection checkpoint (``{"state_dict", "meta"}``, or a bare state dict)."""
-    obj = _load_trusted(path)
-    if not isinstance(obj, Mapping):
-        raise CheckpointError(f"{path}: an MMDetection checkpoint is a dict, got {type(obj).__name__}")
-    state = obj.get("state_dict", obj)
-    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{path}: no state dict of tensors (keys: {list(obj)[:8]})")
-    meta = obj.get("meta") if isinstance(obj.get("meta"), Mapping) else {}
-    return dict(state), dict(meta)
-
-
-def write_mmdet_checkpoint(state: Mapping[str, torch.Tensor], meta: Mapping, path: str) -> None:
-    atomic_save({"state_dict": {k: v.detach().cpu() for k, v in state.items()}, "meta": dict(meta)}, path)
 
 
 # -------------------------------------------------------------------------------------------- conversion
@@ -193,9 +121,9 @@ def d2_meta_to_mmdet(extras: Mapping, layout: str) -> dict:
     """MMDetection ``meta``: our backbone metadata at top level (read by the US3L backbone loader) and the
     Detectron2 file's own top-level entries under ``d2`` (restored by the reverse conversion)."""
     meta = {"d2": {"layout": layout, "extras": dict(extras)}}
-    us3l = extras.get(US3L_D2_META_KEY)
+    us3l = extras.get(META_KEY)
     if isinstance(us3l, Mapping):
-        meta.update({k: us3l[k] for k in _META_KEYS if k in us3l})
+        meta.update({k: us3l[k] for k in META_FIELDS if k in us3l})
     return meta
 
 
@@ -206,6 +134,24 @@ def mmdet_meta_to_d2(meta: Mapping, layout: str) -> dict:
         return dict(d2["extras"])
     # a bare trunk is matched into detectors by Detectron2's name heuristics (as MoCo's converted weights)
     extras = {"__author__": "US3L", "matching_heuristics": layout == "trunk"}
-    if "arch" in meta:  # what the Detectron2 plugin's loader checks (us3l.d2.pkl_format)
-        extras[US3L_D2_META_KEY] = {"format": US3L_D2_FORMAT, **{k: meta[k] for k in _META_KEYS if k in meta}}
+    if "arch" in meta:  # what the Detectron2 plugin's loader checks (us3l.checkpoint.d2_format)
+        extras[META_KEY] = {"format": D2_PKL_FORMAT, **{k: meta[k] for k in META_FIELDS if k in meta}}
     return extras
+
+
+def convert_d2_to_mmdet(src: str, dst: str, num_ratios: int = 3, skip_unmapped_heads: bool = False) -> Conversion:
+    """Read a Detectron2 checkpoint, write its MMDetection counterpart; returns what was converted."""
+    state, extras = read_d2_checkpoint(src)
+    out, conv = d2_to_mmdet_state(state, num_ratios=num_ratios, skip_unmapped_heads=skip_unmapped_heads)
+    write_mmdet_checkpoint(out, d2_meta_to_mmdet(extras, conv.layout), dst)
+    return conv
+
+
+def convert_mmdet_to_d2(src: str, dst: str, layout: str | None = None, num_ratios: int = 3,
+                        skip_unmapped_heads: bool = False) -> Conversion:
+    """Read an MMDetection checkpoint, write its Detectron2 counterpart; returns what was converted."""
+    state, meta = read_mmdet_checkpoint(src)
+    out, conv = mmdet_to_d2_state(state, num_ratios=num_ratios, skip_unmapped_heads=skip_unmapped_heads,
+                                  layout=layout)
+    write_d2_checkpoint(out, mmdet_meta_to_d2(meta, conv.layout), dst)
+    return conv

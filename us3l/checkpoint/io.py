@@ -7,9 +7,9 @@ Formats (all hold only tensors and plain metadata; they load with ``torch.load(w
   ``meta = {"arch", "cifar_stem", "width_range", "calibrated_widths", ...}``.
 * ``us3l.pretrain/1``: a pre-training checkpoint; its ``model`` entry holds the online network,
   whose ``backbone.*`` keys are the slimmable backbone.
-* the US3L reference code: ``{"state_dict": {"module.encoder_q.<torchvision names>", ...}}``, where
-  ``encoder_q.fc.*`` is the projector's first layer (dropped here).
-* a plain torchvision state dict (optionally under ``state_dict`` / ``model`` and ``module.``).
+* the US3L reference code's pre-training and per-width calibration files (:mod:`.reference`).
+* a plain torchvision state dict (optionally under ``state_dict`` / ``model`` and ``module.``), at full
+  width or already sliced to one width (the reference's ``..._for_detection.pth.tar``).
 """
 from __future__ import annotations
 
@@ -21,9 +21,10 @@ from collections.abc import Mapping
 import torch
 
 from ..ops.width_state import DEFAULT_WIDTH_RANGE
-from .report import CheckpointError
+from .reference import extract_reference, is_reference, width_from_name
+from .report import CheckpointError, LoadReport
 from .safe_load import load_torch
-from .slicing import calibrated_widths_in
+from .slicing import calibrated_widths_in, has_native_stats
 
 BACKBONE_FORMAT = "us3l.backbone/1"
 PRETRAIN_FORMAT = "us3l.pretrain/1"
@@ -49,6 +50,12 @@ def read_checkpoint(path: str):
     return load_torch(path)
 
 
+def read_framework_checkpoint(path: str):
+    """A Detectron2 / MMDetection training checkpoint (numpy scalars, mmengine ``HistoryBuffer`` beside the
+    tensors): weights-only, with :func:`safe_load.load_torch`'s scoped trainer-state allowlist."""
+    return load_torch(path)
+
+
 def infer_arch(state: Mapping[str, torch.Tensor]) -> tuple[str, bool]:
     """(architecture name, CIFAR stem?) of a torchvision-named backbone state dict."""
     if "features.0.0.weight" in state:
@@ -68,45 +75,99 @@ def _strip(state: Mapping, prefix: str) -> dict:
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 
-def extract_backbone(ckpt) -> tuple[dict[str, torch.Tensor], dict]:
-    """Backbone state dict (torchvision names, full width) and metadata from any supported checkpoint."""
+def _inner_state(ckpt: Mapping) -> Mapping:
+    for key in ("state_dict", "model"):
+        if isinstance(ckpt.get(key), Mapping):
+            return ckpt[key]
+    return ckpt
+
+
+def _plain_backbone(ckpt: Mapping, report: LoadReport) -> tuple[dict, dict]:
+    """A torchvision-named state dict (optionally under ``state_dict``/``model``, ``module.``/``backbone.``)."""
+    state = _inner_state(ckpt)
+    if any(k.startswith("module.") for k in state):
+        state = _strip(state, "module.")
+    if any(k.startswith("backbone.") for k in state) and "conv1.weight" not in state:
+        state = _strip(state, "backbone.")
+    for k in [k for k in state if k.startswith(("fc.", "classifier."))]:
+        report.dropped.append(f"{k} (classifier)")
+    state = {k: v for k, v in state.items() if not k.startswith(("fc.", "classifier."))}
+    return state, {}
+
+
+def _fixed_width(state: Mapping, arch: str, cifar: bool, width: float | None) -> float | None:
+    """Width of a backbone whose tensors are already sliced (the reference's ``_for_detection`` files), else
+    ``None``; the width comes from ``width`` or the shapes, and every shape must be the one of that width."""
+    from ..models import build_static_model
+
+    first = state["features.0.0.weight" if arch == "mobilenet_v2" else "conv1.weight"]
+    full = 32 if arch == "mobilenet_v2" else 64
+    if first.shape[0] == full:
+        return None
+    w = float(width) if width is not None else round(first.shape[0] / full, 3)
+    if arch != "mobilenet_v2" and width is None:  # layer4's output resolves the width more finely
+        last = [k for k in state if k.startswith("layer4.") and k.endswith(".weight") and state[k].dim() == 4][-1]
+        w = round(state[last].shape[0] / (2048 if arch == "resnet50" else 512), 3)
+    shapes = {k: tuple(v.shape) for k, v in build_static_model(arch, w, 0, cifar).state_dict().items()}
+    bad = [k for k, v in state.items() if k in shapes and tuple(v.shape) != shapes[k]]
+    if bad or not any(k in shapes for k in state):
+        raise CheckpointError(f"the tensors are narrower than a full-width {arch} but are not a width-{w} "
+                              f"{arch} either (e.g. {bad[:3]}); pass the width the file was exported at")
+    return w
+
+
+def extract_backbone(ckpt, source: str = "", width: float | None = None,
+                     report: LoadReport | None = None) -> tuple[dict[str, torch.Tensor], dict]:
+    """Backbone state dict (torchvision names) and metadata from any supported checkpoint.
+
+    ``meta["calibrated_widths"]`` lists the widths whose BN statistics are real; any other statistics in
+    the state (1.0's buffers of a pre-training run) are placeholders that consumers refuse: a backbone
+    without calibration is calibrated at NO width (1.0 included). ``meta["fixed_width"]`` marks tensors
+    already sliced to one width. ``width`` names the width of a reference calibration / detection file whose
+    name does not say it. Keys left out on purpose are appended to ``report.dropped``.
+    """
+    report = report if report is not None else LoadReport()
     if not isinstance(ckpt, Mapping):
         raise CheckpointError(f"a checkpoint must be a dict, got {type(ckpt).__name__}")
     fmt = ckpt.get("format")
-    meta = dict(ckpt.get("meta") or {})
     if fmt == BACKBONE_FORMAT:
-        state = dict(ckpt["state_dict"])
+        state, meta = dict(ckpt["state_dict"]), dict(ckpt.get("meta") or {})
     elif fmt == PRETRAIN_FORMAT:
-        state = _strip(ckpt["model"], "backbone.")
+        state, meta = _strip(ckpt["model"], "backbone."), dict(ckpt.get("meta") or {})
+        report.dropped += [f"{k} (pre-training head)" for k in ckpt["model"] if not k.startswith("backbone.")]
+    elif is_reference(ckpt):
+        state, meta = extract_reference(ckpt, source, width, report)
     else:
-        state = ckpt
-        for key in ("state_dict", "model"):
-            if isinstance(state.get(key), Mapping):
-                state = state[key]
-                break
-        if any(k.startswith("module.encoder_q.") for k in state):  # US3L reference code
-            state = {k: v for k, v in _strip(state, "module.encoder_q.").items() if not k.startswith("fc.")}
-            meta.setdefault("source", "us3l-reference")
-        elif any(k.startswith("module.") for k in state):
-            state = _strip(state, "module.")
-        if any(k.startswith("backbone.") for k in state) and "conv1.weight" not in state:
-            state = _strip(state, "backbone.")
-        state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+        state, meta = _plain_backbone(ckpt, report)
+        meta.update({k: v for k, v in (ckpt.get("meta") or {}).items()} if isinstance(ckpt.get("meta"), Mapping)
+                    else {})
     state = {k: torch.as_tensor(v) for k, v in state.items()}
     arch, cifar = infer_arch(state)
     if meta.get("arch", arch) != arch:
         raise CheckpointError(f"checkpoint metadata says {meta['arch']} but its tensors are {arch}")
     meta.update(arch=arch, cifar_stem=bool(meta.get("cifar_stem", cifar)))
+    fixed = meta.get("fixed_width")
+    if fixed is None and fmt is None and not is_reference(ckpt):
+        fixed = _fixed_width(state, arch, meta["cifar_stem"], width if width is not None else width_from_name(source))
+    if fixed is not None:
+        meta.update(fixed_width=float(fixed), width_range=[float(fixed), float(fixed)])
     meta.setdefault("width_range", list(DEFAULT_WIDTH_RANGE))
-    # below 1.0 only what the tensors back; 1.0 (the standard running stats) as the metadata says
-    full = [1.0] if 1.0 in meta.get("calibrated_widths", []) else []
-    meta["calibrated_widths"] = calibrated_widths_in(state) + full
+    native = float(fixed) if fixed is not None else 1.0  # the width the standard running_mean/var belong to
+    if "calibrated_widths" not in meta:  # ours always say; a plain file is a normally trained network, whose
+        plain = fmt is None and not is_reference(ckpt)  # statistics are valid at its width
+        meta["calibrated_widths"] = [native] if plain and has_native_stats(state) else []
+    listed = [float(w) for w in meta.get("calibrated_widths", [])]
+    # statistics at the native width count only where the file says they were calibrated (fresh buffers and
+    # mixed-width training leave placeholders there, which every consumer refuses through this list)
+    has_native = native in listed and has_native_stats(state)
+    meta["calibrated_widths"] = sorted(set(calibrated_widths_in(state)) | ({native} if has_native else set()))
     return state, meta
 
 
-def load_backbone(path: str) -> tuple[dict[str, torch.Tensor], dict]:
+def load_backbone(path: str, width: float | None = None, report: LoadReport | None = None
+                  ) -> tuple[dict[str, torch.Tensor], dict]:
     """Read a backbone from any supported checkpoint file (clear error on corrupt or foreign files)."""
-    return extract_backbone(read_checkpoint(path))
+    return extract_backbone(read_checkpoint(path), source=path, width=width, report=report)
 
 
 def save_backbone(state: Mapping[str, torch.Tensor], meta: Mapping, path: str) -> None:

@@ -113,7 +113,6 @@ _HEAD_PAIRS = (  # (d2 prefix, mmdet prefix) of modules whose parameters keep th
     ("roi_heads.mask_head.predictor.", "roi_head.mask_head.conv_logits."),
 ) + tuple((f"roi_heads.mask_head.mask_fcn{k}.", f"roi_head.mask_head.convs.{k - 1}.conv.") for k in range(1, 5))
 _FPN_KINDS = (("lateral", "lateral_convs"), ("output", "fpn_convs"))
-MMDET_NORM_NAMES = ("bn", "gn")  # what mmcv's build_norm_layer calls BN/SyncBN and GN inside a ConvModule
 
 
 def detect_d2_layout(keys) -> str:

@@ -6,11 +6,11 @@ from collections.abc import Mapping
 import torch
 import torch.nn as nn
 
-from ..bn_calibration import calibrated_widths
-from ..models import arch_of
+from ..bn_calibration import calibrated_widths, guard_uncalibrated_full_width
+from ..models import arch_of, build_us_model
 from ..ops.norm import WIDTH_STATS_RE
 from ..width import width_range
-from .io import save_backbone
+from .io import load_backbone, save_backbone
 from .report import CheckpointError, LoadReport
 
 
@@ -41,21 +41,44 @@ def load_state_dict_checked(model: nn.Module, state: Mapping[str, torch.Tensor],
 
 
 def save_model_backbone(model: nn.Module, path: str, **extra_meta) -> None:
-    """Save a slimmable backbone (classifier dropped) in the ``us3l.backbone/1`` format."""
+    """Save a slimmable backbone (classifier dropped) in the ``us3l.backbone/1`` format.
+
+    ``meta["calibrated_widths"]`` says which statistics are real: 1.0's buffers always travel, and are
+    refused by every consumer until 1.0 is listed (calibrated).
+    """
+    calibrated = calibrated_widths(model)
     state = {k: v for k, v in model.state_dict().items() if not k.startswith(("fc.", "classifier."))}
     meta = {"arch": arch_of(model), "cifar_stem": bool(getattr(model, "cifar_stem", False)),
-            "width_range": list(width_range(model)), "calibrated_widths": calibrated_widths(model), **extra_meta}
+            "width_range": list(width_range(model)), "calibrated_widths": calibrated, **extra_meta}
     save_backbone(state, meta, path)
 
 
-def load_slimmable_backbone(path: str, device="cpu") -> tuple[nn.Module, dict]:
-    """The slimmable backbone (no classifier) a checkpoint describes, with its weights: ``(model, meta)``."""
-    from ..models import build_us_model
-    from .io import load_backbone
+def build_model_from_checkpoint(path: str, width: float | None = None, device="cpu",
+                                report: LoadReport | None = None) -> tuple[nn.Module, dict]:
+    """The slimmable backbone (no classifier) of any backbone checkpoint, with its weights; ``(model, meta)``.
 
-    state, meta = load_backbone(path)
-    model = build_us_model(meta["arch"], 0, meta["cifar_stem"], tuple(meta.get("width_range", (0.25, 1.0))))
+    Widths the checkpoint holds no statistics for stay uncalibrated, 1.0 included: evaluating there raises
+    :class:`us3l.UncalibratedWidthError` until :func:`us3l.calibrate_bn` runs. ``width``: the width of a
+    reference calibration file whose name does not say it.
+    """
+    state, meta = load_backbone(path, width=width, report=report)
+    if meta.get("fixed_width") is not None:
+        raise CheckpointError(f"{path} holds a backbone already sliced to width {meta['fixed_width']} (a fixed-"
+                              "width export): it loads into a width-sized detector, not into a slimmable model")
+    model = build_us_model(meta["arch"], 0, meta["cifar_stem"], tuple(meta["width_range"]))
+    own = model.state_dict()
+    full_calibrated = 1.0 in meta["calibrated_widths"]
+    for k, v in own.items():  # buffers the checkpoint may lack: placeholders guarded below, counters
+        if k not in state and (k.endswith("num_batches_tracked")
+                               or (not full_calibrated and k.endswith(("running_mean", "running_var")))):
+            state[k] = v
     load_state_dict_checked(model, state, f"loading {path}")
+    if not full_calibrated:
+        guard_uncalibrated_full_width(model)
+    else:  # files that carry no batch counter (the reference's): 1.0's statistics are calibrated all the same
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d) and int(m.num_batches_tracked) == 0:
+                m.num_batches_tracked.fill_(1)
     return model.to(device), meta
 
 
@@ -66,4 +89,4 @@ def _arch_or_type(model: nn.Module) -> str:
         return type(model).__name__
 
 
-__all__ = ["load_state_dict_checked", "load_slimmable_backbone", "save_model_backbone", "CheckpointError"]
+__all__ = ["load_state_dict_checked", "save_model_backbone", "build_model_from_checkpoint", "CheckpointError"]

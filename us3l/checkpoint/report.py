@@ -19,6 +19,7 @@ class LoadReport:
     missing: list[str] = dataclasses.field(default_factory=list)
     unexpected: list[str] = dataclasses.field(default_factory=list)
     mismatched: list[str] = dataclasses.field(default_factory=list)
+    dropped: list[str] = dataclasses.field(default_factory=list)  # left out on purpose, with the reason
 
     @property
     def ok(self) -> bool:
@@ -27,9 +28,9 @@ class LoadReport:
     def summary(self) -> str:
         lines = [f"loaded {len(self.loaded)} tensors ({len(self.sliced)} sliced to the model's width), "
                  f"{len(self.missing)} missing, {len(self.unexpected)} unexpected, "
-                 f"{len(self.mismatched)} shape-mismatched"]
+                 f"{len(self.mismatched)} shape-mismatched, {len(self.dropped)} dropped on purpose"]
         for title, keys in (("missing", self.missing), ("unexpected", self.unexpected),
-                            ("mismatched", self.mismatched)):
+                            ("mismatched", self.mismatched), ("dropped", self.dropped)):
             for k in keys[:20]:
                 lines.append(f"  {title}: {k}")
             if len(keys) > 20:

@@ -8,14 +8,15 @@
 * datasets ``us3l_shapes_train`` / ``us3l_shapes_val`` (``$US3L_DATASETS/us3l_shapes``),
 
 and provides ``add_us3l_config`` (``MODEL.US3L.WIDTH_MULT / WIDTH_RANGE / BN_STATS``), the loader
-``US3LCheckpointer`` and the converted ``.pkl`` format. ``import us3l`` alone never imports Detectron2.
+``US3LCheckpointer`` (the converted ``.pkl`` format lives in :mod:`us3l.checkpoint.d2_format`).
+``import us3l`` alone never imports Detectron2.
 """
 from .backbone import US3LResNet, build_us3l_resnet_backbone, build_us3l_resnet_fpn_backbone, find_us3l_resnet
 from .checkpoint import US3LCheckpointer
 from .config import add_us3l_config, bn_stats_policy, load_config, us3l_width
 from .datasets import DatasetFilesError, check_datasets, register_coco_json, register_us3l_datasets
 from .evaluation import build_coco_evaluator, width_tag
-from .pkl_format import META_KEY, backbone_to_d2, read_pkl, write_pkl
+from ..checkpoint.d2_format import META_KEY, backbone_to_d2, read_pkl, write_pkl
 from .roi_heads import US3LRes5ROIHeads
 from .slimmable import (SlimmableDetectorCheckpointer, US3LSlimmableROIHeads, US3LSlimmableRPNHead,
                         build_us3l_slimmable_resnet_fpn_backbone, export_plain_detector)

@@ -1,35 +1,38 @@
 """Loading weights into a width-sized detector: never a silently skipped tensor.
 
 Detectron2 only warns when a tensor's shape does not fit, so a width mismatch would load silently.
-:class:`US3LCheckpointer` places a converted US3L ``.pkl`` (ONE full-width file for every width) onto the
-trunk explicitly (``backbone.bottom_up.*`` for FPN, ``backbone.*`` + ``roi_heads.res5.*`` for C4), selects
-the BN statistics of the model's width, prefix-slices the tensors, logs a :class:`us3l.checkpoint.LoadReport`
-and raises :class:`us3l.checkpoint.CheckpointError` on any missing, unexpected or mismatched backbone key
+:class:`US3LCheckpointer` reads a converted US3L ``.pkl`` (ONE full-width file for every width) or any US3L
+backbone file directly (ours, the reference code's pre-training / calibration / fixed-width files), fits it
+to the trunk's width with :func:`us3l.checkpoint.fit_backbone` (BN statistics of the width, prefix slices,
+load report) and places it: ``backbone.bottom_up.*`` for FPN, ``backbone.*`` + ``roi_heads.res5.*`` for C4.
+It raises :class:`us3l.checkpoint.CheckpointError` on any missing, unexpected or mismatched backbone key
 (heads may be missing: they start from scratch). Any other checkpoint must fit exactly: a full detector
 checkpoint (``model_final.pth``, a resume) in every key, backbone-only weights in every trunk key.
+Every file is read through :mod:`us3l.checkpoint.safe_load` (plain data only; nothing in a file runs).
 """
 from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Mapping
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.checkpoint.c2_model_loading import align_and_update_state_dicts
+from detectron2.layers import FrozenBatchNorm2d
 from detectron2.modeling.backbone.resnet import BottleneckBlock
 
-from ..checkpoint import (BACKBONE_FORMAT, PRETRAIN_FORMAT, CheckpointError, LoadReport, select_width_stats,
-                          slice_to_shapes)
-from ..ops import DEFAULT_WIDTH_RANGE
+from ..checkpoint import (BACKBONE_FORMAT, PRETRAIN_FORMAT, CheckpointError, LoadReport, extract_backbone,
+                          fit_backbone)
+from ..checkpoint.d2_format import META_KEY, backbone_to_d2, read_pkl
+from ..checkpoint.io import read_framework_checkpoint
+from ..checkpoint.reference import is_reference
 from .backbone import find_us3l_resnet
 from .config import bn_stats_policy
-from .pkl_format import META_KEY, read_pkl
 
 logger = logging.getLogger("detectron2.us3l.checkpoint")  # shown by Detectron2's logging set-up
 
 _TRUNK = re.compile(r"^(stem|res[2-5])\.")
-_STATS = re.compile(r"(running_mean|running_var|num_batches_tracked)(_w\d{4})?$")
-_CONVERT_HINT = "convert it first: python tools/convert_pretrain_to_d2.py {src} OUT.pkl, then set MODEL.WEIGHTS OUT.pkl"
 
 
 def trunk_keys(names, prefix: str) -> list[str]:
@@ -44,16 +47,33 @@ def is_full_detector(state) -> bool:
                for k in state)
 
 
-def _us3l_kind(obj) -> str | None:
-    """Which US3L training-side format ``obj`` is (those must go through the converter), else ``None``."""
-    if not isinstance(obj, dict):
-        return None
-    if obj.get("format") in (BACKBONE_FORMAT, PRETRAIN_FORMAT):
-        return obj["format"]
-    inner = obj.get("state_dict")
-    if isinstance(inner, dict) and any(str(k).startswith("module.encoder_q.") for k in inner):
-        return "reference-code"
-    return None
+def is_backbone_file(obj) -> bool:
+    """A US3L / reference / torchvision backbone file (as opposed to Detectron2's own weights)."""
+    if not isinstance(obj, Mapping):
+        return False
+    if obj.get("format") in (BACKBONE_FORMAT, PRETRAIN_FORMAT) or is_reference(obj):
+        return True
+    inner = next((obj[k] for k in ("state_dict", "model") if isinstance(obj.get(k), Mapping)), obj)
+    return "conv1.weight" in inner and any(str(k).startswith("layer1.") for k in inner)
+
+
+def detectron2_file(filename: str, data) -> dict:
+    """What ``DetectionCheckpointer._load_file`` makes of a file's contents (model-zoo / Caffe2 ``.pkl``, pycls
+    ``.pyth``, native ``.pth``), applied to data that the safe loaders read."""
+    if not isinstance(data, Mapping):
+        raise CheckpointError(f"{filename}: a Detectron2 checkpoint is a dict, got {type(data).__name__}")
+    if filename.endswith(".pkl"):
+        if "model" in data and "__author__" in data:  # Detectron2 model zoo / our converted files
+            return dict(data)
+        data = data.get("blobs", data)  # Caffe2 / Detectron1 model zoo
+        data = {k: v for k, v in data.items() if not k.endswith("_momentum")}
+        return {"model": data, "__author__": "Caffe2", "matching_heuristics": True}
+    if filename.endswith(".pyth"):  # pycls
+        if "model_state" not in data:
+            raise CheckpointError(f"{filename}: a pycls .pyth checkpoint holds 'model_state'")
+        state = {k: v for k, v in data["model_state"].items() if not k.endswith("num_batches_tracked")}
+        return {"model": state, "__author__": "pycls", "matching_heuristics": True}
+    return dict(data) if "model" in data else {"model": data}
 
 
 class US3LCheckpointer(DetectionCheckpointer):
@@ -66,24 +86,18 @@ class US3LCheckpointer(DetectionCheckpointer):
 
     # -- reading -------------------------------------------------------------------------------------------
     def _load_file(self, filename: str):
+        """Every file through :mod:`us3l.checkpoint.safe_load` (Detectron2's own reader uses ``pickle.load`` and a
+        bare ``torch.load``): a file that would run code is refused with a :class:`CheckpointError`."""
+        self._dropped = []
         if filename.endswith(".pkl"):
-            data = read_pkl(filename)  # clear errors for torch files named .pkl
-            if "model" in data and "__author__" in data:
-                return data
-            return super()._load_file(filename)  # Caffe2 / Detectron1 model zoo
-        try:
-            loaded = super()._load_file(filename)
-        except CheckpointError:  # refused or unreadable (us3l.checkpoint.safe_load): its message says why
-            raise
-        except Exception as e:
-            raise CheckpointError(
-                f"cannot read {filename}: {type(e).__name__}: {e}. A US3L pre-training checkpoint must be "
-                f"converted: {_CONVERT_HINT.format(src=filename)}") from e
-        kind = _us3l_kind(loaded) or _us3l_kind(loaded.get("model"))  # Detectron2 wraps foreign dicts in "model"
-        if kind:
-            raise CheckpointError(f"{filename} is a US3L {kind} checkpoint, not Detectron2 weights; "
-                                  f"{_CONVERT_HINT.format(src=filename)}")
-        return loaded
+            return detectron2_file(filename, read_pkl(filename))  # plain-data unpickler; torch files named .pkl
+        obj = read_framework_checkpoint(filename)  # weights only, with the trainer-state allowlist
+        if is_backbone_file(obj):
+            report = LoadReport()
+            state, meta = extract_backbone(obj, source=filename, report=report)
+            self._dropped = report.dropped
+            return backbone_to_d2(state, meta, source=filename)
+        return detectron2_file(filename, obj)
 
     # -- loading -------------------------------------------------------------------------------------------
     def _load_model(self, checkpoint):
@@ -135,47 +149,43 @@ class US3LCheckpointer(DetectionCheckpointer):
     def _place_us3l_backbone(self, state, meta, model_state) -> dict[str, torch.Tensor]:
         trunk = find_us3l_resnet(self.model)
         if trunk is None:
-            raise CheckpointError("this is a US3L backbone .pkl but the model has no US3L backbone: set "
+            raise CheckpointError("this is a US3L backbone but the model has no US3L backbone: set "
                                   "MODEL.BACKBONE.NAME to build_us3l_resnet_fpn_backbone or build_us3l_resnet_backbone")
-        width, arch = trunk.us3l_width, f"resnet{trunk.us3l_depth}"
         if not isinstance(meta, dict) or "arch" not in meta:
             raise CheckpointError(f"the {META_KEY} metadata of this .pkl has no 'arch' entry: {meta!r}")
-        if meta.get("arch") != arch:
-            raise CheckpointError(f"the checkpoint is a {meta.get('arch')} backbone but the model is {arch} "
-                                  f"(MODEL.RESNETS.DEPTH={trunk.us3l_depth}); use a checkpoint of the same depth")
-        lo, hi = (float(v) for v in meta.get("width_range", DEFAULT_WIDTH_RANGE))  # as load_backbone assumes
-        if not lo - 1e-9 <= width <= hi + 1e-9:
-            raise CheckpointError(f"MODEL.US3L.WIDTH_MULT={width} is outside the width range [{lo}, {hi}] this "
-                                  "backbone was pre-trained for")
+        width = trunk.us3l_width
         self._check_stride_in_3x3()
-        tensors = {k: torch.as_tensor(v) for k, v in state.items()}
-        bad = [k for k in tensors if not _TRUNK.match(k)]
+        bad = [k for k in state if not _TRUNK.match(k)]
         if bad:
             raise CheckpointError(f"the US3L .pkl holds keys that are not ResNet trunk keys, e.g. {bad[:5]}")
-
         prefix = self._trunk_prefix(model_state)
-        res5 = next((p for p in (prefix, "roi_heads.") if f"{p}res5.0.conv1.weight" in model_state), None)
-        if res5 is None:  # e.g. OUT_FEATURES stop at res4 and the heads have no res5
-            tensors = {k: v for k, v in tensors.items() if not k.startswith("res5.")}
-        target = {k: model_state[k] for k in trunk_keys(model_state, prefix)}
+        placed = {(k[len("roi_heads."):] if k.startswith("roi_heads.res5.") else k[len(prefix):]): k
+                  for k in trunk_keys(model_state, prefix)}
+        if self.bn_stats == "reset":
+            self._check_norms_trainable(set(placed.values()))
+        what = (f"the US3L {meta['arch']} backbone ({meta.get('source') or 'pkl'}) at width {width}, "
+                f"BN statistics '{self.bn_stats}'")
+        fitted, report = fit_backbone(state, meta, {k: model_state[v] for k, v in placed.items()}, width=width,
+                                      bn_stats=self.bn_stats, depth=trunk.us3l_depth,
+                                      context=f"MODEL.US3L.WIDTH_MULT={width}",
+                                      model=f"resnet{trunk.us3l_depth} (MODEL.RESNETS.DEPTH={trunk.us3l_depth})",
+                                      report=LoadReport(dropped=list(getattr(self, "_dropped", []))))
+        for part in ("loaded", "sliced", "missing"):  # the report names the model's keys
+            setattr(report, part, [placed.get(k, k) for k in getattr(report, part)])
+        self._report(report, what)
+        return {placed[k]: v for k, v in fitted.items()}
 
-        if any(k.endswith("running_mean") for k in target):
-            tensors = select_width_stats(tensors, width, self.bn_stats)
-        else:  # GroupNorm: BN statistics have no use
-            tensors = {k: v for k, v in tensors.items() if not _STATS.search(k)}
-        placed = {}
-        for k, v in tensors.items():
-            name = (res5 if k.startswith("res5.") else prefix) + k
-            if name.endswith("num_batches_tracked") and name not in target:
-                continue  # FrozenBN keeps no counter
-            placed[name] = v
-        for k in target:  # a counter absent from the checkpoint carries no information
-            if k.endswith("num_batches_tracked") and k not in placed:
-                placed[k] = target[k]
-        sliced, report = slice_to_shapes(placed, {k: v.shape for k, v in target.items()})
-        self._report(report, f"the US3L {arch} backbone ({meta.get('source') or 'pkl'}) at width {width}, "
-                             f"BN statistics '{self.bn_stats}'")
-        return sliced
+    def _check_norms_trainable(self, names: set[str]) -> None:
+        """``BN_STATS reset`` starts from mean 0 / var 1 and relies on training to re-estimate: frozen norms never
+        would."""
+        frozen = [n for n, m in self.model.named_modules()
+                  if isinstance(m, FrozenBatchNorm2d) and f"{n}.weight" in names]
+        if frozen:
+            raise CheckpointError(
+                f"MODEL.US3L.BN_STATS reset re-estimates BN statistics while fine-tuning, but {len(frozen)} norm "
+                f"layers are frozen (e.g. {frozen[0]}; FrozenBN or MODEL.BACKBONE.FREEZE_AT) and would keep mean 0 "
+                "/ var 1: use MODEL.RESNETS.NORM BN or SyncBN with MODEL.BACKBONE.FREEZE_AT 0, or calibrate the "
+                "width (tools/calibrate_bn.py) and keep BN_STATS calibrated")
 
     def _trunk_prefix(self, model_state) -> str:
         stems = [k[: -len("stem.conv1.weight")] for k in model_state if k.endswith("stem.conv1.weight")]

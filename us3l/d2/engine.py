@@ -11,36 +11,13 @@ import weakref
 from collections import OrderedDict
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
 
-from ..checkpoint.safe_load import load_any
 from ..cli import run_tool
 from .checkpoint import US3LCheckpointer
 from .config import load_config, us3l_width
 from .datasets import check_datasets, register_coco_json, register_us3l_datasets
 from .evaluation import build_coco_evaluator, key_by_width, save_width_metrics
-
-
-class _PlainDataFiles(DetectionCheckpointer):
-    """Detectron2's file reading (model-zoo / Caffe2 ``.pkl``, pycls ``.pyth``, ``.pth``) through the plain-data
-    loaders of :mod:`us3l.checkpoint.safe_load`: Detectron2 itself uses ``pickle.load`` and a bare ``torch.load``."""
-
-    def _load_file(self, filename: str):
-        data = load_any(filename)
-        if filename.endswith(".pkl") and not ("model" in data and "__author__" in data):
-            data = data.get("blobs", data)  # Caffe2 / Detectron1 model zoo, as DetectionCheckpointer reads it
-            data = {k: v for k, v in data.items() if not k.endswith("_momentum")}
-            return {"model": data, "__author__": "Caffe2", "matching_heuristics": True}
-        if filename.endswith(".pyth"):  # pycls
-            state = {k: v for k, v in data["model_state"].items() if not k.endswith("num_batches_tracked")}
-            return {"model": state, "__author__": "pycls", "matching_heuristics": True}
-        return data if "model" in data else {"model": data}
-
-
-class SafeCheckpointer(US3LCheckpointer, _PlainDataFiles):
-    """:class:`US3LCheckpointer` (width slicing, strict audit) over :class:`_PlainDataFiles` (no code runs from a
-    file): US3LCheckpointer's ``super()._load_file`` resolves to the safe reader in this order."""
 
 
 class US3LTrainer(DefaultTrainer):
@@ -49,7 +26,7 @@ class US3LTrainer(DefaultTrainer):
     def build_hooks(self):
         # DefaultTrainer.__init__ creates its checkpointer just before building hooks: swap it in here so the
         # periodic checkpointer and resume_or_load both use ours.
-        self.checkpointer = SafeCheckpointer(self._trainer.model, self.cfg.OUTPUT_DIR, cfg=self.cfg,
+        self.checkpointer = US3LCheckpointer(self._trainer.model, self.cfg.OUTPUT_DIR, cfg=self.cfg,
                                              trainer=weakref.proxy(self))
         return super().build_hooks()
 
@@ -105,7 +82,7 @@ def main(args):
     trainer_cls = trainer_class(cfg)
     if args.eval_only:
         model = trainer_cls.build_model(cfg)
-        checkpointer_cls = getattr(trainer_cls, "checkpointer_class", SafeCheckpointer)
+        checkpointer_cls = getattr(trainer_cls, "checkpointer_class", US3LCheckpointer)
         checkpointer_cls(model, save_dir=cfg.OUTPUT_DIR, cfg=cfg).resume_or_load(cfg.MODEL.WEIGHTS,
                                                                                  resume=args.resume)
         return trainer_cls.test(cfg, model)
@@ -135,4 +112,4 @@ def cli() -> int:
     return run_tool(run)
 
 
-__all__ = ["SafeCheckpointer", "US3LTrainer", "argument_parser", "setup", "main", "run", "cli"]
+__all__ = ["US3LTrainer", "argument_parser", "setup", "main", "run", "cli"]

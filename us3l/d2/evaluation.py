@@ -14,14 +14,8 @@ import os
 from detectron2.evaluation import COCOEvaluator
 from detectron2.utils import comm
 
+from ..width import width_tag
 from .config import us3l_width
-
-
-def width_tag(width: float) -> str:
-    """``w0.50``, ``w0.35``, ``w0.375``: at least two decimals, never rounding a 3-decimal width away."""
-    text = f"{float(width):.3f}".rstrip("0")
-    whole, frac = text.split(".")
-    return f"w{whole}.{frac.ljust(2, '0')}"
 
 
 def build_coco_evaluator(cfg, dataset_name: str, output_folder: str | None = None) -> COCOEvaluator:

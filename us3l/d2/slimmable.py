@@ -45,7 +45,7 @@ from ..ops.norm import WIDTH_STATS_RE
 from ..width import set_width, slimmable_modules
 from .checkpoint import US3LCheckpointer
 from .config import us3l_width
-from .pkl_format import META_KEY
+from ..checkpoint.d2_format import META_KEY
 
 logger = logging.getLogger("detectron2.us3l.slimmable")
 

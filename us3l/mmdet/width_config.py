@@ -9,16 +9,11 @@ from __future__ import annotations
 
 import torch.nn as nn
 
+from ..width import width_tag
 from ._resnet_parts import checked_width, stage_channels
 
 BACKBONE_TYPES = ("US3LResNet",)
 SLIMMABLE_BACKBONE = "US3LSlimmableResNet"
-
-
-def width_tag(width: float) -> str:
-    """Prefix of per-width metric names: ``w0.50``, ``w1.00`` (three decimals when two are not exact)."""
-    w = float(width)
-    return f"w{w:.2f}" if abs(round(w, 2) - w) < 1e-9 else f"w{w:.3f}"
 
 
 def _evaluators(cfg):

@@ -35,5 +35,6 @@ class WidthSizedResNetPart(BaseModule):
         if cfg is None:
             return super().init_weights()
         load_width_sized(self, cfg, depth=self.depth, width=self.width_mult, bn_stats=self.bn_stats,
-                         context=f"{type(self).__name__}(depth={self.depth}, width_mult={self.width_mult})")
+                         context=f"{type(self).__name__}(depth={self.depth}, width_mult={self.width_mult})",
+                         norms_frozen=self.norm_eval or getattr(self, "frozen_stages", -1) >= 0)
         self._is_init = True
