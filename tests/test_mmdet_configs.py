@@ -21,8 +21,10 @@ PLAIN = sorted(f for f in glob.glob(os.path.join(PROJECTS, "*", "mmdet_configs",
 SLIMMABLE = sorted(glob.glob(os.path.join(PROJECTS, "*", "mmdet_configs", "*slimmable*.py")))
 
 
-def _load(path: str) -> dict:
-    return Config.fromfile(path, import_custom_modules=False).to_dict()
+def _load(path: str) -> tuple:
+    """The merged config as a dict and as mmengine prints it (what a run logs)."""
+    cfg = Config.fromfile(path, import_custom_modules=False)
+    return cfg.to_dict(), cfg.pretty_text
 
 
 def _git(*args) -> str:
