@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
-import sys
 import tempfile
 import time
 
@@ -127,12 +125,13 @@ def main(argv=None):
         q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
         return q[1], q[0], q[2]
 
-    cmd = "PYTHONPATH=$PWD OMP_NUM_THREADS=%s python %s" % (os.environ.get("OMP_NUM_THREADS", "?"),
-                                                             " ".join(sys.argv))
+    from us3l.profiling import bench_command, machine_summary, write_report
+
+    cmd = bench_command()
     lines = ["# Pre-training throughput: the tool's loop vs a minimal loop (same model, batch, widths)", "",
              f"Command: `{cmd}`  ",
              f"Config: `configs/us3l_tiny_cpu.yaml` + `{' '.join(overrides)}`  ",
-             f"CPU: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {args.threads} "
+             f"CPU: {machine_summary()}, {args.threads} "
              f"thread(s) on both sides, {args.rounds} rounds x {args.iterations} iterations, order alternated; "
              f"load average {load0:.1f} at start, {load1:.1f} at end. {args.note}", "",
              "| measure | tool images/s (median) | minimal images/s (median) | ratio tool / minimal, median "
@@ -141,11 +140,7 @@ def main(argv=None):
         m, lo, hi = med_ratio(xs)
         lines.append(f"| {name} | {statistics.median(xs):.2f} | {statistics.median(minimal):.2f} | "
                      f"{m:.3f} [{lo:.3f}, {hi:.3f}] | {'yes' if m >= 0.95 else 'no'} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.output:
-        with open(args.output, "w") as f:
-            f.write(text)
+    write_report(lines, args.output)
 
 
 if __name__ == "__main__":

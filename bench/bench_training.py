@@ -15,13 +15,12 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import sys
 
 import torch
 
 import us3l
 from us3l.models import build_static_model, us_resnet50
-from us3l.profiling import interleaved_ratios
+from us3l.profiling import bench_command, interleaved_ratios, ratio_row, write_report
 
 
 def fwd_bwd(model, x):
@@ -55,8 +54,7 @@ def main(argv=None):
         del static
     load1 = os.getloadavg()[0]
 
-    cmd = "PYTHONPATH=$PWD OMP_NUM_THREADS=%s python %s" % (os.environ.get("OMP_NUM_THREADS", "?"),
-                                                             " ".join(sys.argv))
+    cmd = bench_command()
     lines = ["# Slimmable ResNet-50 training step (forward + backward) vs a static network of the same width",
              "", f"Command: `{cmd}`  ",
              f"CPU, train mode, batch {args.batch_size}, {args.image_size} px. Machine: {platform.machine()}, "
@@ -66,15 +64,8 @@ def main(argv=None):
              "Ratio = slimmable / static per interleaved pair; median [interquartile range]. Target: median <= 1.10.",
              "", "| width | wall ratio | thread-CPU ratio | slimmable s | static s | met (wall / CPU) |",
              "|---|---|---|---|---|---|"]
-    for w, r in rows:
-        (wl, wm, wh), (cl, cm, ch) = r["wall"], r["cpu"]
-        lines.append(f"| {w} | {wm:.3f} [{wl:.3f}, {wh:.3f}] | {cm:.3f} [{cl:.3f}, {ch:.3f}] | {r['a_s']:.2f} | "
-                     f"{r['b_s']:.2f} | {'yes' if wm <= 1.10 else 'no'} / {'yes' if cm <= 1.10 else 'no'} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.output:
-        with open(args.output, "w") as f:
-            f.write(text)
+    lines += [ratio_row(w, r, 1.10) for w, r in rows]
+    write_report(lines, args.output)
 
 
 if __name__ == "__main__":

@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
-import sys
 import time
 
 import torch
@@ -26,7 +24,7 @@ import torchvision
 import us3l
 from us3l.inference import cached_bytes, prepare
 from us3l.models import us_resnet50
-from us3l.profiling import interleaved_ratios
+from us3l.profiling import bench_command, interleaved_ratios, machine_summary, ratio_row, write_report
 
 WIDTHS = (0.25, 0.35, 0.5, 0.75, 0.8)
 
@@ -98,22 +96,17 @@ def main(argv=None):
     switch = switch_cost(us, (0.25, 0.5, 1.0), args.switch_rounds)
     load1 = os.getloadavg()[0]
 
-    cmd = "PYTHONPATH=$PWD OMP_NUM_THREADS=%s python %s" % (os.environ.get("OMP_NUM_THREADS", "?"),
-                                                             " ".join(sys.argv))
+    cmd = bench_command()
     lines = [f"# Slimmable ResNet-50 inference vs static networks (CPU, eval, no grad, batch {args.batch_size}, "
              f"{args.image_size} px)", "", f"Command: `{cmd}`  ",
-             f"Machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+             f"Machine: {machine_summary()}, "
              f"{torch.get_num_threads()} thread(s) for both sides, {args.pairs} interleaved pairs per row; "
              f"load average {load0:.1f} at start, {load1:.1f} at end. {args.note}", "",
              "Ratio = slimmable / reference per interleaved pair; median [interquartile range]. "
              "Target: median <= 1.02.", "",
              "| comparison | wall ratio | thread-CPU ratio | slimmable ms | reference ms | met (wall / CPU) |",
              "|---|---|---|---|---|---|"]
-    for name, r in rows:
-        (wl, wm, wh), (cl, cm, ch) = r["wall"], r["cpu"]
-        lines.append(f"| {name} | {wm:.3f} [{wl:.3f}, {wh:.3f}] | {cm:.3f} [{cl:.3f}, {ch:.3f}] | "
-                     f"{r['a_s'] * 1e3:.1f} | {r['b_s'] * 1e3:.1f} | {'yes' if wm <= 1.02 else 'no'} / "
-                     f"{'yes' if cm <= 1.02 else 'no'} |")
+    lines += [ratio_row(name, r, 1.02, scale=1e3, digits=1) for name, r in rows]
     lines += ["", "Width switch (ResNet-50 from width 0.75, or 0.5 for 0.75; median of "
               f"{args.switch_rounds}): `us3l.set_width` plus making the new width's tensors "
               "(`us3l.inference.prepare`, which is what the first forward after a switch adds):",
@@ -125,11 +118,7 @@ def main(argv=None):
               "input-sliced conv/linear, for the last width only) vs the parameters of the static export:", "",
               "| width | held MB | static export params MB |", "|---|---|---|"]
     lines += [f"| {w} | {h / 2**20:.1f} | {s / 2**20:.1f} |" for w, (h, s) in held.items()]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.output:
-        with open(args.output, "w") as f:
-            f.write(text)
+    write_report(lines, args.output)
 
 
 if __name__ == "__main__":

@@ -13,33 +13,42 @@ from mmengine.config import Config
 from ckpt_helpers import ROOT
 
 BEFORE = "bdb98d9bd98770f03e4c2b4c620bd9395040114a"  # last commit with self-contained leaf configs
+# last commit before the slimmable leaves and bases were restructured (the mask-rcnn bases inheriting the
+# faster-rcnn ones, schedules/sandwich_*.py); the first to hold the us3l_shapes dataset bases they use
+SLIM_BEFORE = "759d0f6b70b5a3f9ad39e7248375b436ebd71618"
 PROJECTS = os.path.join(ROOT, "projects")
 PLAIN = sorted(f for f in glob.glob(os.path.join(PROJECTS, "*", "mmdet_configs", "*.py")) if "slimmable" not in f)
 SLIMMABLE = sorted(glob.glob(os.path.join(PROJECTS, "*", "mmdet_configs", "*slimmable*.py")))
 
 
-def _load(path: str) -> dict:
-    return Config.fromfile(path, import_custom_modules=False).to_dict()
+def _load(path: str) -> tuple:
+    """The merged config as a dict and as mmengine prints it (what a run logs)."""
+    cfg = Config.fromfile(path, import_custom_modules=False)
+    return cfg.to_dict(), cfg.pretty_text
 
 
 def _git(*args) -> str:
     return subprocess.run(["git", "-C", ROOT, *args], capture_output=True, text=True, check=True).stdout
 
 
-@pytest.fixture
-def before(tmp_path, monkeypatch):
-    """The configs as of ``BEFORE``, written under ``tmp_path`` with their relative layout."""
+def _checkout_configs(commit, dst_root, monkeypatch):
+    """The MMDetection configs (leaves and shared bases) as of ``commit``, under ``dst_root``."""
     monkeypatch.setenv("US3L_DATASETS", "/datasets-root")
     try:
-        names = _git("ls-tree", "-r", "--name-only", BEFORE, "projects").split()
+        names = _git("ls-tree", "-r", "--name-only", commit, "projects").split()
     except (OSError, subprocess.CalledProcessError):
         pytest.skip("not a git checkout holding the pre-restructuring commit")
     for name in names:
-        if "/mmdet_configs/" in name:
-            dst = tmp_path / name
+        if "/mmdet_configs/" in name or "/mmdet_base/" in name:
+            dst = dst_root / name
             dst.parent.mkdir(parents=True, exist_ok=True)
-            dst.write_text(_git("show", f"{BEFORE}:{name}"))
-    return tmp_path
+            dst.write_text(_git("show", f"{commit}:{name}"))
+    return dst_root
+
+
+@pytest.fixture
+def before(tmp_path, monkeypatch):
+    return _checkout_configs(BEFORE, tmp_path, monkeypatch)
 
 
 def test_restructured_configs_merge_to_the_same_config(before):
@@ -47,6 +56,14 @@ def test_restructured_configs_merge_to_the_same_config(before):
     assert [os.path.relpath(p, before) for p in old] == [os.path.relpath(p, ROOT) for p in PLAIN]
     for path in PLAIN:
         assert _load(path) == _load(str(before / os.path.relpath(path, ROOT))), path
+
+
+def test_restructured_slimmable_configs_merge_to_the_same_config(tmp_path, monkeypatch):
+    old_root = _checkout_configs(SLIM_BEFORE, tmp_path, monkeypatch)
+    for path in SLIMMABLE:
+        old = str(old_root / os.path.relpath(path, ROOT))
+        assert os.path.exists(old), path
+        assert _load(path) == _load(old), path
 
 
 def test_leaves_inherit_shared_bases_and_hold_only_what_differs():

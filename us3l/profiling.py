@@ -6,7 +6,10 @@ FLOPs follow fvcore's convention (one fused multiply-add counts as one flop).
 """
 from __future__ import annotations
 
+import os
+import platform
 import statistics
+import sys
 import time
 
 import torch
@@ -83,3 +86,32 @@ def profile_width(arch: str, width: float, image_size: int = 224, batch_size: in
         "latency_ms": measure_latency_ms(model, x, runs=runs) if runs > 0 else float("nan"),
         "input": f"{batch_size}x3x{image_size}x{image_size}",
     }
+
+
+def bench_command() -> str:
+    """The command line that produced a benchmark table, written into the table so that it can be rerun."""
+    return "PYTHONPATH=$PWD OMP_NUM_THREADS=%s python %s" % (os.environ.get("OMP_NUM_THREADS", "?"), " ".join(sys.argv))
+
+
+def machine_summary() -> str:
+    """CPU architecture, core count and torch version, the context a timing table needs."""
+    return f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
+
+
+def ratio_row(label, ratios: dict, limit: float, scale: float = 1.0, digits: int = 2) -> str:
+    """A markdown row of :func:`interleaved_ratios`: wall and thread-CPU median [IQR], both sides' seconds
+    times ``scale``, and whether each median meets ``<= limit``."""
+    (wl, wm, wh), (cl, cm, ch) = ratios["wall"], ratios["cpu"]
+    met = f"{'yes' if wm <= limit else 'no'} / {'yes' if cm <= limit else 'no'}"
+    return (f"| {label} | {wm:.3f} [{wl:.3f}, {wh:.3f}] | {cm:.3f} [{cl:.3f}, {ch:.3f}] | "
+            f"{ratios['a_s'] * scale:.{digits}f} | {ratios['b_s'] * scale:.{digits}f} | {met} |")
+
+
+def write_report(lines: list[str], output: str | None) -> str:
+    """Print a benchmark's markdown table and, if ``output`` is given, write it there."""
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if output:
+        with open(output, "w") as f:
+            f.write(text)
+    return text

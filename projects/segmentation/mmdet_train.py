@@ -1,12 +1,7 @@
 #!/usr/bin/env python
-"""Fine-tune a US3L detector at one width with MMDetection 3.x (mmengine Runner).
-
-    python projects/segmentation/mmdet_train.py CONFIG [--width 0.5] [--work-dir DIR] \
-        [--cfg-options model.backbone.init_cfg.checkpoint=us3l_r50_mmdet.pth ...] [--launcher pytorch]
-
-Multi-GPU: torchrun --nproc_per_node=8 projects/segmentation/mmdet_train.py CONFIG --launcher pytorch
-Metrics are named by width (``w0.50/bbox_mAP``) and written to WORK_DIR/metrics_w0.50.json.
-"""
+"""Fine-tune a US3L Mask R-CNN at one width with MMDetection 3.x: the command line of
+projects/detection/mmdet_train.py (``--width``, ``--work-dir``, ``--cfg-options``, ``--launcher pytorch``, torchrun),
+for the configs in projects/segmentation/mmdet_configs/."""
 import sys
 
 from us3l.mmdet.runner import train_cli

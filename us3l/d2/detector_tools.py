@@ -13,8 +13,9 @@ import torch
 
 from ..checkpoint import atomic_save
 from ..detection import fvcore_total_gflops, require_calibrated
+from ..detection.calibration import widths_to_calibrate
+from ..detection.width_rows import add_cost, width_row
 from ..detection.backends import export_config_path
-from ..ops import UncalibratedWidthError
 from ..ops.width_state import canonical_width
 from ..width import get_width, set_width
 from ..width import width as width_ctx
@@ -163,26 +164,19 @@ def evaluate(checkpoint: str, config: str, widths, output_dir: str, opts=(), cal
              profile: bool = True) -> list[dict]:
     """COCO box/mask AP of ONE slimmable checkpoint at each width, with whole-detector and backbone GFLOPs."""
     from ..bn_calibration import calibrated_widths
-    from ..models import build_static_model
     from .sandwich import SlimmableDetectorTrainer
 
     cfg, model = load_slimmable(config, checkpoint, opts)
     widths = [set_width(model, w) for w in widths]  # range check first
-    missing = [w for w in widths if w not in calibrated_widths(model)]
     os.makedirs(output_dir, exist_ok=True)
-    if missing and calibrate_batches > 0:
+    missing = widths_to_calibrate(model, widths, checkpoint, calibrate_batches)
+    if missing:
         logger.info("calibrating BN at widths %s on %d training batches each", missing, calibrate_batches)
         calibrate_model(cfg, model, missing, calibrate_batches)
         path = os.path.join(output_dir, "model_calibrated.pth")
         _save_detector(model, path, {"source": os.path.abspath(checkpoint),
                                      "calibrated_widths": calibrated_widths(model)})
         logger.info("wrote the calibrated checkpoint %s", path)
-    elif missing:
-        raise UncalibratedWidthError(
-            f"{checkpoint} has no BN statistics for widths {missing} "
-            f"(calibrated: {calibrated_widths(model) or 'none'});"
-            " pass --calibrate-batches N to calibrate them on training images first, or run "
-            "tools/calibrate_detector.py")
     batch = _first_test_image(cfg) if profile else None
     arch = f"resnet{cfg.MODEL.RESNETS.DEPTH}"
     rows = []
@@ -192,15 +186,10 @@ def evaluate(checkpoint: str, config: str, widths, output_dir: str, opts=(), cal
         c.MODEL.US3L.WIDTH_MULT = w
         c.OUTPUT_DIR = os.path.join(output_dir, "eval", width_tag(w))
         results = SlimmableDetectorTrainer.test(c, model)
-        bbox, segm = results.get(f"{width_tag(w)}/bbox", {}), results.get(f"{width_tag(w)}/segm", {})
-        row = {"width": w, "box_AP": bbox.get("AP"), "mask_AP": segm.get("AP"), "box_AP50": bbox.get("AP50"),
-               "mask_AP50": segm.get("AP50"), "arch": arch, "weights": os.path.abspath(checkpoint)}
+        row = width_row(w, arch, checkpoint, results.get(f"{width_tag(w)}/bbox"), results.get(f"{width_tag(w)}/segm"))
         if profile:
             set_width(model, w)
-            row["detector_gflops"] = detector_gflops(model, batch)
-            row["backbone_gflops"] = row["gflops"] = backbone_gflops(model, batch)
-            row["params_m"] = sum(p.numel() for p in build_static_model(arch, w, 0).parameters()) / 1e6
-            row["profile_input"] = "x".join(str(s) for s in batch[0]["image"].shape)
+            add_cost(row, detector_gflops(model, batch), backbone_gflops(model, batch), batch[0]["image"].shape)
         rows.append(row)
     set_width(model, get_width(model))
     return rows

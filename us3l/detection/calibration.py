@@ -47,6 +47,19 @@ def slimmable_bns(model: nn.Module) -> list[USBatchNorm2d]:
     return [m for m in model.modules() if isinstance(m, USBatchNorm2d)]
 
 
+def widths_to_calibrate(model: nn.Module, widths: Sequence[float], checkpoint: str, calibrate_batches: int) -> list:
+    """The evaluation tools' rule: requested ``widths`` without BN statistics are calibrated when asked for
+    (``calibrate_batches > 0``: returned, to be calibrated) and refused otherwise (UncalibratedWidthError)."""
+    missing = [w for w in widths if w not in calibrated_widths(model)]
+    if missing and calibrate_batches <= 0:
+        raise UncalibratedWidthError(
+            f"{checkpoint} has no BN statistics for widths {missing} "
+            f"(calibrated: {calibrated_widths(model) or 'none'});"
+            " pass --calibrate-batches N to calibrate them on training images first, or run "
+            "tools/calibrate_detector.py")
+    return missing
+
+
 def require_calibrated(model: nn.Module, width: float) -> None:
     """Raise :class:`UncalibratedWidthError` unless every slimmable BN of ``model`` has statistics for ``width``."""
     if not slimmable_bns(model):

@@ -1,4 +1,5 @@
-"""Shared pieces of the width-sized ResNet modules: norm layers from an mmcv ``norm_cfg`` and BN freezing."""
+"""Shared pieces of the ResNet backbones (width-sized and slimmable): norm layers from an mmcv ``norm_cfg``, BN
+freezing, the stage arguments, taking over a trunk's stem and stages, and the forward over them."""
 from __future__ import annotations
 
 import torch.nn as nn
@@ -40,3 +41,34 @@ def freeze(module: nn.Module) -> None:
     module.eval()
     for p in module.parameters():
         p.requires_grad = False
+
+
+def check_stage_args(num_stages: int, out_indices, frozen_stages: int) -> None:
+    """``mmdet.models.ResNet``'s stage arguments, refused with a message when out of range."""
+    if not 1 <= num_stages <= 4:
+        raise ValueError(f"num_stages must be in 1..4, got {num_stages}")
+    if not out_indices or max(out_indices) >= num_stages or min(out_indices) < 0:
+        raise ValueError(f"out_indices {tuple(out_indices)} must lie in 0..{num_stages - 1}")
+    if not -1 <= frozen_stages <= num_stages:
+        raise ValueError(f"frozen_stages must be in -1..{num_stages}, got {frozen_stages}")
+
+
+def adopt_stem_and_stages(backbone: nn.Module, trunk: nn.Module, num_stages: int) -> None:
+    """Register ``trunk``'s stem and first ``num_stages`` stages on ``backbone`` under torchvision's names (so
+    parameter names stay mmdet ``ResNet``'s); ``backbone.res_layers`` lists the stage names."""
+    for name in ("conv1", "bn1", "relu", "maxpool"):
+        backbone.add_module(name, getattr(trunk, name))
+    backbone.res_layers = [f"layer{i + 1}" for i in range(num_stages)]
+    for name in backbone.res_layers:
+        backbone.add_module(name, getattr(trunk, name))
+
+
+def forward_stages(backbone: nn.Module, x) -> tuple:
+    """Stem, then each stage; the outputs of the stages in ``backbone.out_indices``."""
+    x = backbone.maxpool(backbone.relu(backbone.bn1(backbone.conv1(x))))
+    outs = []
+    for i, name in enumerate(backbone.res_layers):
+        x = getattr(backbone, name)(x)
+        if i in backbone.out_indices:
+            outs.append(x)
+    return tuple(outs)

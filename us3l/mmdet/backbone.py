@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from mmdet.registry import MODELS
 
-from ._resnet_parts import build_trunk, freeze, stage_channels
+from ._resnet_parts import adopt_stem_and_stages, build_trunk, check_stage_args, forward_stages, freeze, stage_channels
 from .width_sized import WidthSizedResNetPart
 
 
@@ -32,19 +32,10 @@ class US3LResNet(WidthSizedResNetPart):
                  out_indices=(0, 1, 2, 3), frozen_stages: int = -1, norm_cfg: dict | None = None,
                  norm_eval: bool = True, bn_stats: str = "calibrated", init_cfg=None):
         super().__init__(depth, width_mult, norm_cfg, norm_eval, bn_stats, init_cfg)
-        if not 1 <= num_stages <= 4:
-            raise ValueError(f"num_stages must be in 1..4, got {num_stages}")
-        if not out_indices or max(out_indices) >= num_stages or min(out_indices) < 0:
-            raise ValueError(f"out_indices {tuple(out_indices)} must lie in 0..{num_stages - 1}")
-        if not -1 <= frozen_stages <= num_stages:
-            raise ValueError(f"frozen_stages must be in -1..{num_stages}, got {frozen_stages}")
+        check_stage_args(num_stages, out_indices, frozen_stages)
         self.num_stages, self.out_indices, self.frozen_stages = num_stages, tuple(out_indices), frozen_stages
         trunk = build_trunk(depth, self.width_mult, self.norm_cfg)
-        for name in ("conv1", "bn1", "relu", "maxpool"):
-            self.add_module(name, getattr(trunk, name))
-        self.res_layers = [f"layer{i + 1}" for i in range(num_stages)]
-        for name in self.res_layers:
-            self.add_module(name, getattr(trunk, name))
+        adopt_stem_and_stages(self, trunk, num_stages)
         self._freeze_stages()
 
     @property
@@ -54,13 +45,7 @@ class US3LResNet(WidthSizedResNetPart):
         return tuple(chans[i] for i in self.out_indices)
 
     def forward(self, x):
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        outs = []
-        for i, name in enumerate(self.res_layers):
-            x = getattr(self, name)(x)
-            if i in self.out_indices:
-                outs.append(x)
-        return tuple(outs)
+        return forward_stages(self, x)
 
     def _freeze_stages(self) -> None:
         if self.frozen_stages >= 0:

@@ -14,10 +14,10 @@ import torch.nn as nn
 from mmengine.config import DictAction
 from mmengine.logging import print_log
 
-from ..bn_calibration import calibrated_widths
 from ..detection import fvcore_total_gflops
+from ..detection.calibration import widths_to_calibrate
+from ..detection.width_rows import add_cost, width_row
 from ..detection.backends import export_config_path
-from ..ops import UncalibratedWidthError
 from ..ops.width_state import canonical_width
 from ..width import set_width
 from ..width import width as width_ctx
@@ -103,24 +103,16 @@ def backbone_gflops(model, batch) -> float:
 def evaluate(checkpoint: str, config: str, widths, output_dir: str, opts=(), calibrate_batches: int = 0,
              profile: bool = True) -> list[dict]:
     """COCO box/mask AP of ONE slimmable checkpoint at each width, with whole-detector and backbone GFLOPs."""
-    from ..models import build_static_model
-
     model, cfg = _load(config, checkpoint, opts)
     widths = [set_width(model, w) for w in widths]  # range check first
-    missing = [w for w in widths if w not in calibrated_widths(model)]
     os.makedirs(output_dir, exist_ok=True)
-    if missing and calibrate_batches > 0:
+    missing = widths_to_calibrate(model, widths, checkpoint, calibrate_batches)
+    if missing:
         print_log(f"calibrating BN at widths {missing} on {calibrate_batches} training batches each", logger="current")
         calibrate_widths(model, cfg, missing, calibrate_batches)
         path = os.path.join(output_dir, "model_calibrated.pth")
         save_slimmable_detector(model, path, {"source": os.path.abspath(checkpoint)})
         print_log(f"wrote the calibrated checkpoint {path}", logger="current")
-    elif missing:
-        raise UncalibratedWidthError(
-            f"{checkpoint} has no BN statistics for widths {missing} "
-            f"(calibrated: {calibrated_widths(model) or 'none'});"
-            " pass --calibrate-batches N to calibrate them on training images first, or run "
-            "tools/calibrate_detector.py")
     results = evaluate_widths(model, cfg, sorted(widths, reverse=True))
     batch = next(data_batches(cfg.test_dataloader, batch_size=1)) if profile else None
     arch = f"resnet{cfg.model.backbone.get('depth', 50)}"
@@ -129,13 +121,11 @@ def evaluate(checkpoint: str, config: str, widths, output_dir: str, opts=(), cal
         def pct(k, metrics=metrics):
             return 100 * metrics[k] if k in metrics else None
 
-        row = {"width": w, "box_AP": pct("bbox_mAP"), "mask_AP": pct("segm_mAP"), "box_AP50": pct("bbox_mAP_50"),
-               "mask_AP50": pct("segm_mAP_50"), "arch": arch, "weights": os.path.abspath(checkpoint)}
+        row = width_row(w, arch, checkpoint, {"AP": pct("bbox_mAP"), "AP50": pct("bbox_mAP_50")},
+                        {"AP": pct("segm_mAP"), "AP50": pct("segm_mAP_50")})
         if profile:
             with width_ctx(model, w):
-                row["detector_gflops"] = detector_gflops(model, batch)
-                row["backbone_gflops"] = row["gflops"] = backbone_gflops(model, batch)
-            row["params_m"] = sum(p.numel() for p in build_static_model(arch, w, 0).parameters()) / 1e6
-            row["profile_input"] = "x".join(str(s) for s in model.data_preprocessor(batch, False)["inputs"].shape)
+                gflops = detector_gflops(model, batch), backbone_gflops(model, batch)
+            add_cost(row, *gflops, model.data_preprocessor(batch, False)["inputs"].shape)
         rows.append(row)
     return rows

@@ -13,7 +13,7 @@ from mmengine.model import BaseModule
 from ..detection import reset_bn_statistics
 from ..models.resnet import us_resnet
 from ..ops import DEFAULT_WIDTH_RANGE
-from ._resnet_parts import stage_channels
+from ._resnet_parts import adopt_stem_and_stages, check_stage_args, forward_stages, stage_channels
 from .pretrained import load_width_sized, pretrained_cfg
 
 
@@ -39,20 +39,11 @@ class US3LSlimmableResNet(BaseModule):
                  width_range=DEFAULT_WIDTH_RANGE, norm_cfg: dict | None = None, init_cfg=None):
         super().__init__(init_cfg)
         _check_norm_cfg(norm_cfg)
-        if not 1 <= num_stages <= 4:
-            raise ValueError(f"num_stages must be in 1..4, got {num_stages}")
-        if not out_indices or max(out_indices) >= num_stages or min(out_indices) < 0:
-            raise ValueError(f"out_indices {tuple(out_indices)} must lie in 0..{num_stages - 1}")
-        if not -1 <= frozen_stages <= num_stages:
-            raise ValueError(f"frozen_stages must be in -1..{num_stages}, got {frozen_stages}")
+        check_stage_args(num_stages, out_indices, frozen_stages)
         self.depth, self.num_stages, self.out_indices = depth, num_stages, tuple(out_indices)
         self.frozen_stages, self.width_range = frozen_stages, tuple(width_range)
         trunk = us_resnet(depth, num_classes=0, width_range=self.width_range)
-        for name in ("conv1", "bn1", "relu", "maxpool"):
-            self.add_module(name, getattr(trunk, name))
-        self.res_layers = [f"layer{i + 1}" for i in range(num_stages)]
-        for name in self.res_layers:
-            self.add_module(name, getattr(trunk, name))
+        adopt_stem_and_stages(self, trunk, num_stages)
         self._freeze_stages()
 
     @property
@@ -62,13 +53,7 @@ class US3LSlimmableResNet(BaseModule):
         return tuple(chans[i] for i in self.out_indices)
 
     def forward(self, x):
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        outs = []
-        for i, name in enumerate(self.res_layers):
-            x = getattr(self, name)(x)
-            if i in self.out_indices:
-                outs.append(x)
-        return tuple(outs)
+        return forward_stages(self, x)
 
     def _freeze_stages(self) -> None:
         """Frozen parameters only: BN layers keep normalising with batch statistics while training, because

@@ -6,7 +6,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .channels import active_channels
-from .weight_slice import SliceCache, copied_bytes, grad_free, prefix_slice, unchanged_key
+from .weight_slice import SliceCache, prefix_slice
 from .width_state import DEFAULT_WIDTH_RANGE, SlimmableMixin
 
 
@@ -26,15 +26,7 @@ class USLinear(SlimmableMixin, nn.Linear):
 
     def active_weight(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(weight, bias) at the active width; without autograd, reused until the weights change."""
-        weight = self.weight
-        if grad_free(weight, self.bias):
-            key = unchanged_key(self.width_mult, weight, self.bias)
-            cache = self._slice_cache
-            if cache.key == key:
-                return cache.value
-            active = self._slice_active()
-            return cache.store(key, active, copied_bytes(weight, active[0]))
-        return self._slice_active()
+        return self._slice_cache.weight_slices(self.width_mult, self.weight, self.bias, self._slice_active)
 
     def _slice_active(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         c_in, c_out = self.active_in_out()

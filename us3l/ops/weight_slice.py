@@ -91,6 +91,17 @@ class SliceCache:
         self.key, self.value, self.copied_bytes = key, value, copied_bytes
         return value
 
+    def weight_slices(self, width: float, weight: torch.Tensor, bias: torch.Tensor | None, make) -> tuple:
+        """``make()`` (a tuple whose first item is the sliced ``weight``): made afresh whenever autograd records
+        the layer, else reused while :func:`unchanged_key` holds (what conv and linear layers share)."""
+        if not grad_free(weight, bias):
+            return make()
+        key = unchanged_key(width, weight, bias)
+        if self.key == key:
+            return self.value
+        value = make()
+        return self.store(key, value, copied_bytes(weight, value[0]))
+
 
 def prefix_slice(weight: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
     """``weight[:rows, :cols]``: a view when only rows are cut, else a contiguous tensor (with autograd, its

@@ -8,11 +8,12 @@ AP values are COCO AP on the 0-100 scale (Detectron2's convention); missing valu
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import os
 from typing import Dict, Iterable, List, Optional
+
+from . import table_files
 
 FORMAT = "us3l.results/1"
 # column key -> header; the order is the table's
@@ -58,15 +59,7 @@ def _fmt(key: str, v) -> str:
 
 
 def render_markdown(rows: List[Dict], title: str = "", notes: Iterable[str] = ()) -> str:
-    lines = [f"# {title}", ""] if title else []
-    lines.append("| " + " | ".join(h for _, h in COLUMNS) + " |")
-    lines.append("|" + "|".join("---:" for _ in COLUMNS) + "|")
-    for r in rows:
-        lines.append("| " + " | ".join(_fmt(k, r.get(k)) for k, _ in COLUMNS) + " |")
-    notes = list(notes)
-    if notes:
-        lines += [""] + [f"- {n}" for n in notes]
-    return "\n".join(lines) + "\n"
+    return table_files.render_markdown(rows, COLUMNS, _fmt, title, notes)
 
 
 def plot_ap_vs_gflops(rows: List[Dict], path: str, title: str = "") -> Optional[str]:
@@ -90,15 +83,9 @@ def plot_ap_vs_gflops(rows: List[Dict], path: str, title: str = "") -> Optional[
     ax.set_xlabel(xname)
     ax.set_ylabel("COCO AP")
     ax.set_title(title or f"AP vs {xname} (one slimmable backbone)")
-    ax.margins(x=0.08, y=0.15)
-    ax.set_ylim(bottom=0)
-    ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    table_files.finish_axes(ax)
+    ax.set_ylim(bottom=0)  # after the margins, which it keeps at the top
+    return table_files.save_figure(plt, fig, path)
 
 
 def write_results(rows: List[Dict], out_dir: str, title: str = "", meta: Optional[Dict] = None,
@@ -107,20 +94,10 @@ def write_results(rows: List[Dict], out_dir: str, title: str = "", meta: Optiona
     os.makedirs(out_dir, exist_ok=True)
     rows = sorted((normalize_row(r) for r in rows), key=lambda r: -r["width"])
     notes = list(notes)
-    paths = {k: os.path.join(out_dir, f"results.{k}") for k in ("json", "csv", "md")}
     doc = {"format": FORMAT, "title": title, "columns": [k for k, _ in COLUMNS], "rows": rows,
            "meta": meta or {}, "notes": notes}
-    tmp = paths["json"] + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(doc, f, indent=2, allow_nan=False)
-    os.replace(tmp, paths["json"])
-    with open(paths["csv"], "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow([k for k, _ in COLUMNS])
-        for r in rows:
-            w.writerow(["" if r.get(k) is None else r[k] for k, _ in COLUMNS])
-    with open(paths["md"], "w") as f:
-        f.write(render_markdown(rows, title, notes))
+    paths = table_files.write_table_files(out_dir, doc, rows, COLUMNS, lambda k, v: v,
+                                          render_markdown(rows, title, notes))
     paths["png"] = plot_ap_vs_gflops(rows, os.path.join(out_dir, "ap_vs_gflops.png"), title)
     return paths
 

@@ -7,12 +7,12 @@ rows carry ``width``, ``init``, ``seeds``, ``box_AP_mean``/``_std``, ``mask_AP_m
 """
 from __future__ import annotations
 
-import csv
-import json
 import math
 import os
 import statistics
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence
+
+from . import table_files
 
 FORMAT = "us3l.main_results/1"
 # column key -> header; the order is the table's
@@ -97,15 +97,7 @@ def _fmt(key: str, v) -> str:
 
 
 def render_markdown(rows: List[dict], title: str = "", notes: Iterable[str] = ()) -> str:
-    lines = [f"# {title}", ""] if title else []
-    lines.append("| " + " | ".join(h for _, h in COLUMNS) + " |")
-    lines.append("|" + "|".join(":---" if k == "init" else "---:" for k, _ in COLUMNS) + "|")
-    for r in rows:
-        lines.append("| " + " | ".join(_fmt(k, r.get(k)) for k, _ in COLUMNS) + " |")
-    notes = list(notes)
-    if notes:
-        lines += [""] + [f"- {n}" for n in notes]
-    return "\n".join(lines) + "\n"
+    return table_files.render_markdown(rows, COLUMNS, _fmt, title, notes, left=("init",))
 
 
 def plot(rows: List[dict], path: str, title: str = "") -> str:
@@ -131,15 +123,13 @@ def plot(rows: List[dict], path: str, title: str = "") -> str:
                             textcoords="offset points", xytext=(4, 4), fontsize=7)
         ax.set_xlabel("detector GFLOPs (whole detector)")
         ax.set_ylabel(f"COCO {label} (mean +- std over seeds)")
-        ax.grid(alpha=0.3)
-        ax.margins(x=0.08, y=0.15)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend()
+        table_files.finish_axes(ax)
     fig.suptitle(title or "AP vs detector GFLOPs")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return table_files.save_figure(plt, fig, path)
+
+
+def _csv_cell(key: str, v):
+    return " ".join(map(str, v)) if key == "seeds" else v
 
 
 def write_summary(rows: List[dict], out_dir: str, title: str = "", meta: Optional[Dict] = None,
@@ -149,24 +139,13 @@ def write_summary(rows: List[dict], out_dir: str, title: str = "", meta: Optiona
     rows = sorted(rows, key=lambda r: (r["init"] != "us3l", r["init"], -r["width"]))
     notes = list(notes)
     effects = [e for e in (width_effect(rows, i) for i in sorted({r["init"] for r in rows})) if e]
-    paths = {k: os.path.join(out_dir, f"results.{k}") for k in ("json", "csv", "md")}
     doc = {"format": FORMAT, "title": title, "columns": [k for k, _ in COLUMNS], "rows": rows,
            "width_effect": effects, "meta": meta or {}, "notes": notes}
-    tmp = paths["json"] + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(doc, f, indent=2, allow_nan=False)
-    os.replace(tmp, paths["json"])
-    with open(paths["csv"], "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow([k for k, _ in COLUMNS])
-        for r in rows:
-            w.writerow(["" if r.get(k) is None else (" ".join(map(str, r[k])) if k == "seeds" else r[k])
-                        for k, _ in COLUMNS])
     effect_notes = [f"width effect ({e['init']} init, box AP): {e['wide']:g}x - {e['narrow']:g}x = {e['gap']:.1f}, "
                     f"twice the larger std = " + (f"{e['twice_max_std']:.1f}" if e["twice_max_std"] is not None
                                                   else "n/a") + (" -> shows" if e["shows"] else " -> within noise")
                     for e in effects]
-    with open(paths["md"], "w") as f:
-        f.write(render_markdown(rows, title, notes + effect_notes))
+    paths = table_files.write_table_files(out_dir, doc, rows, COLUMNS, _csv_cell,
+                                          render_markdown(rows, title, notes + effect_notes))
     paths["png"] = plot(rows, os.path.join(out_dir, "ap_vs_gflops.png"), title)
     return paths

@@ -10,6 +10,3 @@ model = dict(
     backbone=dict(norm_cfg=norm_cfg),
     rpn_head=dict(anchor_generator=dict(scales=[1, 2, 4, 8])),
     roi_head=dict(shared_head=dict(norm_cfg=norm_cfg), bbox_head=dict(num_classes=4)))
-
-val_evaluator = dict(prefix='w1.00')
-test_evaluator = val_evaluator

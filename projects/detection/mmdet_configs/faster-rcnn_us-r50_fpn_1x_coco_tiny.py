@@ -11,6 +11,3 @@ model = dict(
     neck=dict(norm_cfg=norm_cfg),
     rpn_head=dict(anchor_generator=dict(scales=[4])),
     roi_head=dict(bbox_head=dict(num_classes=4)))
-
-val_evaluator = dict(prefix='w1.00')
-test_evaluator = val_evaluator

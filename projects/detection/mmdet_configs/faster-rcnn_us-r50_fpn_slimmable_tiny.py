@@ -2,15 +2,12 @@
 # gradient clipping at 35. Evaluate any width after calibration (tools/calibrate_detector.py, tools/eval_widths.py).
 _base_ = [
     '../../mmdet_base/models/faster-rcnn_us-r50_fpn_slimmable.py', '../../mmdet_base/datasets/us3l_shapes_detection.py',
-    '../../mmdet_base/schedules/tiny_12e.py', '../../mmdet_base/cpu_runtime.py'
+    '../../mmdet_base/schedules/sandwich_tiny_12e.py', '../../mmdet_base/cpu_runtime.py'
 ]
 
 model = dict(
     rpn_head=dict(anchor_generator=dict(scales=[4])),
     roi_head=dict(bbox_head=dict(num_classes=4)))
 
-optim_wrapper = dict(clip_grad=dict(max_norm=35, norm_type=2))
-val_cfg = None  # BN statistics exist per width only after calibration: evaluate with tools/eval_widths.py
-val_dataloader = None
+val_dataloader = None  # no validation loop: see the schedule
 val_evaluator = None
-test_evaluator = dict(prefix='w1.00')

@@ -1,23 +1,22 @@
-# Mask R-CNN + FPN on a US3L ResNet-50 at one width, SSL transfer protocol (MoCo): SyncBN in backbone and FPN,
-# nothing frozen, BN statistics trained. The width: `--width W` of projects/*/mmdet_train.py (us3l.mmdet.apply_width
-# updates every channel count that follows it). The pretrained file: tools/convert_pretrain_to_mmdet.py SRC DST.pth,
-# then --cfg-options model.backbone.init_cfg.checkpoint=DST.pth
-_base_ = 'mmdet::_base_/models/mask-rcnn_r50_fpn.py'
-custom_imports = dict(imports=['us3l.mmdet'], allow_failed_imports=False)
+# Mask R-CNN + FPN on a US3L ResNet-50 at one width: the Faster R-CNN model (faster-rcnn_us-r50_fpn.py: backbone,
+# SyncBN, pretrained file, width) plus the mask branch of mmdet's _base_/models/mask-rcnn_r50_fpn.py.
+_base_ = './faster-rcnn_us-r50_fpn.py'
 
-norm_cfg = dict(type='SyncBN', requires_grad=True)
-pretrained = 'checkpoints/us3l_r50_mmdet.pth'
 model = dict(
-    backbone=dict(
-        _delete_=True,
-        type='US3LResNet',
-        depth=50,
-        width_mult=1.0,
-        num_stages=4,
-        out_indices=(0, 1, 2, 3),
-        frozen_stages=-1,
-        norm_cfg=norm_cfg,
-        norm_eval=False,
-        bn_stats='calibrated',
-        init_cfg=dict(type='Pretrained', checkpoint=pretrained, prefix='backbone.')),
-    neck=dict(in_channels=[256, 512, 1024, 2048], norm_cfg=norm_cfg))
+    type='MaskRCNN',
+    data_preprocessor=dict(pad_mask=True),
+    roi_head=dict(
+        mask_roi_extractor=dict(
+            type='SingleRoIExtractor',
+            roi_layer=dict(type='RoIAlign', output_size=14, sampling_ratio=0),
+            out_channels=256,
+            featmap_strides=[4, 8, 16, 32]),
+        mask_head=dict(
+            type='FCNMaskHead',
+            num_convs=4,
+            in_channels=256,
+            conv_out_channels=256,
+            num_classes=80,
+            loss_mask=dict(type='CrossEntropyLoss', use_mask=True, loss_weight=1.0))),
+    train_cfg=dict(rcnn=dict(assigner=dict(match_low_quality=True), mask_size=28)),
+    test_cfg=dict(rcnn=dict(mask_thr_binary=0.5)))
