@@ -4,6 +4,8 @@ import subprocess
 import sys
 
 import pytest
+
+import us3l
 import torch
 
 import detectron2  # noqa: E402,F401
@@ -112,6 +114,10 @@ def test_every_config_builds_at_a_width():
             assert cfg.MODEL.DEVICE == ("cuda" if name.endswith("_1x.yaml") else "cpu"), name
             cfg.MODEL.DEVICE = "cpu"
             model = build_model(cfg)
+            if "slimmable" in name:  # ONE detector for every width, built at WIDTH_MULT (us3l.d2.slimmable)
+                assert us3l.get_width(model) == 0.5, name
+                assert cfg.MODEL.MASK_ON == (folder == SEG), name
+                continue
             assert find_us3l_resnet(model).us3l_width == 0.5, name
             assert cfg.MODEL.MASK_ON == (folder == SEG), name
             assert cfg.INPUT.FORMAT == "RGB" and not cfg.MODEL.RESNETS.STRIDE_IN_1X1, name

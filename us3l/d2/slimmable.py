@@ -182,15 +182,16 @@ class US3LSlimmableRPNHead(StandardRPNHead):
     """``StandardRPNHead`` whose hidden conv(s) slim with the width; objectness / deltas stay full (per anchor)."""
 
     @configurable
-    def __init__(self, *, slim: bool = True, width_range=(0.25, 1.0), **kwargs):
+    def __init__(self, *, slim: bool = True, width_range=(0.25, 1.0), width: float = 1.0, **kwargs):
         super().__init__(**kwargs)
         if slim:
             slimmify(self, keep_out=["objectness_logits", "anchor_deltas"], width_range=width_range)
+            set_width(self, width)  # built at the backbone's width, so the detector runs as built
 
     @classmethod
     def from_config(cls, cfg, input_shape):
         ret = super().from_config(cfg, input_shape)
-        ret.update(slim=cfg.MODEL.US3L.SLIM_NECK_HEADS, width_range=_width_range(cfg))
+        ret.update(slim=cfg.MODEL.US3L.SLIM_NECK_HEADS, width_range=_width_range(cfg), width=us3l_width(cfg))
         return ret
 
 
@@ -213,6 +214,8 @@ class US3LSlimmableROIHeads(StandardROIHeads):
             spatial = 1 if head.fcs else res * res  # a head without fcs hands the predictor a C*H*W flatten
             pred_flatten = {"cls_score": spatial, "bbox_pred": spatial} if spatial > 1 else {}
             slimmify(ret["box_predictor"], keep_out=["cls_score", "bbox_pred"], flatten=pred_flatten, width_range=wr)
+            for module in (head, ret["box_predictor"]):
+                set_width(module, us3l_width(cfg))
         return ret
 
     @classmethod
@@ -224,6 +227,7 @@ class US3LSlimmableROIHeads(StandardROIHeads):
                 raise ValueError("slimmable ROI heads support MODEL.ROI_MASK_HEAD.NAME MaskRCNNConvUpsampleHead, got "
                                  f"{type(head).__name__}")
             slimmify(head, keep_out=["predictor"], width_range=_width_range(cfg))
+            set_width(head, us3l_width(cfg))
         return ret
 
     @classmethod
