@@ -176,7 +176,8 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
 
     default_config, eval_command, read_metrics, arch_of_config = FRAMEWORKS[args.framework]
-    config = args.config or default_config
+    # defaults live in the repository; a user's path is relative to where they stand (stages run in REPO)
+    config = os.path.abspath(args.config) if args.config else os.path.join(REPO, default_config)
     out = os.path.abspath(args.output_dir)
     if "{width}" not in args.weights and not os.path.isdir(args.weights):
         slim = slimmable_main(args, config, out)
