@@ -133,7 +133,10 @@ def load_torch(path: str, extra_globals=(), map_location="cpu"):
             refused = re.search(r"GLOBAL ([\w.]+)", str(e))
             if refused:
                 raise CheckpointError(f"refusing to unpickle {refused.group(1)} from {path}: {_PLAIN}") from e
-            raise CheckpointError(f"refusing to load {path}: {_first_line(e)} ({_PLAIN})") from e
+            # not a refused type: a damaged or foreign file (torch's text would advise weights_only=False: never)
+            reason = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", str(e))
+            raise CheckpointError(f"cannot read checkpoint {path} (corrupt, truncated or not a torch file): "
+                                  f"{reason.group(1) if reason else type(e).__name__}") from e
         except Exception as e:  # torch raises several types for truncated / foreign files
             raise CheckpointError(f"cannot read checkpoint {path} (corrupt, truncated or not a torch file): "
                                   f"{type(e).__name__}: {_first_line(e)}") from e
