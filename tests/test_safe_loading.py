@@ -241,7 +241,7 @@ def test_us3l_runner_on_a_small_mmengine_model(crafted, tmp_path):
     data = [{"inputs": torch.tensor([float(i), 1.0]), "labels": torch.tensor(float(i % 2))} for i in range(4)]
 
     def runner(epochs, resume=False):
-        return US3LRunner(model=Small(), work_dir=str(tmp_path / "work"), resume=resume,
+        return US3LRunner(model=Small(), work_dir=str(tmp_path / "work"), resume=resume, default_scope="mmdet",
                           train_dataloader=dict(dataset=data, batch_size=2, collate_fn=dict(type="default_collate"),
                                                 sampler=dict(type="DefaultSampler", shuffle=False)),
                           optim_wrapper=dict(optimizer=dict(type="SGD", lr=0.01, momentum=0.9)),
