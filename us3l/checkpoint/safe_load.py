@@ -1,7 +1,7 @@
 """Reading checkpoint files without running code from them.
 
 Why: a pickle names functions that the loader calls (``__reduce__``), so an unrestricted ``pickle.load`` /
-``torch.load(weights_only=False)`` of a downloaded checkpoint can run anything. Every file this project
+a full (non weights-only) ``torch.load`` of a downloaded checkpoint can run anything. Every file this project
 reads goes through one of two loaders here, which rebuild plain data only and refuse anything else with a
 one-line :class:`CheckpointError` naming what was refused:
 
@@ -12,7 +12,7 @@ one-line :class:`CheckpointError` naming what was refused:
   scalars and dtypes; mmengine's ``HistoryBuffer`` is added by the MMDetection runner, and stood in for by
   :class:`ForeignState` elsewhere so that converting never imports a framework).
 
-Nothing here switches the protection off for a whole program (no ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``).
+Nothing here switches the protection off for a whole program (no environment switch that forces full unpickling).
 """
 from __future__ import annotations
 
@@ -133,7 +133,7 @@ def load_torch(path: str, extra_globals=(), map_location="cpu"):
             refused = re.search(r"GLOBAL ([\w.]+)", str(e))
             if refused:
                 raise CheckpointError(f"refusing to unpickle {refused.group(1)} from {path}: {_PLAIN}") from e
-            # not a refused type: a damaged or foreign file (torch's text would advise weights_only=False: never)
+            # not a refused type: a damaged or foreign file (never follow torch's advice to load it in full)
             reason = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", str(e))
             raise CheckpointError(f"cannot read checkpoint {path} (corrupt, truncated or not a torch file): "
                                   f"{reason.group(1) if reason else type(e).__name__}") from e
