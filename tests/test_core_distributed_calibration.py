@@ -1,5 +1,4 @@
 """BN calibration across 2 gloo processes equals calibration over all batches in one process."""
-import socket
 
 import torch
 import torch.distributed as dist
@@ -7,6 +6,7 @@ import torch.multiprocessing as mp
 
 import us3l
 from us3l.models import us_resnet18
+from ports import free_port
 
 
 def _batches():
@@ -31,9 +31,7 @@ def _worker(rank, port, out):
 
 
 def test_calibration_all_reduces_across_processes(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     out = str(tmp_path / "stats.pth")
     mp.start_processes(_worker, args=(port, out), nprocs=2, start_method="spawn")
     distributed = torch.load(out, weights_only=True)

@@ -2,27 +2,22 @@
 import json
 import math
 import os
+
 import re
-import socket
 import subprocess
 import sys
 
 
 import mmdet  # noqa: E402,F401
+from ports import free_port  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_torchrun_two_processes_shard_data_and_evaluate(tiny_coco, tmp_path):
     work = tmp_path / "work"
     env = dict(os.environ, US3L_DATASETS=tiny_coco["datasets_dir"])
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
            os.path.join(ROOT, "projects", "detection", "mmdet_train.py"),
            os.path.join(ROOT, "projects", "detection", "mmdet_configs", "faster-rcnn_us-r50_fpn_1x_coco_tiny.py"),
            "--launcher", "pytorch", "--width", "0.25", "--work-dir", str(work), "--cfg-options",

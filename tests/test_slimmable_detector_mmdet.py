@@ -3,8 +3,8 @@ evaluation at three widths from one checkpoint, the uncalibrated-width rule, exp
 and a 2-process gloo sandwich run (tiny images, US-ResNet-18, few iterations)."""
 import json
 import os
+
 import re
-import socket
 import subprocess
 import sys
 
@@ -15,6 +15,7 @@ import mmdet  # noqa: F401
 import mmcv.ops  # noqa: F401
 
 from ckpt_helpers import ROOT
+from ports import free_port
 
 SEG = os.path.join(ROOT, "projects", "segmentation", "mmdet_configs")
 DET = os.path.join(ROOT, "projects", "detection", "mmdet_configs")
@@ -311,15 +312,9 @@ def _walk(node, key=None):
 
 
 # ------------------------------------------------------------------------------------------ distributed
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_torchrun_two_processes_sandwich_step(datasets, tmp_path):
     work = tmp_path / "work"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
            os.path.join(ROOT, "projects", "detection", "mmdet_train.py"), FASTER_CFG, "--launcher", "pytorch",
            "--work-dir", str(work), "--cfg-options",
            *_cli({**MODEL_OPTS, **RUN_OPTS, "train_dataloader.dataset.indices": 8})]
