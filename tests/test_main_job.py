@@ -122,3 +122,42 @@ def test_results_table_renders_and_rejects_nan(tmp_path):
     assert doc["rows"][1]["mask_AP"] is None  # NaN is not valid JSON
     assert "n/a" in open(paths["md"]).read()
     assert open(paths["png"], "rb").read(4) == b"\x89PNG"
+
+
+def _stage(name, out_dir, code):
+    from us3l.pipeline.commands import Stage
+    target = os.path.join(out_dir, name + ".txt")
+    script = f"import os; {code}; open({target!r}, 'w').write(os.environ['OMP_NUM_THREADS'])"
+    return Stage(name, [sys.executable, "-c", script], [target])
+
+
+def test_parallel_chains_run_skip_and_fail(tmp_path, capsys):
+    """Independent chains run side by side with the cores shared out; a rerun skips them; a failure is raised."""
+    from us3l.pipeline.stages import StageFailed, StageRunner
+
+    out = str(tmp_path)
+    chains = [[_stage(f"c{i}_a", out, "pass"), _stage(f"c{i}_b", out, "sum(range(10**6))")] for i in range(3)]
+    runner = StageRunner(out, out, dict(os.environ))
+    runner.run_parallel(chains, jobs=2, first_index=1, total=7)
+    threads = str(max(1, (os.cpu_count() or 1) // 2))
+    for chain in chains:
+        for st in chain:
+            assert open(st.outputs[0]).read() == threads  # each child got its share of the cores
+            assert runner.record[st.name]["cpu_seconds"] >= 0
+    assert runner.ran_any
+    text = capsys.readouterr().out
+    assert "3 independent runs, 2 at a time" in text and text.count("finished in") == 6
+
+    again = StageRunner(out, out, dict(os.environ))
+    again.run_parallel(chains, jobs=2, first_index=1, total=7)
+    assert capsys.readouterr().out.count("done earlier, skipped") == 6 and not again.ran_any
+
+    # a stage that reran before the chains (e.g. a new pre-training) makes every chain rerun
+    again.ran_any = True
+    again.run_parallel(chains[:1], jobs=2, first_index=1, total=3)
+    assert capsys.readouterr().out.count("finished in") == 2
+
+    bad = [[_stage("ok", out, "pass")], [_stage("bad", out, "raise SystemExit(3)")]]
+    with pytest.raises(StageFailed, match="'bad' failed .exit 3.; log: .*bad.log"):
+        StageRunner(out, out, dict(os.environ)).run_parallel(bad, jobs=2, first_index=1, total=3)
+    assert os.path.exists(os.path.join(out, "ok.txt"))  # the other chain still finished

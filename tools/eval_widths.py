@@ -149,7 +149,7 @@ def run_logged(cmd: list, log_path: str, env: dict) -> None:
     """Run with output shown live and saved; a failure names the log and the command."""
     print(f"[eval_widths] {shlex.join(cmd)}", flush=True)
     with open(log_path, "wb") as log:
-        rc = tee_process(cmd, log, REPO, env)
+        rc, _ = tee_process(cmd, log, REPO, env)
     if rc != 0:
         raise SystemExit(f"[eval_widths] evaluation failed (exit {rc}); log: {log_path}")
 

@@ -137,9 +137,9 @@ def _d2_train(job: Job, weights: str, out_dir: str, seed: int, width_opts: list)
     return cmd + list(job.finetune_opts)
 
 
-def _mmdet_train(job: Job, weights: str, out_dir: str, seed: int, width_args: list) -> list:
+def _mmdet_train(job: Job, weights: str, out_dir: str, seed: int, width_args: list, cfg_opts: Sequence = ()) -> list:
     opts = [f"randomness.seed={seed}", f"train_cfg.max_epochs={job.finetune_epochs}", "train_cfg.val_begin=1000000",
-            *dataset_opts(job), *job.finetune_opts]
+            *dataset_opts(job), *cfg_opts, *job.finetune_opts]
     if weights:
         opts.insert(0, f"model.backbone.init_cfg.checkpoint={weights}")
     else:  # random init: no pretrained checkpoint for the backbone
@@ -188,7 +188,8 @@ def detector_stages(job: Job, init: str, seed: int, weights: str) -> List[Stage]
         cmd = (_d2_train(job, weights, tdir, seed, [
             "MODEL.US3L.SANDWICH.NUM_RANDOM", job.sandwich_random_widths,
             "MODEL.US3L.CALIBRATION.WIDTHS", widths, "MODEL.US3L.CALIBRATION.NUM_BATCHES", job.calib_batches])
-               if job.framework == "d2" else _mmdet_train(job, weights, tdir, seed, []))
+               if job.framework == "d2" else _mmdet_train(job, weights, tdir, seed, [], [
+                   f"model.sandwich.num_random={job.sandwich_random_widths}"]))
         stages.append(Stage(f"{init}_seed{seed}_train", cmd, [_finished(job, tdir)]))
         ckpt = _finished(job, tdir) if job.framework == "d2" else tdir
         # widths the training run did not calibrate (mmdet) are calibrated here, on training images

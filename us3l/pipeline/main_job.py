@@ -2,7 +2,7 @@
 
 Stages (each its own process; its command is printed and logged, see :mod:`.stages`):
 
-  1. tools/make_embedded_dataset.py   the embedded COCO-format set, ``clutter-light`` style (generated, no download)
+  1. tools/make_embedded_dataset.py   the embedded COCO-format set, ``simple`` style (generated, no download)
   2. tools/pretrain.py                US3L pre-training of a slimmable ResNet-18 on the set's images
   3. tools/calibrate_bn.py            backbone BN statistics for every width
   4. tools/convert_pretrain_to_*.py   framework checkpoint
@@ -34,7 +34,7 @@ INITS = ("us3l", "random")
 # --quick: a pipeline check in a few minutes (the smoke test), not a measurement
 QUICK = {"widths": [1.0, 0.5], "seeds": [0, 1], "num_train": 8, "num_val": 4, "image_size": 64,
          "pretrain_iters": 2, "pretrain_batch": 8, "calib_batches": 1, "calib_batch_size": 8, "finetune_iters": 2,
-         "latency_runs": 1, "profile_size": 64}
+         "finetune_epochs": 1, "latency_runs": 1, "profile_size": 64}
 
 
 def repo_root() -> str:
@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="backbone initialisations compared with the same detector recipe and seeds")
     p.add_argument("--datasets", default=None,
                    help="folder for the generated detection set (default OUTPUT/datasets)")
-    p.add_argument("--dataset-style", default="clutter-light",
+    p.add_argument("--dataset-style", default="simple",
                    help="embedded detection set style (clutter-light | clutter | simple)")
     p.add_argument("--num-train", type=int, default=256, help="embedded dataset: training images")
     p.add_argument("--num-val", type=int, default=64, help="embedded dataset: validation images")
@@ -79,14 +79,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib-batches", type=int, default=4, help="BN calibration batches per width")
     p.add_argument("--calib-batch-size", type=int, default=64)
     p.add_argument("--detector-config", default=None, help="detector config (default: the recipe's tiny Mask R-CNN)")
-    p.add_argument("--finetune-iters", type=int, default=100, help="Detectron2: detector training iterations")
-    p.add_argument("--finetune-epochs", type=int, default=1, help="MMDetection: detector training epochs")
+    p.add_argument("--finetune-iters", type=int, default=200, help="Detectron2: detector training iterations")
+    p.add_argument("--finetune-epochs", type=int, default=3,
+                   help="MMDetection: detector training epochs (3 x 64 iterations at the defaults, ~ Detectron2's 200)")
     p.add_argument("--sandwich-random-widths", type=int, default=1,
                    help="slimmable recipe: random widths per iteration besides the max and the min")
     p.add_argument("--finetune-opts", nargs="*", default=[],
                    help="extra detector overrides (Detectron2 KEY VALUE pairs / MMDetection key=value)")
     p.add_argument("--num-gpus", type=int, default=0, help="GPUs per training / evaluation run (0: CPU)")
-    p.add_argument("--latency-runs", type=int, default=10, help="timed CPU forward passes per width (0: skip)")
+    p.add_argument("--jobs", type=int, default=0,
+                   help="detector runs (init x seed) side by side, the cores shared out among them "
+                        "(default 0: one per core, up to the number of runs, on a CPU; 1 with --num-gpus)")
+    p.add_argument("--latency-runs", type=int, default=0,
+                   help="timed CPU forward passes per width (default 0: skip; runs side by side would distort "
+                        "them, see bench/slimmable_detector.md for latency)")
     p.add_argument("--profile-size", type=int, default=224, help="input side for backbone GFLOPs/latency")
     p.add_argument("--seed", type=int, default=0, help="seed of the dataset and the pre-training")
     p.add_argument("--force", action="store_true", help="rerun stages that finished before")
@@ -107,6 +113,11 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     args.widths = sorted({float(w) for w in (args.widths or DEFAULT_WIDTHS)}, reverse=True)
     args.seeds = list(args.seeds if args.seeds is not None else DEFAULT_SEEDS)
     return args
+
+
+def default_jobs(num_runs: int, num_gpus: int) -> int:
+    """Detector runs side by side: one per core on a CPU (see StageRunner.run_parallel), one at a time on GPUs."""
+    return 1 if num_gpus > 0 else max(1, min(num_runs, os.cpu_count() or 1))
 
 
 def resolve_recipe(recipe: str, framework: str, repo: str) -> str:
@@ -153,14 +164,16 @@ def main(argv: Optional[List[str]] = None) -> dict:
                                                  args.pretrain_size))
         stages.append(C.convert_stage(job, stages[-1].outputs[0]))
         backbone = stages[-1].outputs[0]
-    for init in args.inits:
-        for seed in args.seeds:
-            stages += C.detector_stages(job, init, seed, backbone if init == "us3l" else "")
+    chains = [C.detector_stages(job, init, seed, backbone if init == "us3l" else "")
+              for init in args.inits for seed in args.seeds]
+    jobs = args.jobs or default_jobs(len(chains), args.num_gpus)
+    total = len(stages) + sum(len(c) for c in chains) + 1
 
     pipe.say(f"main job: {args.arch}, {framework}, {recipe} detector, widths {args.widths}, seeds {args.seeds}, "
              f"inits {args.inits}, {args.dataset_style} set, output {out}")
     for i, st in enumerate(stages, 1):
-        pipe.run(st.name, st.cmd, st.outputs, f"[{i}/{len(stages) + 1}]")
+        pipe.run(st.name, st.cmd, st.outputs, f"[{i}/{total}]")
+    pipe.run_parallel(chains, jobs, len(stages) + 1, total)
     if args.dry_run:
         return {}
 
@@ -171,7 +184,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
     meta = {"framework": framework, "recipe": recipe, "arch": args.arch, "widths": args.widths, "seeds": args.seeds,
             "inits": args.inits, "dataset": {"style": args.dataset_style, "num_train": args.num_train,
                                              "num_val": args.num_val, "image_size": args.image_size},
-            "finetune_iters": args.finetune_iters, "pretrain_iters": args.pretrain_iters,
+            "finetune_iters": args.finetune_iters, "pretrain_iters": args.pretrain_iters, "jobs": jobs,
             "stage_seconds": pipe.timings, "stage_cpu_seconds": pipe.cpu,
             "total_seconds": round(time.time() - pipe.t0, 1), "command": command}
     title = f"US3L {args.arch} Mask R-CNN ({framework}, {recipe}) on the embedded {args.dataset_style} set"
@@ -180,7 +193,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
              "detector GFLOPs: whole detector (fvcore) at the width; backbone GFLOPs: the trunk alone.",
              "random: the same detector recipe and seeds with a randomly initialised backbone."]
     paths = write_summary(rows, out, title, meta, notes)
-    pipe.say(f"[{len(stages) + 1}/{len(stages) + 1}] summary: {', '.join(paths.values())}")
+    pipe.say(f"[{total}/{total}] summary: {', '.join(paths.values())}")
     with open(paths["json"]) as f:
         doc = json.load(f)
     print("\n" + render_markdown(doc["rows"], title))
