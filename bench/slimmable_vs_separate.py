@@ -1,15 +1,18 @@
 #!/usr/bin/env python
 """Accuracy of ONE slimmable detector vs detectors fine-tuned separately per width (Detectron2, embedded set).
 
-    OMP_NUM_THREADS=1 PYTHONPATH=$PWD python bench/slimmable_vs_separate.py --seeds 0 1 2 --iters 300 \
-        --widths 1.0 0.75 0.5 0.25 --weights pretrained/us3l_resnet18.pkl --output bench/slimmable_vs_separate.md
+    OMP_NUM_THREADS=1 python bench/slimmable_vs_separate.py --seeds 0 1 2 --iters 200 \
+        --widths 1.0 0.75 0.5 0.25 --weights backbone_d2.pkl --output bench/slimmable_vs_separate.md
 
 Per seed: (a) one sandwich run of ``--iters`` iterations (max, min, ``--num-random`` random widths per
-iteration; so every width gets ``--iters`` steps), BN calibrated at ``--widths``, COCO-evaluated at each;
-(b) one ordinary fine-tuning run per width (width-sized backbone, full-width heads as today's per-width
-configs) of ``--iters`` iterations each, evaluated at its width. Same data, schedule, seed and initial
-backbone for both arms. The table gives box (and mask) AP mean +- std over seeds per width and the total
-training wall time of each arm (both measured in this process, one after the other).
+iteration; so the max and min widths get ``--iters`` steps each), BN calibrated at ``--widths``,
+COCO-evaluated at each; (b) per width, the SAME slimmable architecture (neck and heads slimmed with the
+width) fine-tuned at that width alone (sandwich off) for ``--iters`` iterations, calibrated and evaluated at
+it. Same data, schedule, seed and initial backbone for both arms. The table gives box and mask AP mean +-
+std over seeds per width and the training time of each arm (wall and CPU seconds of this process).
+
+Seeds may run in separate processes side by side (``--seeds 0 --output-json a.json`` ...) and be merged
+into one table with ``--merge a.json b.json ... --output T.md``.
 """
 from __future__ import annotations
 
@@ -22,11 +25,9 @@ import time
 import torch
 
 import us3l.d2 as d2
-from us3l.d2.engine import US3LTrainer
 from us3l.d2.sandwich import SlimmableDetectorTrainer
 
 SLIM = "projects/segmentation/configs/mask_rcnn_US-R50_FPN_slimmable_tiny.yaml"
-PLAIN = "projects/segmentation/configs/mask_rcnn_US-R50_FPN_tiny.yaml"
 
 
 def _common(args, seed, out):
@@ -57,68 +58,100 @@ def run_slimmable(args, seed, out) -> tuple[dict, float]:
 
 def run_separate(args, seed, out) -> tuple[dict, float]:
     ap, seconds = {}, 0.0
-    if args.weights == "":
-        bn = ["MODEL.US3L.BN_STATS", "reset"]
-    else:
-        bn = []
     for w in args.widths:
-        opts = _common(args, seed, os.path.join(out, f"w{w}")) + ["MODEL.US3L.WIDTH_MULT", str(w)] + bn
-        cfg = d2.load_config(PLAIN, opts)
+        wdir = os.path.join(out, f"w{w}")
+        cfg = d2.load_config(SLIM, _common(args, seed, wdir) + [
+            "MODEL.US3L.WIDTH_MULT", str(w), "MODEL.US3L.SANDWICH.ENABLED", "False",
+            "MODEL.US3L.CALIBRATION.WIDTHS", f"[{w}]", "MODEL.US3L.CALIBRATION.NUM_BATCHES", "20",
+            "DATASETS.TEST", "()"])
         t0 = time.perf_counter()
-        trainer = US3LTrainer(cfg)
+        trainer = SlimmableDetectorTrainer(cfg)
         trainer.resume_or_load(resume=False)
         trainer.train()
         seconds += time.perf_counter() - t0
-        ap[w] = {k.split("/")[1]: v["AP"] for k, v in trainer._last_eval_results.items()}
+        c = d2.load_config(SLIM, _common(args, seed, os.path.join(wdir, "eval")) + ["MODEL.US3L.WIDTH_MULT", str(w)])
+        res = SlimmableDetectorTrainer.test(c, trainer.model)
+        ap[w] = {k.split("/")[1]: v["AP"] for k, v in res.items()}
     return ap, seconds
+
+
+def _mean_std(values):
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def render(results: dict) -> str:
+    """Table of both arms per width (mean +- std over seeds), the difference and its verdict, the costs."""
+    meta, seeds = results["meta"], sorted(results["slimmable"], key=int)
+    lines = [f"seeds {seeds}, {meta['iters']} iterations, ResNet-{meta['depth']}, sandwich random widths "
+             f"{meta['num_random']}, weights {meta['weights'] or 'random init'}", "",
+             "| width | task | slimmable AP | separate AP | slimmable - separate | 2 x larger std | within noise |",
+             "|---:|---|---:|---:|---:|---:|---|"]
+    for w in meta["widths"]:
+        for task in ("bbox", "segm"):
+            a = [results["slimmable"][s][str(w)][task] for s in seeds]
+            b = [results["separate"][s][str(w)][task] for s in seeds]
+            (ma, sa), (mb, sb) = _mean_std(a), _mean_std(b)
+            bound = 2 * max(sa, sb)
+            lines.append(f"| {w:.2f} | {task} | {ma:.2f} +- {sa:.2f} | {mb:.2f} +- {sb:.2f} | {ma - mb:+.2f} | "
+                         f"{bound:.2f} | {'yes' if abs(ma - mb) <= bound else 'no'} |")
+    cost = {arm: {k: _mean_std([results["cost"][arm][s][k] for s in seeds]) for k in ("wall_s", "cpu_s")}
+            for arm in ("slimmable", "separate")}
+    lines += ["", "| arm | training wall s per seed | training CPU s per seed |", "|---|---:|---:|"]
+    for arm in ("slimmable", "separate"):
+        lines.append(f"| {arm}{' (sum over widths)' if arm == 'separate' else ''} | "
+                     f"{cost[arm]['wall_s'][0]:.0f} +- {cost[arm]['wall_s'][1]:.0f} | "
+                     f"{cost[arm]['cpu_s'][0]:.0f} +- {cost[arm]['cpu_s'][1]:.0f} |")
+    return "\n".join(lines) + "\n"
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--iters", type=int, default=300)
+    p.add_argument("--iters", type=int, default=200)
     p.add_argument("--widths", type=float, nargs="+", default=[1.0, 0.75, 0.5, 0.25])
-    p.add_argument("--num-random", type=int, default=2)
+    p.add_argument("--num-random", type=int, default=1)
     p.add_argument("--depth", type=int, default=18)
     p.add_argument("--weights", default="", help="converted US3L backbone .pkl (default: random init for both arms)")
     p.add_argument("--datasets", default=None,
                    help="$US3L_DATASETS holding us3l_shapes (tools/make_embedded_dataset.py)")
     p.add_argument("--work-dir", default="output/slimmable_vs_separate")
-    p.add_argument("--output", default=None)
+    p.add_argument("--output", default=None, help="markdown table (and the raw results beside it as .json)")
+    p.add_argument("--output-json", default=None, help="raw results only (to --merge later)")
+    p.add_argument("--merge", nargs="+", default=None, help="raw results of earlier runs: render them as one table")
     p.add_argument("--opts", nargs=argparse.REMAINDER, default=[])
     args = p.parse_args(argv)
-    d2.register_us3l_datasets(args.datasets)
-    results = {"slimmable": {}, "separate": {}, "seconds": {"slimmable": [], "separate": []}}
-    for seed in args.seeds:
-        for arm, fn in (("slimmable", run_slimmable), ("separate", run_separate)):
-            ap, sec = fn(args, seed, os.path.join(args.work_dir, arm, f"seed{seed}"))
-            results[arm][seed] = ap
-            results["seconds"][arm].append(sec)
-            print(f"[bench] seed {seed} {arm}: {json.dumps(ap)} ({sec:.0f} s)", flush=True)
-
-    def stat(arm, w, task):
-        v = [results[arm][s][w].get(task) for s in args.seeds if results[arm][s][w].get(task) is not None]
-        if not v:
-            return "n/a"
-        return f"{statistics.mean(v):.2f} +- {statistics.stdev(v) if len(v) > 1 else 0.0:.2f}"
-
-    lines = [f"seeds {args.seeds}, {args.iters} iterations per width, ResNet-{args.depth}, weights "
-             f"{args.weights or 'random init'}", "",
-             "| width | slimmable box AP | separate box AP | slimmable mask AP | separate mask AP |",
-             "|---:|---:|---:|---:|---:|"]
-    for w in args.widths:
-        lines.append(f"| {w:.2f} | {stat('slimmable', w, 'bbox')} | {stat('separate', w, 'bbox')} | "
-                     f"{stat('slimmable', w, 'segm')} | {stat('separate', w, 'segm')} |")
-    sec = results["seconds"]
-    lines += ["", f"training wall time per seed (mean): slimmable {statistics.mean(sec['slimmable']):.0f} s, "
-                  f"separate (sum over widths) {statistics.mean(sec['separate']):.0f} s"]
-    text = "\n".join(lines) + "\n"
+    if args.merge:
+        parts = [json.load(open(f)) for f in args.merge]
+        results = {"meta": parts[0]["meta"], "slimmable": {}, "separate": {},
+                   "cost": {"slimmable": {}, "separate": {}}}
+        for part in parts:
+            if {k: v for k, v in part["meta"].items() if k != "seeds"} != \
+                    {k: v for k, v in results["meta"].items() if k != "seeds"}:
+                raise SystemExit(f"--merge: runs with different settings: {part['meta']} vs {results['meta']}")
+            for arm in ("slimmable", "separate"):
+                results[arm].update(part[arm])
+                results["cost"][arm].update(part["cost"][arm])
+    else:
+        d2.register_us3l_datasets(args.datasets)
+        meta = {k: getattr(args, k) for k in ("iters", "widths", "num_random", "depth", "weights", "opts")}
+        results = {"meta": meta, "slimmable": {}, "separate": {}, "cost": {"slimmable": {}, "separate": {}}}
+        for seed in args.seeds:
+            for arm, fn in (("slimmable", run_slimmable), ("separate", run_separate)):
+                cpu0 = time.process_time()
+                ap, sec = fn(args, seed, os.path.join(args.work_dir, arm, f"seed{seed}"))
+                results[arm][str(seed)] = {str(w): v for w, v in ap.items()}
+                results["cost"][arm][str(seed)] = {"wall_s": sec, "cpu_s": time.process_time() - cpu0}
+                print(f"[bench] seed {seed} {arm}: {json.dumps(ap)} ({sec:.0f} s)", flush=True)
+    text = render(results)
     print(text)
+    if args.output_json:
+        with open(args.output_json, "w") as f:
+            json.dump(results, f, indent=2)
     if args.output:
         with open(args.output, "w") as f:
             f.write(text)
         with open(os.path.splitext(args.output)[0] + ".json", "w") as f:
-            json.dump(results, f, indent=2, default=str)
+            json.dump(results, f, indent=2)
 
 
 if __name__ == "__main__":
