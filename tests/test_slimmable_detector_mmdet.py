@@ -3,6 +3,7 @@ evaluation at three widths from one checkpoint, the uncalibrated-width rule, exp
 and a 2-process gloo sandwich run (tiny images, US-ResNet-18, few iterations)."""
 import json
 import os
+from dataclasses import replace
 
 import re
 import subprocess
@@ -201,6 +202,44 @@ def test_runner_trains_with_the_sandwich_rule(trained):
     logs = "".join(open(os.path.join(d, f)).read() for d, _, fs in os.walk(trained["work"]) for f in fs
                    if f.endswith(".log"))
     assert re.search(r"loss_min: \d", logs) and re.search(r"loss_rand2: \d", logs)
+
+
+def test_interrupted_run_resumes_at_its_iteration_from_the_saved_state(datasets, tmp_path, monkeypatch):
+    """mmengine's --resume: the run continues at the saved iteration, from the saved weights, and trains the
+    widths the uninterrupted run trains there (a function of the run's seed and the iteration)."""
+    from mmengine.logging import MessageHub
+
+    from us3l.checkpoint.safe_load import load_torch
+    from us3l.detection import sample_widths
+    from us3l.mmdet.runner import train_main
+    from us3l.mmdet.slimmable_detector import SlimmableMaskRCNN
+
+    seen = []  # (iteration, widths, first backbone weight) at each training step: a spy, the real method runs
+    original = SlimmableMaskRCNN.train_widths
+
+    def spy(self):
+        widths = original(self)
+        seen.append((MessageHub.get_current_instance().get_info("iter"), widths,
+                     self.backbone.conv1.weight.detach().clone()))
+        return widths
+
+    monkeypatch.setattr(SlimmableMaskRCNN, "train_widths", spy)
+    work = tmp_path / "run"
+    opts = {**MODEL_OPTS, **RUN_OPTS, "train_cfg.max_epochs": 1}
+    first = train_main([MASK_CFG, "--work-dir", str(work), "--cfg-options", *_cli(opts)])  # stops after epoch 1
+    assert first.iter == 2 and [i for i, _, _ in seen] == [0, 1]
+    saved = load_torch(str(work / "epoch_1.pth"))
+    sandwich = first.model.sandwich
+
+    seen.clear()
+    resumed = train_main([MASK_CFG, "--work-dir", str(work), "--resume", "--cfg-options",
+                          *_cli({**opts, "train_cfg.max_epochs": 2})])
+    assert resumed.iter == 4 and [i for i, _, _ in seen] == [2, 3]
+    seed = saved["meta"]["seed"]
+    for i, widths, _ in seen:
+        assert widths == sample_widths(replace(sandwich, seed=seed), i)
+    torch.testing.assert_close(seen[0][2], saved["state_dict"]["backbone.conv1.weight"], rtol=0, atol=0)
+    assert "optimizer" in saved and saved["meta"]["iter"] == 2
 
 
 # ------------------------------------------------------------------------------------ calibration / eval
