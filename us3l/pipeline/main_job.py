@@ -79,9 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib-batches", type=int, default=4, help="BN calibration batches per width")
     p.add_argument("--calib-batch-size", type=int, default=64)
     p.add_argument("--detector-config", default=None, help="detector config (default: the recipe's tiny Mask R-CNN)")
-    p.add_argument("--finetune-iters", type=int, default=200, help="Detectron2: detector training iterations")
+    p.add_argument("--finetune-iters", type=int, default=170, help="Detectron2: detector training iterations")
     p.add_argument("--finetune-epochs", type=int, default=3,
-                   help="MMDetection: detector training epochs (3 x 64 iterations at the defaults, ~ Detectron2's 200)")
+                   help="MMDetection: detector training epochs (64 iterations each at the defaults)")
     p.add_argument("--sandwich-random-widths", type=int, default=1,
                    help="slimmable recipe: random widths per iteration besides the max and the min")
     p.add_argument("--finetune-opts", nargs="*", default=[],
