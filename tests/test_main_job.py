@@ -15,7 +15,7 @@ import pytest
 
 from us3l.pipeline.main_job import parse_args
 from us3l.pipeline.results_table import load_results, write_results
-from us3l.pipeline.summary import summarize, width_effect, write_summary
+from us3l.pipeline.summary import init_comparison, summarize, width_effect, write_summary
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -111,6 +111,24 @@ def test_summary_mean_std_and_width_effect(tmp_path):
     assert {k for k in ("width", "init", "seeds", "box_AP_mean", "box_AP_std", "mask_AP_mean", "mask_AP_std",
                         "detector_gflops")} <= set(doc["rows"][0])
     assert open(paths["png"], "rb").read(4) == b"\x89PNG"
+
+
+def test_us3l_vs_random_verdict_per_width(tmp_path):
+    def run(box1, box2):
+        return [{"width": 1.0, "box_AP": box1, "mask_AP": 1.0}, {"width": 0.5, "box_AP": box2, "mask_AP": 1.0}]
+
+    runs = {"us3l": {0: run(30.0, 20.0), 1: run(31.0, 21.0), 2: run(32.0, 22.0)},
+            "random": {0: run(20.0, 19.0), 1: run(21.0, 21.0), 2: run(22.0, 23.0)}}
+    rows = summarize(runs)
+    got = {c["width"]: c for c in init_comparison(rows)}
+    assert got[1.0]["gap"] == pytest.approx(10.0) and got[1.0]["twice_max_std"] == pytest.approx(2.0)
+    assert got[1.0]["verdict"] == "better"
+    assert got[0.5]["gap"] == pytest.approx(0.0) and got[0.5]["verdict"] == "within noise"  # std 2 -> noise 4
+    runs["us3l"] = {s: run(10.0 + s, 21.0) for s in range(3)}
+    assert init_comparison(summarize(runs))[0]["verdict"] == "worse"
+    paths = write_summary(summarize(runs), str(tmp_path), "t")
+    assert json.loads(open(paths["json"]).read())["us3l_vs_random"][0]["verdict"] == "worse"
+    assert "US3L vs random init" in open(paths["md"]).read()
 
 
 def test_results_table_renders_and_rejects_nan(tmp_path):

@@ -85,6 +85,32 @@ def width_effect(rows: Iterable[dict], init: str, wide: Optional[float] = None, 
             "shows": bool(noise is not None and gap > noise)}
 
 
+def init_comparison(rows: Iterable[dict], init: str = "us3l", baseline: str = "random",
+                    key: str = "box_AP") -> List[dict]:
+    """Per width: does ``init`` beat ``baseline``? ``gap`` = mean(init) - mean(baseline); ``verdict`` is
+    "better" / "worse" when |gap| exceeds twice the larger std, else "within noise" (n/a without stds)."""
+    rows = list(rows)
+    a = {r["width"]: r for r in rows if r["init"] == init}
+    b = {r["width"]: r for r in rows if r["init"] == baseline}
+    out = []
+    for w in sorted(set(a) & set(b), reverse=True):
+        if a[w][f"{key}_mean"] is None or b[w][f"{key}_mean"] is None:
+            continue
+        gap = a[w][f"{key}_mean"] - b[w][f"{key}_mean"]
+        stds = [s for s in (a[w][f"{key}_std"], b[w][f"{key}_std"]) if s is not None]
+        noise = 2 * max(stds) if stds else None
+        verdict = "n/a" if noise is None else ("within noise" if abs(gap) <= noise else
+                                               ("better" if gap > 0 else "worse"))
+        out.append({"width": w, "metric": key, "init": init, "baseline": baseline, "gap": gap,
+                    "twice_max_std": noise, "verdict": verdict})
+    return out
+
+
+def _versus_cell(c: dict) -> str:
+    noise = "n/a" if c["twice_max_std"] is None else f"{c['twice_max_std']:.1f}"
+    return f"{c['width']:g}x {c['gap']:+.1f} ({noise}) {c['verdict']}"
+
+
 def _fmt(key: str, v) -> str:
     if v is None:
         return "n/a"
@@ -142,12 +168,16 @@ def write_summary(rows: List[dict], out_dir: str, title: str = "", meta: Optiona
     rows = sorted(rows, key=lambda r: (r["init"] != "us3l", r["init"], -r["width"]))
     notes = list(notes)
     effects = [e for e in (width_effect(rows, i) for i in sorted({r["init"] for r in rows})) if e]
+    versus = init_comparison(rows)
     doc = {"format": FORMAT, "title": title, "columns": [k for k, _ in COLUMNS], "rows": rows,
-           "width_effect": effects, "meta": meta or {}, "notes": notes}
+           "width_effect": effects, "us3l_vs_random": versus, "meta": meta or {}, "notes": notes}
     effect_notes = [f"width effect ({e['init']} init, box AP): {e['wide']:g}x - {e['narrow']:g}x = {e['gap']:.1f}, "
                     f"twice the larger std = " + (f"{e['twice_max_std']:.1f}" if e["twice_max_std"] is not None
                                                   else "n/a") + (" -> shows" if e["shows"] else " -> within noise")
                     for e in effects]
+    if versus:
+        effect_notes.append("US3L vs random init (box AP, us3l - random, twice the larger std in brackets): "
+                            + "; ".join(_versus_cell(c) for c in versus))
     paths = table_files.write_table_files(out_dir, doc, rows, COLUMNS, _csv_cell,
                                           render_markdown(rows, title, notes + effect_notes))
     paths["png"] = plot(rows, os.path.join(out_dir, "ap_vs_gflops.png"), title)
