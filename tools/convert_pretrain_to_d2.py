@@ -22,9 +22,8 @@ def main(argv=None) -> int:
     p = backbone_converter_parser(__doc__, "US3L pre-training/backbone checkpoint or a reference-code checkpoint",
                                   "output Detectron2 weights, ending in .pkl")
     args = p.parse_args(argv)
-    return convert_backbone(convert_backbone_to_d2, args, lambda payload: (
-        f"{describe_d2_backbone(payload)}\n"
-        f"wrote {args.dst}; use it with MODEL.WEIGHTS {args.dst} MODEL.US3L.WIDTH_MULT <width>"))
+    usage = f"wrote {args.dst}; use it with MODEL.WEIGHTS {args.dst} MODEL.US3L.WIDTH_MULT <width>"
+    return convert_backbone(convert_backbone_to_d2, args, lambda payload: f"{describe_d2_backbone(payload)}\n{usage}")
 
 
 if __name__ == "__main__":

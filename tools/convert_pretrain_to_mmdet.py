@@ -10,7 +10,7 @@ Keys left out on purpose (projector, EMA encoder, predictors) are listed.
 import sys
 
 from us3l.checkpoint.convert_cli import backbone_converter_parser, convert_backbone
-from us3l.checkpoint.mmdet_format import convert_backbone_to_mmdet
+from us3l.checkpoint.mmdet_format import convert_backbone_to_mmdet, describe_mmdet_backbone
 
 
 def main(argv=None) -> int:
@@ -18,9 +18,8 @@ def main(argv=None) -> int:
                                   "output .pth for MMDetection")
     p.add_argument("--quiet", action="store_true", help="do not list the keys left out")
     args = p.parse_args(argv)
-    return convert_backbone(convert_backbone_to_mmdet, args, lambda meta: (
-        f"{meta['arch']} backbone (width range {meta['width_range']}, calibrated widths "
-        f"{meta['calibrated_widths'] or 'none'}) -> {args.dst}"))
+    return convert_backbone(convert_backbone_to_mmdet, args,
+                            lambda meta: f"{describe_mmdet_backbone(meta)} -> {args.dst}")
 
 
 if __name__ == "__main__":
