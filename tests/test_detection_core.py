@@ -200,6 +200,28 @@ def test_calibration_and_the_uncalibrated_width_rule():
         calibrate_detector(detector, backbone, images, [1.0])
 
 
+def test_evaluation_widths_are_range_checked_then_calibrated_or_refused(tmp_path):
+    """us3l.detection.calibration.prepare_widths, the first step of both frameworks' per-width evaluation."""
+    import os
+
+    from us3l.detection.calibration import prepare_widths
+
+    model = us_resnet18(num_classes=0)
+    us3l.calibrate_bn(model, [torch.randn(2, 3, 32, 32)], 1.0)
+    calls = []
+    steps = dict(calibrate=lambda missing: calls.append(("calibrate", missing)),
+                 save=lambda path, meta: calls.append(("save", path, meta)), log=lambda msg: None)
+    with pytest.raises(ValueError):  # outside the width range: nothing made, nothing calibrated
+        prepare_widths(model, [1.0, 0.1], "ck.pth", str(tmp_path / "a"), 4, **steps)
+    assert not (tmp_path / "a").exists() and not calls
+    with pytest.raises(us3l.UncalibratedWidthError, match="--calibrate-batches"):
+        prepare_widths(model, [1.0, 0.5], "ck.pth", str(tmp_path / "b"), 0, **steps)
+    assert prepare_widths(model, [1.0], "ck.pth", str(tmp_path / "c"), 0, **steps) == [1.0] and not calls
+    assert prepare_widths(model, [1.0, 0.5], "ck.pth", str(tmp_path / "d"), 2, **steps) == [1.0, 0.5]
+    assert calls == [("calibrate", [0.5]),
+                     ("save", str(tmp_path / "d" / "model_calibrated.pth"), {"source": os.path.abspath("ck.pth")})]
+
+
 def test_export_channel_rule():
     full = {"fpn": 256, "fc": 1024, "mask": 256}
     assert neck_head_channels(full, 1.0) == full

@@ -88,6 +88,23 @@ def test_default_output_is_ignored_by_git():
     assert quick.widths == [1.0, 0.75, 0.5] and quick.finetune_iters == 2  # explicit options win over --quick
 
 
+def test_per_width_folders_are_the_ones_eval_widths_reads(tmp_path):
+    """The per-width recipe trains into ``finetune/<width tag>``; tools/eval_widths.py fills the evaluation's
+    ``finetune/w{width}`` template with the same tag (one rule: us3l.width.width_tag), three decimals included."""
+    from tools_loader import load_tool
+    from us3l.pipeline.commands import Job, detector_stages
+
+    weights_for = load_tool("eval_widths").weights_for
+    for framework in ("d2", "mmdet"):
+        job = Job(py="python", framework=framework, recipe="per-width", out=str(tmp_path), data_root=str(tmp_path),
+                  class_names=["a"], image_size=64, widths=(1.0, 0.5, 0.375))
+        *train, evaluate = detector_stages(job, "us3l", 0, "")
+        template = evaluate.cmd[2]
+        trained = [os.path.dirname(stage.outputs[0]) for stage in train]
+        assert [weights_for(template, w) for w in job.widths] == trained
+        assert [os.path.basename(d) for d in trained] == ["w1.00", "w0.50", "w0.375"]
+
+
 def test_summary_mean_std_and_width_effect(tmp_path):
     runs = {"us3l": {0: [{"width": 1.0, "box_AP": 30.0, "mask_AP": 20.0, "detector_gflops": 2.0, "gflops": 1.0},
                          {"width": 0.25, "box_AP": 20.0, "mask_AP": 10.0, "detector_gflops": 0.2, "gflops": 0.1}],

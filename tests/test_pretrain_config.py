@@ -9,15 +9,12 @@ import torch
 from us3l.engine.config import ConfigError, load_config
 from us3l.engine.trainer import pretrain
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = os.path.join(ROOT, "configs", "us3l_tiny_cpu.yaml")
+from ckpt_helpers import ROOT
+from pretrain_helpers import TINY, tiny_overrides
 
 
 def small(root, *extra):
-    return ["model.cifar_stem=false", "data.dataset=imagefolder", f"data.root={root}", "data.image_size=16",
-            "data.batch_size=8", "method.proj_hidden=32", "method.proj_dim=16", "method.pred_hidden=16",
-            "train.progress=false", "train.tensorboard=false", "train.num_threads=1", "train.checkpoint_every=0",
-            *extra]
+    return tiny_overrides(root, "train.checkpoint_every=0", *extra)
 
 
 def cli():

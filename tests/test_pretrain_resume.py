@@ -7,16 +7,14 @@ from us3l.checkpoint import load_backbone
 from us3l.engine.config import load_config
 from us3l.engine.trainer import pretrain
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = os.path.join(ROOT, "configs", "us3l_tiny_cpu.yaml")
+from ckpt_helpers import ROOT
+from pretrain_helpers import TINY, tiny_overrides
 
 
 def overrides(root, *extra):
     # 32 images, batch 8: 4 iterations per epoch; 6 iterations cross an epoch boundary and all dynamic stages
-    return ["model.cifar_stem=false", "data.dataset=imagefolder", f"data.root={root}", "data.image_size=16",
-            "data.batch_size=8", "method.proj_hidden=32", "method.proj_dim=16", "method.pred_hidden=16",
-            "train.progress=false", "train.tensorboard=false", "train.num_threads=1", "train.iterations=6",
-            "sampling.dynamic=true", "group_reg.warmup_epochs=0.5", "method.ema_schedule=cosine", *extra]
+    return tiny_overrides(root, "train.iterations=6", "sampling.dynamic=true", "group_reg.warmup_epochs=0.5",
+                          "method.ema_schedule=cosine", *extra)
 
 
 def tensors(obj, prefix=""):

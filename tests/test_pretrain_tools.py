@@ -10,6 +10,8 @@ from us3l.checkpoint import atomic_save, load_backbone
 from us3l.engine.config import config_from_dict
 from us3l.ssl.methods import build_method
 
+from pretrain_helpers import TINY, tiny_overrides
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -90,11 +92,8 @@ def test_ssl_table_summarises_real_runs(tiny_cls, tmp_path):
 
     widths = [str(w) for w in (1.0, 0.75, 0.5, 0.25)]
     for method in ("simsiam_naive", "us3l"):
-        cfg = load_config(os.path.join(ROOT, "configs", "us3l_tiny_cpu.yaml"), [
-            f"method.name={method}", "model.cifar_stem=false", "data.dataset=imagefolder",
-            f"data.root={tiny_cls['root']}", "data.image_size=16", "data.batch_size=8", "method.proj_hidden=32",
-            "method.proj_dim=16", "method.pred_hidden=16", "train.progress=false", "train.tensorboard=false",
-            "train.num_threads=1", "train.iterations=3", "train.log_every=1", "train.checkpoint_every=0"])
+        cfg = load_config(TINY, tiny_overrides(tiny_cls["root"], f"method.name={method}", "train.iterations=3",
+                                               "train.log_every=1", "train.checkpoint_every=0"))
         pretrain(cfg, str(tmp_path / method))
         assert tool("eval_ssl")([str(tmp_path / method / "final.pth"), "--widths", *widths, "--dataset",
                                  "imagefolder", "--data-root", tiny_cls["root"], "--image-size", "16", "--recipe",

@@ -12,30 +12,18 @@ loads at its own width only. Any backbone key that cannot be mapped is an error;
 """
 from __future__ import annotations
 
-import argparse
 import sys
 
-from us3l.checkpoint import CheckpointError, LoadReport
+from us3l.checkpoint.convert_cli import backbone_converter_parser, convert_backbone
 from us3l.checkpoint.d2_format import convert_backbone_to_d2, describe_d2_backbone
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("src", help="US3L pre-training/backbone checkpoint or a reference-code checkpoint")
-    parser.add_argument("dst", help="output Detectron2 weights, ending in .pkl")
-    parser.add_argument("--src-width", type=float, default=None,
-                        help="width of a reference calibration / fixed-width file whose name does not say it")
-    args = parser.parse_args(argv)
-    report = LoadReport()
-    try:
-        payload = convert_backbone_to_d2(args.src, args.dst, width=args.src_width, report=report)
-    except CheckpointError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print("\n".join(f"  dropped: {k}" for k in report.dropped))
-    print(describe_d2_backbone(payload))
-    print(f"wrote {args.dst}; use it with MODEL.WEIGHTS {args.dst} MODEL.US3L.WIDTH_MULT <width>")
-    return 0
+    p = backbone_converter_parser(__doc__, "US3L pre-training/backbone checkpoint or a reference-code checkpoint",
+                                  "output Detectron2 weights, ending in .pkl")
+    args = p.parse_args(argv)
+    usage = f"wrote {args.dst}; use it with MODEL.WEIGHTS {args.dst} MODEL.US3L.WIDTH_MULT <width>"
+    return convert_backbone(convert_backbone_to_d2, args, lambda payload: f"{describe_d2_backbone(payload)}\n{usage}")
 
 
 if __name__ == "__main__":

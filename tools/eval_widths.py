@@ -19,8 +19,9 @@ one process per width, then profiles the backbone at that width (``us3l.profilin
 ``results.{json,csv,md}``, ``metrics.json`` (flat, ``w0.50/bbox_AP`` keys) and ``ap_vs_gflops.png``.
 
 WEIGHTS is either one file used at every width (a checkpoint the width-aware loader slices, e.g. a converted
-backbone), or a template holding ``{width}``, replaced by the width as ``%.2f`` (``runs/w{width}/model_final.pth``
--> ``runs/w0.50/model_final.pth``): the usual case, one fine-tuned detector per width.
+backbone), or a template holding ``{width}``, replaced by the width as its tag writes it (:func:`us3l.width.width_text`:
+two decimals, three when needed; ``runs/w{width}/model_final.pth`` -> ``runs/w0.50/...``, ``runs/w0.375/...``):
+the usual case, one fine-tuned detector per width.
 
 Real COCO on GPUs: ``--config projects/segmentation/configs/mask_rcnn_US-R50_FPN_1x.yaml --num-gpus 8`` (its test
 set is ``coco_2017_val`` under ``$DETECTRON2_DATASETS``); ``--opts`` passes anything else to the test entry point.
@@ -37,7 +38,7 @@ import time
 
 from us3l.pipeline.live_log import tee_process
 from us3l.pipeline.results_table import render_markdown, write_results
-from us3l.width import width_tag
+from us3l.width import width_tag, width_text
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -46,7 +47,8 @@ MMDET_CONFIG = "projects/segmentation/mmdet_configs/mask-rcnn_us-r50_fpn_1x_coco
 
 
 def weights_for(template: str, w: float) -> str:
-    return template.replace("{width}", f"{w:.2f}")
+    """``template`` with ``{width}`` replaced by the width as its tag writes it (``0.50``, ``0.375``)."""
+    return template.replace("{width}", width_text(w))
 
 
 # ------------------------------------------------------------------------------------------ Detectron2
@@ -157,7 +159,7 @@ def run_logged(cmd: list, log_path: str, env: dict) -> None:
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("weights", help="detector weights (or a training run's folder); '{width}' in the path is "
-                                   "replaced by the width (%%.2f)")
+                                   "replaced by the width as in its tag w0.50 / w0.375 (0.50, 0.375)")
     p.add_argument("--widths", type=float, nargs="+", required=True)
     p.add_argument("--framework", choices=sorted(FRAMEWORKS), default="d2")
     p.add_argument("--config", default=None, help="detector config (default: the tiny Mask R-CNN of the framework)")

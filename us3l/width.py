@@ -57,11 +57,16 @@ def _require_slimmable(model: nn.Module) -> list[SlimmableMixin]:
     return mods
 
 
+def width_text(width: float) -> str:
+    """A width as names and tables write it: ``0.50``, ``1.00``, ``0.375`` (two decimals, three when needed)."""
+    text = f"{float(width):.3f}".rstrip("0")
+    whole, frac = text.split(".")
+    return f"{whole}.{frac.ljust(2, '0')}"
+
+
 def width_tag(width: float) -> str:
-    """Folder / metric name of a width: ``w0.50``, ``w1.00``, ``w0.375`` (two decimals, three when needed).
+    """Folder / metric name of a width: ``w0.50``, ``w1.00``, ``w0.375`` (``w`` + :func:`width_text`).
 
     The one naming rule for widths in file names and metric keys, so that 0.35 and 0.375 never collide.
     """
-    text = f"{float(width):.3f}".rstrip("0")
-    whole, frac = text.split(".")
-    return f"w{whole}.{frac.ljust(2, '0')}"
+    return f"w{width_text(width)}"

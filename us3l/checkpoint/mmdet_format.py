@@ -95,3 +95,10 @@ def convert_backbone_to_mmdet(src: str, dst: str, width: float | None = None, re
     out, meta = backbone_to_mmdet(state, meta, source=src)
     write_mmdet_checkpoint(out, meta, dst)
     return meta
+
+
+def describe_mmdet_backbone(meta: Mapping) -> str:
+    """One line about a written MMDetection backbone file, from the metadata :func:`convert_backbone_to_mmdet`
+    returns."""
+    return (f"{meta['arch']} backbone (width range {meta['width_range']}, calibrated widths "
+            f"{meta['calibrated_widths'] or 'none'})")

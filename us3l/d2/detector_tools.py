@@ -13,7 +13,7 @@ import torch
 
 from ..checkpoint import atomic_save
 from ..detection import fvcore_total_gflops, require_calibrated
-from ..detection.calibration import widths_to_calibrate
+from ..detection.calibration import prepare_widths
 from ..detection.width_rows import add_cost, width_row
 from ..detection.backends import export_config_path
 from ..ops.width_state import canonical_width
@@ -167,16 +167,11 @@ def evaluate(checkpoint: str, config: str, widths, output_dir: str, opts=(), cal
     from .sandwich import SlimmableDetectorTrainer
 
     cfg, model = load_slimmable(config, checkpoint, opts)
-    widths = [set_width(model, w) for w in widths]  # range check first
-    os.makedirs(output_dir, exist_ok=True)
-    missing = widths_to_calibrate(model, widths, checkpoint, calibrate_batches)
-    if missing:
-        logger.info("calibrating BN at widths %s on %d training batches each", missing, calibrate_batches)
-        calibrate_model(cfg, model, missing, calibrate_batches)
-        path = os.path.join(output_dir, "model_calibrated.pth")
-        _save_detector(model, path, {"source": os.path.abspath(checkpoint),
-                                     "calibrated_widths": calibrated_widths(model)})
-        logger.info("wrote the calibrated checkpoint %s", path)
+    widths = prepare_widths(
+        model, widths, checkpoint, output_dir, calibrate_batches,
+        calibrate=lambda missing: calibrate_model(cfg, model, missing, calibrate_batches),
+        save=lambda path, meta: _save_detector(model, path, dict(meta, calibrated_widths=calibrated_widths(model))),
+        log=logger.info)
     batch = _first_test_image(cfg) if profile else None
     arch = f"resnet{cfg.MODEL.RESNETS.DEPTH}"
     rows = []

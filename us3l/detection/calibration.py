@@ -16,7 +16,8 @@ function and stores the statistics in its output checkpoint).
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import os
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 import torch.nn as nn
@@ -58,6 +59,30 @@ def widths_to_calibrate(model: nn.Module, widths: Sequence[float], checkpoint: s
             " pass --calibrate-batches N to calibrate them on training images first, or run "
             "tools/calibrate_detector.py")
     return missing
+
+
+def prepare_widths(model: nn.Module, widths: Sequence[float], checkpoint: str, output_dir: str,
+                   calibrate_batches: int, calibrate: Callable[[list], object],
+                   save: Callable[[str, dict], None], log: Callable[[str], None]) -> list[float]:
+    """The first step of the per-width evaluation of ONE slimmable detector, in either framework.
+
+    ``widths`` are checked against the model's range (a bad width fails before anything is computed) and
+    returned canonical; ``output_dir`` is made; the widths without BN statistics follow
+    :func:`widths_to_calibrate`: refused, or calibrated with ``calibrate(missing)`` and the calibrated detector
+    written with ``save(OUTPUT_DIR/model_calibrated.pth, {"source": checkpoint})``. ``log``: the framework's log.
+    """
+    from ..width import set_width
+
+    widths = [set_width(model, w) for w in widths]  # range check first
+    os.makedirs(output_dir, exist_ok=True)
+    missing = widths_to_calibrate(model, widths, checkpoint, calibrate_batches)
+    if missing:
+        log(f"calibrating BN at widths {missing} on {calibrate_batches} training batches each")
+        calibrate(missing)
+        path = os.path.join(output_dir, "model_calibrated.pth")
+        save(path, {"source": os.path.abspath(checkpoint)})
+        log(f"wrote the calibrated checkpoint {path}")
+    return widths
 
 
 def require_calibrated(model: nn.Module, width: float) -> None:

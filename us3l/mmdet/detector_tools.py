@@ -15,11 +15,10 @@ from mmengine.config import DictAction
 from mmengine.logging import print_log
 
 from ..detection import fvcore_total_gflops
-from ..detection.calibration import widths_to_calibrate
+from ..detection.calibration import prepare_widths
 from ..detection.width_rows import add_cost, width_row
 from ..detection.backends import export_config_path
 from ..ops.width_state import canonical_width
-from ..width import set_width
 from ..width import width as width_ctx
 from .export import export_detector
 from .slimmable_eval import (calibrate_widths, data_batches, evaluate_widths, load_slimmable_detector,
@@ -104,15 +103,10 @@ def evaluate(checkpoint: str, config: str, widths, output_dir: str, opts=(), cal
              profile: bool = True) -> list[dict]:
     """COCO box/mask AP of ONE slimmable checkpoint at each width, with whole-detector and backbone GFLOPs."""
     model, cfg = _load(config, checkpoint, opts)
-    widths = [set_width(model, w) for w in widths]  # range check first
-    os.makedirs(output_dir, exist_ok=True)
-    missing = widths_to_calibrate(model, widths, checkpoint, calibrate_batches)
-    if missing:
-        print_log(f"calibrating BN at widths {missing} on {calibrate_batches} training batches each", logger="current")
-        calibrate_widths(model, cfg, missing, calibrate_batches)
-        path = os.path.join(output_dir, "model_calibrated.pth")
-        save_slimmable_detector(model, path, {"source": os.path.abspath(checkpoint)})
-        print_log(f"wrote the calibrated checkpoint {path}", logger="current")
+    widths = prepare_widths(model, widths, checkpoint, output_dir, calibrate_batches,
+                            calibrate=lambda missing: calibrate_widths(model, cfg, missing, calibrate_batches),
+                            save=lambda path, meta: save_slimmable_detector(model, path, meta),
+                            log=lambda msg: print_log(msg, logger="current"))
     results = evaluate_widths(model, cfg, sorted(widths, reverse=True))
     batch = next(data_batches(cfg.test_dataloader, batch_size=1)) if profile else None
     arch = f"resnet{cfg.model.backbone.get('depth', 50)}"

@@ -17,6 +17,8 @@ import os
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence
 
+from ..width import width_tag
+
 DEPTHS = {"resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101}
 FRAMEWORKS = {
     "d2": {
@@ -33,11 +35,6 @@ FRAMEWORKS = {
     },
 }
 RECIPES = ("slimmable", "per-width")
-
-
-def width_tag(w: float) -> str:
-    """Folder name of a width, as ``tools/eval_widths.py`` fills its ``{width}`` template: ``w0.50``."""
-    return f"w{w:.2f}"
 
 
 @dataclass

@@ -13,6 +13,7 @@ import math
 import os
 from typing import Dict, Iterable, List, Optional
 
+from ..width import width_text
 from . import table_files
 
 FORMAT = "us3l.results/1"
@@ -52,7 +53,7 @@ def _fmt(key: str, v) -> str:
     if v is None:
         return "n/a"
     if key == "width":  # 1.00, 0.75, and three decimals only where needed (0.375)
-        return f"{v:.2f}" if abs(round(v, 2) - v) < 1e-9 else f"{v:.3f}"
+        return width_text(v)
     if isinstance(v, float):
         return f"{v:.{_DIGITS.get(key, 1)}f}"
     return str(v)

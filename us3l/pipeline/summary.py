@@ -12,6 +12,7 @@ import os
 import statistics
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence
 
+from ..width import width_text
 from . import table_files
 
 FORMAT = "us3l.main_results/1"
@@ -114,8 +115,8 @@ def _versus_cell(c: dict) -> str:
 def _fmt(key: str, v) -> str:
     if v is None:
         return "n/a"
-    if key == "width":
-        return f"{v:.2f}" if abs(round(v, 2) - v) < 1e-9 else f"{v:.3f}"
+    if key == "width":  # 1.00, 0.75, and three decimals only where needed (0.375)
+        return width_text(v)
     if key == "seeds":
         return " ".join(str(s) for s in v)
     if key.endswith("gflops"):

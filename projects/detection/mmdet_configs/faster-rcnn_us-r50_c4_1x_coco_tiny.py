@@ -1,9 +1,7 @@
 # Tiny variant on the embedded synthetic dataset (4 shape classes; tools/make_embedded_dataset.py writes it to
-# $US3L_DATASETS/us3l_shapes): 128-px inputs, smaller anchors, plain BN, a 12-epoch schedule that runs on a CPU.
-_base_ = [
-    '../../mmdet_base/models/faster-rcnn_us-r50_c4.py', '../../mmdet_base/datasets/us3l_shapes_detection.py',
-    '../../mmdet_base/schedules/tiny_12e.py', '../../mmdet_base/cpu_runtime.py'
-]
+# $US3L_DATASETS/us3l_shapes): 128-px inputs, smaller anchors, plain BN, a 12-epoch schedule that runs on a CPU
+# (dataset, schedule and runtime: projects/mmdet_base/tiny_detection.py).
+_base_ = ['../../mmdet_base/models/faster-rcnn_us-r50_c4.py', '../../mmdet_base/tiny_detection.py']
 
 norm_cfg = dict(type='BN', requires_grad=True)  # SyncBN needs a process group
 model = dict(

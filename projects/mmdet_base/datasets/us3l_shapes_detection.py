@@ -20,17 +20,6 @@ test_pipeline = [
     dict(type='PackDetInputs',
          meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor'))
 ]
-train_dataloader = dict(
-    batch_size=4,
-    num_workers=0,
-    persistent_workers=False,
-    dataset=dict(
-        data_root=data_root,
-        metainfo=metainfo,
-        ann_file='annotations/instances_train.json',
-        data_prefix=dict(img='train/'),
-        filter_cfg=dict(filter_empty_gt=True, min_size=4),
-        pipeline=train_pipeline))
 val_dataloader = dict(
     batch_size=2,
     num_workers=0,
@@ -42,5 +31,15 @@ val_dataloader = dict(
         data_prefix=dict(img='val/'),
         pipeline=test_pipeline))
 test_dataloader = val_dataloader
+# the same loader settings and dataset location on the training split
+train_dataloader = dict(
+    val_dataloader,
+    batch_size=4,
+    dataset=dict(
+        val_dataloader['dataset'],
+        ann_file='annotations/instances_train.json',
+        data_prefix=dict(img='train/'),
+        filter_cfg=dict(filter_empty_gt=True, min_size=4),
+        pipeline=train_pipeline))
 val_evaluator = dict(ann_file=data_root + 'annotations/instances_val.json', metric='bbox', prefix='w1.00')
 test_evaluator = val_evaluator

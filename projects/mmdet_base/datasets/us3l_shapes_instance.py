@@ -1,20 +1,12 @@
-# The embedded synthetic dataset with instance masks (box and mask AP): us3l_shapes_detection.py plus masks.
+# The embedded synthetic dataset with instance masks (box and mask AP): us3l_shapes_detection.py whose pipelines
+# load the masks too.
 _base_ = './us3l_shapes_detection.py'
 
-train_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
-    dict(type='Resize', scale={{_base_.img_scale}}, keep_ratio=True),
-    dict(type='RandomFlip', prob=0.5),
-    dict(type='PackDetInputs')
-]
-test_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='Resize', scale={{_base_.img_scale}}, keep_ratio=True),
-    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
-    dict(type='PackDetInputs',
-         meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor'))
-]
+# mmengine runs a config with _base_ bound to its bases' variables (mmengine's "modify base variables")
+train_pipeline = _base_.train_pipeline
+train_pipeline[1].with_mask = True  # LoadAnnotations
+test_pipeline = _base_.test_pipeline
+test_pipeline[2].with_mask = True  # LoadAnnotations
 train_dataloader = dict(dataset=dict(pipeline=train_pipeline))
 val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
 test_dataloader = val_dataloader
