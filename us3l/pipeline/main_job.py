@@ -152,34 +152,28 @@ def main(argv: Optional[List[str]] = None) -> dict:
     pipe = StageRunner(out, repo, env, force=args.force, dry_run=args.dry_run)
 
     stages = [C.dataset_stage(job, args.num_train, args.num_val, args.dataset_style, args.seed)]
-    prep, backbone = [], ""  # the US3L backbone: pre-training, calibration, conversion
+    backbone = ""
     if "us3l" in args.inits:
         if args.pretrained:
             pretrained = os.path.abspath(args.pretrained)
         else:
-            prep.append(C.pretrain_stage(job, args.pretrain_config, args.pretrain_iters, args.pretrain_batch,
-                                         args.pretrain_size, args.seed, args.pretrain_opts))
-            pretrained = prep[-1].outputs[0]
-        prep.append(C.calibrate_backbone_stage(job, pretrained, args.calib_batches, args.calib_batch_size,
-                                               args.pretrain_size))
-        prep.append(C.convert_stage(job, prep[-1].outputs[0]))
-        backbone = prep[-1].outputs[0]
-    # chain 0 prepares the backbone; detector runs alternate between inits (seed by seed) so that both
-    # columns fill in together; a randomly initialised run does not wait for the pre-training
-    chains, needs = [prep], {}
-    for seed in args.seeds:
-        for init in sorted(args.inits, key=lambda i: i == "us3l"):  # a waiting chain must not hold a worker early
-            if init == "us3l":
-                needs[len(chains)] = 0
-            chains.append(C.detector_stages(job, init, seed, backbone if init == "us3l" else ""))
-    jobs = args.jobs or default_jobs(len(chains) - 1, args.num_gpus)
+            stages.append(C.pretrain_stage(job, args.pretrain_config, args.pretrain_iters, args.pretrain_batch,
+                                           args.pretrain_size, args.seed, args.pretrain_opts))
+            pretrained = stages[-1].outputs[0]
+        stages.append(C.calibrate_backbone_stage(job, pretrained, args.calib_batches, args.calib_batch_size,
+                                                 args.pretrain_size))
+        stages.append(C.convert_stage(job, stages[-1].outputs[0]))
+        backbone = stages[-1].outputs[0]
+    chains = [C.detector_stages(job, init, seed, backbone if init == "us3l" else "")
+              for init in args.inits for seed in args.seeds]
+    jobs = args.jobs or default_jobs(len(chains), args.num_gpus)
     total = len(stages) + sum(len(c) for c in chains) + 1
 
     pipe.say(f"main job: {args.arch}, {framework}, {recipe} detector, widths {args.widths}, seeds {args.seeds}, "
              f"inits {args.inits}, {args.dataset_style} set, output {out}")
     for i, st in enumerate(stages, 1):
         pipe.run(st.name, st.cmd, st.outputs, f"[{i}/{total}]")
-    pipe.run_parallel(chains, jobs, len(stages) + 1, total, needs)
+    pipe.run_parallel(chains, jobs, len(stages) + 1, total)
     if args.dry_run:
         return {}
 

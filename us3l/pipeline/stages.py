@@ -39,7 +39,7 @@ class StageRunner:
         self.timings: Dict[str, Optional[float]] = {}
         self.cpu: Dict[str, Optional[float]] = {}
         self.ran_any = False  # once a stage reruns, every later stage reruns too
-        self._lock = threading.RLock()
+        self._lock = threading.Lock()
         os.makedirs(os.path.join(out_dir, "logs"), exist_ok=True)
 
     def _save_record(self) -> None:
@@ -49,49 +49,39 @@ class StageRunner:
 
     def say(self, msg: str) -> None:
         m, s = divmod(int(time.time() - self.t0), 60)
-        with self._lock:  # whole lines from parallel chains
-            print(f"[{self.prefix} {m:02d}:{s:02d}] {msg}", flush=True)
+        print(f"[{self.prefix} {m:02d}:{s:02d}] {msg}", flush=True)
 
     def run(self, name: str, cmd: List, outputs: List[str], index: str = "") -> None:
         """Run ``cmd`` as stage ``name`` unless it finished before with the same command and its outputs exist."""
         if self._run_one(name, cmd, outputs, index, may_skip=not self.ran_any, env=self.env, live=True):
             self.ran_any = True
 
-    def run_parallel(self, chains: Sequence[Sequence], jobs: int, first_index: int, total: int,
-                     needs: Optional[Dict[int, int]] = None) -> None:
-        """Run chains of stages (objects with ``name``, ``cmd``, ``outputs``), ``jobs`` at a time.
+    def run_parallel(self, chains: Sequence[Sequence], jobs: int, first_index: int, total: int) -> None:
+        """Run independent chains of stages (objects with ``name``, ``cmd``, ``outputs``), ``jobs`` at a time.
 
         Why: the detectors of a job are small and their time goes largely to per-operator overhead, so on a CPU
-        two single-threaded runs side by side finish far sooner than two two-threaded runs one after the other;
-        and runs that do not need the pre-trained backbone need not wait for it. ``needs[i] = j``: chain ``i``
-        starts once chain ``j`` (an earlier one, ``j < i``) has finished, and reruns in full if ``j`` reran.
+        two single-threaded runs side by side finish far sooner than two two-threaded runs one after the other.
         The cores are shared out (``OMP_NUM_THREADS`` = cores // jobs); a child's output goes to its log only
-        (the console gets a line per start and finish). Inside a chain the skip rule is the sequential one.
-        The first failure is raised once every started chain has stopped; chains needing a failed one do not run.
+        (the console gets a line per start and finish). Inside a chain the skip rule is the sequential one;
+        a chain whose predecessor stages reran reruns in full. The first failure is raised once every chain
+        has stopped.
         """
-        needs = dict(needs or {})
-        if any(not 0 <= j < i for i, j in needs.items()):
-            raise ValueError(f"a chain can only need an earlier chain: {needs}")
         threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
         env = dict(self.env, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
         rerun_all = self.ran_any
         indices = iter(range(first_index, first_index + sum(len(c) for c in chains)))
         numbered = [[(st, f"[{next(indices)}/{total}]") for st in chain] for chain in chains]
-        futures: list = []
 
-        def run_chain(i: int) -> bool:
+        def run_chain(chain) -> bool:
             ran = rerun_all
-            if i in needs:  # submitted earlier, so already running or done: waiting cannot starve the pool
-                ran = futures[needs[i]].result() or ran  # re-raises the prerequisite's failure
-            for st, index in numbered[i]:
+            for st, index in chain:
                 ran = self._run_one(st.name, st.cmd, st.outputs, index, may_skip=not ran, env=env, live=False) or ran
             return ran
 
         if jobs > 1:
-            self.say(f"{len(chains)} chains of runs, {jobs} at a time, {threads} thread(s) each")
+            self.say(f"{len(chains)} independent runs, {jobs} at a time, {threads} thread(s) each")
         with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-            for i in range(len(numbered)):  # in order: a chain's prerequisite is always picked up before it
-                futures.append(pool.submit(run_chain, i))
+            futures = [pool.submit(run_chain, chain) for chain in numbered]
         errors = [f.exception() for f in futures if f.exception() is not None]
         if errors:
             raise errors[0]
