@@ -39,7 +39,7 @@ class StageRunner:
         self.timings: Dict[str, Optional[float]] = {}
         self.cpu: Dict[str, Optional[float]] = {}
         self.ran_any = False  # once a stage reruns, every later stage reruns too
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         os.makedirs(os.path.join(out_dir, "logs"), exist_ok=True)
 
     def _save_record(self) -> None:
@@ -49,7 +49,8 @@ class StageRunner:
 
     def say(self, msg: str) -> None:
         m, s = divmod(int(time.time() - self.t0), 60)
-        print(f"[{self.prefix} {m:02d}:{s:02d}] {msg}", flush=True)
+        with self._lock:  # whole lines from parallel chains
+            print(f"[{self.prefix} {m:02d}:{s:02d}] {msg}", flush=True)
 
     def run(self, name: str, cmd: List, outputs: List[str], index: str = "") -> None:
         """Run ``cmd`` as stage ``name`` unless it finished before with the same command and its outputs exist."""
