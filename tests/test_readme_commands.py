@@ -55,14 +55,6 @@ COMMANDS = {
     "projects/segmentation/configs/mask_rcnn_US-R50_FPN_1x.yaml MODEL.WEIGHTS runs/r50/us3l_r50.pkl "
     "MODEL.US3L.WIDTH_MULT $w OUTPUT_DIR runs/mask_w$w done":
         covered_by("tests/test_d2_train_eval.py, tests/test_d2_cpu_launch.py (the same entry point, tiny config)"),
-    "python tools/make_embedded_dataset.py --root /tmp/exp/us3l_shapes --style clutter --num-train 512 "
-    "--num-val 128": covered_by("tests/test_synthetic_dataset.py (the clutter styles, a few images)"),
-    "US3L_DATASETS=/tmp/exp OMP_NUM_THREADS=1 python projects/segmentation/train_net.py --config-file "
-    "projects/segmentation/configs/mask_rcnn_US-R50_FPN_tiny.yaml --num-gpus 1 OUTPUT_DIR /tmp/exp/w1.00_s0 "
-    "MODEL.WEIGHTS \"\" MODEL.US3L.WIDTH_MULT 1.0 SEED 0 SOLVER.MAX_ITER 300 SOLVER.STEPS \"(240,)\" "
-    "MODEL.RESNETS.DEPTH 18 MODEL.RESNETS.RES2_OUT_CHANNELS 64 MODEL.ROI_HEADS.NUM_CLASSES 8 "
-    "INPUT.MIN_SIZE_TRAIN \"(96,)\" INPUT.MIN_SIZE_TEST 96 MODEL.DEVICE cpu":
-        covered_by("tests/test_d2_train_eval.py (the same entry point and config, a few iterations)"),
 }
 
 
