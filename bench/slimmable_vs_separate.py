@@ -82,8 +82,8 @@ def _mean_std(values):
 def render(results: dict) -> str:
     """Table of both arms per width (mean +- std over seeds), the difference and its verdict, the costs."""
     meta, seeds = results["meta"], sorted(results["slimmable"], key=int)
-    lines = [f"seeds {[int(x) for x in seeds]}, {meta['iters']} iterations, ResNet-{meta['depth']}, sandwich random widths "
-             f"{meta['num_random']}, weights {meta['weights'] or 'random init'}", "",
+    lines = [f"seeds {[int(x) for x in seeds]}, {meta['iters']} iterations, ResNet-{meta['depth']}, "
+             f"sandwich random widths {meta['num_random']}, weights {meta['weights'] or 'random init'}", "",
              "| width | task | slimmable AP | separate AP | slimmable - separate | 2 x larger std | within noise |",
              "|---:|---|---:|---:|---:|---:|---|"]
     for w in meta["widths"]:
