@@ -64,10 +64,12 @@ def test_exact_resume_mid_epoch(tiny_cls, tmp_path):
 
 
 def test_accumulate_mode_steps_once_per_iteration(tiny_cls, tmp_path):
+    before = torch.get_num_threads()
     s = pretrain(load_config(TINY, overrides(tiny_cls["root"], "sampling.step_mode=accumulate", "train.iterations=3",
                                              "sampling.dynamic=false", "method.name=simsiam_inplace",
-                                             "train.checkpoint_every=0")), str(tmp_path / "acc"))
+                                             "train.checkpoint_every=0", "train.num_threads=1")), str(tmp_path / "acc"))
     assert s["optimizer_steps"] == 3 and s["forward_backward_passes"] == 9
+    assert torch.get_num_threads() == before  # train.num_threads held for the run only
 
 
 def test_sigterm_saves_and_stops(tiny_cls, tmp_path):

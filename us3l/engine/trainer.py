@@ -85,7 +85,17 @@ class Pretrainer:
             signal.signal(s, handler)
 
     def run(self) -> dict:
-        """Build everything, train until done / stopped, save, and write ``summary.json``."""
+        """Build everything, train until done / stopped, save, and write ``summary.json``.
+
+        ``train.num_threads`` holds for the run only: the caller's torch thread count is restored afterwards
+        (a run inside a longer process, e.g. a test session, must not leave it on one thread)."""
+        threads = torch.get_num_threads()
+        try:
+            return self._run()
+        finally:
+            torch.set_num_threads(threads)
+
+    def _run(self) -> dict:
         r = self._build()
         stats = {"step_times": [], "passes": 0, "images": 0, "optimizer_steps": 0, "last": {}}
         it, stopped = r.start, None
