@@ -114,9 +114,14 @@ def dataset_opts(job: Job) -> list:
                 "MODEL.ROI_HEADS.NUM_CLASSES", n, "INPUT.MIN_SIZE_TRAIN", f"({job.image_size},)",
                 "INPUT.MIN_SIZE_TEST", job.image_size]
     classes = "[" + ",".join(job.class_names) + "]"  # mmengine's DictAction: an unquoted list of strings
-    return [f"model.backbone.depth={depth}", f"model.roi_head.bbox_head.num_classes={n}",
+    # the slimmable configs have no validation loader (BN statistics exist per width only after calibration)
+    splits = ("train", "test") if job.recipe == "slimmable" else ("train", "val", "test")
+    # the slimmable FPN takes the full-width channels of the backbone (per-width configs: mmdet_train --width)
+    full = [64, 128, 256, 512] if depth < 50 else [256, 512, 1024, 2048]
+    neck = [f"model.neck.in_channels=[{','.join(map(str, full))}]"] if job.recipe == "slimmable" else []
+    return [f"model.backbone.depth={depth}", *neck, f"model.roi_head.bbox_head.num_classes={n}",
             f"model.roi_head.mask_head.num_classes={n}",
-            *(f"{split}_dataloader.dataset.metainfo.classes={classes}" for split in ("train", "val", "test"))]
+            *(f"{split}_dataloader.dataset.metainfo.classes={classes}" for split in splits)]
 
 
 def _d2_train(job: Job, weights: str, out_dir: str, seed: int, width_opts: list) -> list:
@@ -188,7 +193,8 @@ def detector_stages(job: Job, init: str, seed: int, weights: str) -> List[Stage]
                if job.framework == "d2" else _mmdet_train(job, weights, tdir, seed, [], [
                    f"model.sandwich.num_random={job.sandwich_random_widths}"]))
         stages.append(Stage(f"{init}_seed{seed}_train", cmd, [_finished(job, tdir)]))
-        ckpt = _finished(job, tdir) if job.framework == "d2" else tdir
+        # the ONE checkpoint of every width (mmengine saves the last epoch as epoch_<N>.pth)
+        ckpt = _finished(job, tdir) if job.framework == "d2" else os.path.join(tdir, f"epoch_{job.finetune_epochs}.pth")
         # widths the training run did not calibrate (mmdet) are calibrated here, on training images
         ev = _eval(job, ckpt, run_dir, title, ["--calibrate-batches", job.calib_batches])
     ev.name = f"{init}_seed{seed}_evaluate"
