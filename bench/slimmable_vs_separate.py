@@ -19,12 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import time
 
 import torch
 
 import us3l.d2 as d2
+from us3l.pipeline.summary import mean_std
 from us3l.d2.sandwich import SlimmableDetectorTrainer
 
 SLIM = "projects/segmentation/configs/mask_rcnn_US-R50_FPN_slimmable_tiny.yaml"
@@ -76,7 +76,8 @@ def run_separate(args, seed, out) -> tuple[dict, float]:
 
 
 def _mean_std(values):
-    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+    mean, std = mean_std(values)
+    return mean, std or 0.0  # one seed: no spread to show
 
 
 def render(results: dict) -> str:

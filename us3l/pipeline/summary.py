@@ -76,14 +76,20 @@ def width_effect(rows: Iterable[dict], init: str, wide: Optional[float] = None, 
     narrow = min(by_w, default=None) if narrow is None else narrow
     if wide not in by_w or narrow not in by_w or wide == narrow:
         return None
-    a, b = by_w[wide], by_w[narrow]
-    if a[f"{key}_mean"] is None or b[f"{key}_mean"] is None:
+    gap, noise = gap_and_noise(by_w[wide], by_w[narrow], key)
+    if gap is None:
         return None
-    gap = a[f"{key}_mean"] - b[f"{key}_mean"]
-    stds = [s for s in (a[f"{key}_std"], b[f"{key}_std"]) if s is not None]
-    noise = 2 * max(stds) if stds else None
     return {"init": init, "metric": key, "wide": wide, "narrow": narrow, "gap": gap, "twice_max_std": noise,
             "shows": bool(noise is not None and gap > noise)}
+
+
+def gap_and_noise(a: dict, b: dict, key: str) -> tuple:
+    """``mean(a) - mean(b)`` and the noise bar every reading here uses: twice the larger of the two stds
+    (None where a mean is missing / no std is known)."""
+    if a[f"{key}_mean"] is None or b[f"{key}_mean"] is None:
+        return None, None
+    stds = [s for s in (a[f"{key}_std"], b[f"{key}_std"]) if s is not None]
+    return a[f"{key}_mean"] - b[f"{key}_mean"], (2 * max(stds) if stds else None)
 
 
 def init_comparison(rows: Iterable[dict], init: str = "us3l", baseline: str = "random",
@@ -95,11 +101,9 @@ def init_comparison(rows: Iterable[dict], init: str = "us3l", baseline: str = "r
     b = {r["width"]: r for r in rows if r["init"] == baseline}
     out = []
     for w in sorted(set(a) & set(b), reverse=True):
-        if a[w][f"{key}_mean"] is None or b[w][f"{key}_mean"] is None:
+        gap, noise = gap_and_noise(a[w], b[w], key)
+        if gap is None:
             continue
-        gap = a[w][f"{key}_mean"] - b[w][f"{key}_mean"]
-        stds = [s for s in (a[w][f"{key}_std"], b[w][f"{key}_std"]) if s is not None]
-        noise = 2 * max(stds) if stds else None
         verdict = "n/a" if noise is None else ("within noise" if abs(gap) <= noise else
                                                ("better" if gap > 0 else "worse"))
         out.append({"width": w, "metric": key, "init": init, "baseline": baseline, "gap": gap,
