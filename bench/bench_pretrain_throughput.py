@@ -18,7 +18,9 @@ augmenting each batch in the main process, and saving ``final.pth`` once).
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -103,6 +105,7 @@ def main(argv=None):
     p.add_argument("--output", default="bench/pretrain_throughput.md")
     args = p.parse_args(argv)
     work = tempfile.mkdtemp(prefix="us3l_throughput_")
+    atexit.register(shutil.rmtree, work, True)  # its runs write ~0.5-1.5 GB of checkpoints and data
     os.environ["US3L_DATASETS"] = os.path.join(work, "data")  # a private dataset folder (see pretrain_cost.py)
     cfg, overrides = build_config(args)
     torch.set_num_threads(args.threads)

@@ -10,8 +10,10 @@ hits both alike. Writes a JSON and a markdown table.
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -38,6 +40,7 @@ def main(argv=None) -> int:
     ap.add_argument("--output", default=os.path.join(ROOT, "bench", "pretrain_cost.json"))
     args = ap.parse_args(argv)
     work = tempfile.mkdtemp(prefix="us3l_bench_")
+    atexit.register(shutil.rmtree, work, True)  # checkpoints and data of every run
     # a private dataset folder: the shared default one may hold another run's (differently sized) set, which
     # regenerating here would replace under that run's feet
     env = dict(os.environ, US3L_DATASETS=os.path.join(work, "data"))

@@ -7,4 +7,7 @@ source scripts/bootstrap.sh
 set -euo pipefail
 export PYTHONDONTWRITEBYTECODE=1 MPLBACKEND=Agg
 ruff check .  # lint first (rules in pyproject.toml): cheap, and a failure names file:line
-python -m pytest -q -p no:cacheprovider --durations=15 "${@:-tests}"
+# two test processes (pytest-xdist), one per core, one torch thread each (two threads each oversubscribe the cores:
+# +10 CPU-minutes measured); a test file stays in one process (its module fixtures are built once)
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
+python -m pytest -q -p no:cacheprovider -n "${US3L_TEST_WORKERS:-2}" --dist loadfile --durations=15 "${@:-tests}"

@@ -2,8 +2,10 @@
 (``us3l.backbone/1``, written by this project; the reference code's files come from reference_layout.py)."""
 from __future__ import annotations
 
+import atexit
 import functools
 import os
+import shutil
 import tempfile
 
 import torch
@@ -39,6 +41,8 @@ def us_r50_checkpoint(seed: int = 0) -> tuple:
     from us3l.checkpoint.model_io import save_model_backbone
 
     model = make_us_r50(seed)
-    path = os.path.join(tempfile.mkdtemp(prefix="us3l-r50-"), f"us_r50_seed{seed}.pth")
+    folder = tempfile.mkdtemp(prefix="us3l-r50-")
+    atexit.register(shutil.rmtree, folder, True)  # 91 MB per test process
+    path = os.path.join(folder, f"us_r50_seed{seed}.pth")
     save_model_backbone(model, path)
     return path, model

@@ -48,3 +48,21 @@ def tiny_cls(tmp_path_factory):
     info = dict(info, classes=sorted(info["classes"]), num_per_class_train=8, num_per_class_val=4, image_size=32)
     info.pop("params", None)
     return info
+
+
+def _subclasses(cls):
+    for sub in cls.__subclasses__():
+        yield sub
+        yield from _subclasses(sub)
+
+
+@pytest.fixture(autouse=True)
+def _no_visualizer_across_tests():
+    """MMDetection configs name their visualizer 'visualizer', and mmengine hands a Runner the existing instance
+    of that name: without this, every later Runner in the test process writes its ``vis_data`` into the first
+    test's tmp_path (removed once that test passes, see pytest.ini)."""
+    yield
+    vis = sys.modules.get("mmengine.visualization")
+    if vis is not None:
+        for cls in (vis.Visualizer, *_subclasses(vis.Visualizer)):
+            cls._instance_dict.clear()
