@@ -30,7 +30,8 @@ class BasicBlock(nn.Module):
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return self.relu(out + identity)
+        out += identity  # in place, as torchvision: a new tensor per block cost US@1.0 ~4 % vs torchvision
+        return self.relu(out)
 
 
 class Bottleneck(nn.Module):
@@ -51,7 +52,8 @@ class Bottleneck(nn.Module):
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
-        return self.relu(out + identity)
+        out += identity  # in place, as torchvision (see BasicBlock)
+        return self.relu(out)
 
 
 def _shortcut(f: LayerFactory, inplanes: int, out: int, stride: int):
