@@ -70,7 +70,7 @@ def minimal_loop(cfg) -> float:
             opt.zero_grad(set_to_none=True)
         for k, w in enumerate(sampler(it, total)):
             if per_width:
-                opt.zero_grad(set_to_none=True)
+                opt.zero_grad(set_to_none=False)  # the tool's rule: unused heads keep their momentum step
             set_width(method.online, w)
             loss, _ = method.width_loss(views, ctx)
             if greg is not None:
