@@ -6,12 +6,13 @@ folder is one git ignores (a run never modifies the checkout).
 """
 import csv
 import json
-import math
 import os
 import subprocess
 import sys
 
 import pytest
+
+from main_job_helpers import is_number, run_main
 
 from us3l.pipeline.main_job import parse_args
 from us3l.pipeline.results_table import load_results, write_results
@@ -20,23 +21,10 @@ from us3l.pipeline.summary import init_comparison, summarize, width_effect, writ
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _run_main(out):
-    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run([sys.executable, os.path.join(REPO, "tools", "run_main.py"), "--quick", "--output", str(out),
-                           "--finetune-opts", "TEST.PRECISE_BN.ENABLED", "False"],
-                          cwd=REPO, env=env, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    return proc.stdout
-
-
-def _is_number(v):
-    return isinstance(v, (int, float)) and math.isfinite(v)
-
-
 @pytest.mark.timeout(900)
 def test_main_job_quick(tmp_path):
     out = tmp_path / "main"
-    log = _run_main(out)
+    log = run_main(out, "--finetune-opts", "TEST.PRECISE_BN.ENABLED", "False")
     assert "[us3l-main" in log and "summary" in log  # progress is shown stage by stage
 
     for name in ("results.json", "results.csv", "results.md", "ap_vs_gflops.png", "stages.json"):
@@ -49,10 +37,10 @@ def test_main_job_quick(tmp_path):
     for r in rows.values():
         assert r["seeds"] == [0, 1]
         for key in ("box_AP_mean", "box_AP_std", "mask_AP_mean", "mask_AP_std", "backbone_gflops"):
-            assert _is_number(r[key]), (key, r)
+            assert is_number(r[key]), (key, r)
         assert 0.0 <= r["box_AP_mean"] <= 100.0 and r["box_AP_std"] >= 0
         if doc["meta"]["recipe"] == "slimmable":  # whole-detector cost comes from the slimmable detector's eval
-            assert _is_number(r["detector_gflops"]), r
+            assert is_number(r["detector_gflops"]), r
         # the summary is the mean over the per-seed tables each run wrote
         per_seed = [next(x for x in load_results(str(out / r["init"] / f"seed{s}"))["rows"] if x["width"] == r["width"])
                     for s in (0, 1)]
@@ -70,7 +58,7 @@ def test_main_job_quick(tmp_path):
 
     # a rerun with the same command skips every finished stage
     n_stages = len(json.loads((out / "stages.json").read_text()))
-    log2 = _run_main(out)
+    log2 = run_main(out, "--finetune-opts", "TEST.PRECISE_BN.ENABLED", "False")
     assert log2.count("done earlier, skipped") == n_stages, log2
     assert json.loads((out / "results.json").read_text())["rows"] == doc["rows"]
 

@@ -64,12 +64,17 @@ def test_exact_resume_mid_epoch(tiny_cls, tmp_path):
 
 
 def test_accumulate_mode_steps_once_per_iteration(tiny_cls, tmp_path):
-    before = torch.get_num_threads()
-    s = pretrain(load_config(TINY, overrides(tiny_cls["root"], "sampling.step_mode=accumulate", "train.iterations=3",
-                                             "sampling.dynamic=false", "method.name=simsiam_inplace",
-                                             "train.checkpoint_every=0", "train.num_threads=1")), str(tmp_path / "acc"))
+    outer = torch.get_num_threads()
+    torch.set_num_threads(2)  # differs from the run's train.num_threads=1 (scripts/test.sh runs on one thread)
+    try:
+        s = pretrain(load_config(TINY, overrides(tiny_cls["root"], "sampling.step_mode=accumulate",
+                                                 "train.iterations=3", "sampling.dynamic=false",
+                                                 "method.name=simsiam_inplace", "train.checkpoint_every=0",
+                                                 "train.num_threads=1")), str(tmp_path / "acc"))
+        assert torch.get_num_threads() == 2  # train.num_threads held for the run only
+    finally:
+        torch.set_num_threads(outer)
     assert s["optimizer_steps"] == 3 and s["forward_backward_passes"] == 9
-    assert torch.get_num_threads() == before  # train.num_threads held for the run only
 
 
 def test_sigterm_saves_and_stops(tiny_cls, tmp_path):

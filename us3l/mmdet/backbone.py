@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from mmdet.registry import MODELS
 
-from ._resnet_parts import adopt_stem_and_stages, build_trunk, check_stage_args, forward_stages, freeze, stage_channels
+from ..models.resnet import stage_channels
+from ._resnet_parts import adopt_stem_and_stages, build_trunk, check_stage_args, forward_stages, freeze
 from .width_sized import WidthSizedResNetPart
 
 

@@ -17,8 +17,8 @@ from ..checkpoint import select_width_stats, slice_to_shapes
 from ..checkpoint.frameworks import write_mmdet_checkpoint
 from ..detection import backbone_stage_channels, neck_head_channels, require_calibrated
 from ..ops.width_state import check_width
+from ..models.resnet import stage_channels
 from ..width import width_range
-from ._resnet_parts import stage_channels
 
 PLAIN_TYPES = {"SlimmableMaskRCNN": "MaskRCNN", "SlimmableFasterRCNN": "FasterRCNN", "SlimmableFPN": "FPN",
                "SlimmableRPNHead": "RPNHead", "SlimmableSingleRoIExtractor": "SingleRoIExtractor",

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from mmdet.registry import MODELS
 
-from ._resnet_parts import build_trunk, stage_channels
+from ..models.resnet import stage_channels
+from ._resnet_parts import build_trunk
 from .width_sized import WidthSizedResNetPart
 
 

@@ -11,9 +11,9 @@ from mmdet.registry import MODELS
 from mmengine.model import BaseModule
 
 from ..detection import reset_bn_statistics
-from ..models.resnet import us_resnet
+from ..models.resnet import stage_channels, us_resnet
 from ..ops import DEFAULT_WIDTH_RANGE
-from ._resnet_parts import adopt_stem_and_stages, check_stage_args, forward_stages, stage_channels
+from ._resnet_parts import adopt_stem_and_stages, check_stage_args, forward_stages
 from .pretrained import load_width_sized, pretrained_cfg
 
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import torch.nn as nn
 
+from ..models.resnet import stage_channels
 from ..width import width_tag
-from ._resnet_parts import checked_width, stage_channels
+from ._resnet_parts import checked_width
 
 BACKBONE_TYPES = ("US3LResNet",)
 SLIMMABLE_BACKBONE = "US3LSlimmableResNet"

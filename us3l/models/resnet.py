@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..ops import DEFAULT_WIDTH_RANGE
+from ..ops import DEFAULT_WIDTH_RANGE, active_channels
 from .layer_factory import LayerFactory
 
 ARCH_SETTINGS = {18: ("basic", (2, 2, 2, 2)), 34: ("basic", (3, 4, 6, 3)),
@@ -54,6 +54,12 @@ class Bottleneck(nn.Module):
         out = self.bn3(self.conv3(out))
         out += identity  # in place, as torchvision (see BasicBlock)
         return self.relu(out)
+
+
+def stage_channels(depth: int, width: float = 1.0) -> tuple[int, ...]:
+    """Output channels of layer1..layer4 at ``width`` (what an FPN's laterals take in)."""
+    exp = EXPANSION[ARCH_SETTINGS[depth][0]]
+    return tuple(active_channels(64 * 2 ** i * exp, width) for i in range(4))
 
 
 def _shortcut(f: LayerFactory, inplanes: int, out: int, stride: int):

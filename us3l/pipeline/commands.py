@@ -117,7 +117,9 @@ def dataset_opts(job: Job) -> list:
     # the slimmable configs have no validation loader (BN statistics exist per width only after calibration)
     splits = ("train", "test") if job.recipe == "slimmable" else ("train", "val", "test")
     # the slimmable FPN takes the full-width channels of the backbone (per-width configs: mmdet_train --width)
-    full = [64, 128, 256, 512] if depth < 50 else [256, 512, 1024, 2048]
+    from ..models.resnet import stage_channels  # torch: imported only when an MMDetection job is built
+
+    full = stage_channels(depth)
     neck = [f"model.neck.in_channels=[{','.join(map(str, full))}]"] if job.recipe == "slimmable" else []
     return [f"model.backbone.depth={depth}", *neck, f"model.roi_head.bbox_head.num_classes={n}",
             f"model.roi_head.mask_head.num_classes={n}",

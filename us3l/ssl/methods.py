@@ -23,6 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..models import build_us_model
+from ..models.resnet import stage_channels
 from ..width import get_width
 from .ema import ema_update, make_teacher, momentum_at
 from .heads import feature_adapter, mlp
@@ -112,7 +113,7 @@ class OnlineNet(nn.Module):
         if spec.feature_distill_stages:
             if not hasattr(backbone, "forward_stages"):
                 raise ValueError("feature distillation needs a backbone with forward_stages (ResNet)")
-            chans = [64, 128, 256, 512] if backbone.feature_dim == 512 else [256, 512, 1024, 2048]
+            chans = stage_channels(backbone.depth)
             self.adapters = nn.ModuleDict({str(s): feature_adapter(chans[s - 1], spec.width_range)
                                            for s in spec.feature_distill_stages})
 
