@@ -22,11 +22,13 @@ _log() { echo "[us3l-bootstrap] $*" >&2; }
 
 _fetch_sdist() {  # name version -> downloads the source archive into the current folder, through pip
   # (the user's pip configuration: index / extra indexes, find-links, proxies, certificates)
-  if pip download -q --no-deps --no-binary :all: --no-build-isolation "$1==$2" -d . >/dev/null 2>&1; then
-    return 0
-  fi
-  # pip refuses to prepare a PyPI sdist whose metadata names a URL dependency (pb1-detectron2's "all" extra):
-  # ask pip's own package finder, with the same configuration, for the archive and download it with pip's session
+  pip download -q --no-deps --no-binary :all: --no-build-isolation "$1==$2" -d . >/dev/null 2>&1 \
+    || _fetch_sdist_with_pip_finder "$1" "$2"
+}
+
+_fetch_sdist_with_pip_finder() {  # name version -> the same, for archives `pip download` refuses to prepare
+  # pip refuses a PyPI sdist whose metadata names a URL dependency (pb1-detectron2's "all" extra): ask pip's own
+  # package finder, with the same configuration, for the archive and download it with pip's session
   python - "$1" "$2" <<'PY'
 import os, sys
 from pip._internal.commands import create_command
@@ -52,7 +54,7 @@ _build_detectron2_wheel() {
   # PyPI re-upload of Detectron2 0.6 without C++ sources: build pure Python, package model-zoo configs.
   local work; work="$(mktemp -d)"
   ( cd "$work"
-    _fetch_sdist pb1-detectron2 "$D2_VERSION" >/dev/null
+    _fetch_sdist_with_pip_finder pb1-detectron2 "$D2_VERSION" >/dev/null  # `pip download` refuses it (9 s lost)
     tar xzf pb1[-_]detectron2-*.tar.gz
     cd pb1[-_]detectron2-"$D2_VERSION"
     python - <<'PY'

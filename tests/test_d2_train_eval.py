@@ -18,6 +18,7 @@ import us3l  # noqa: E402
 from us3l.checkpoint.model_io import save_model_backbone  # noqa: E402
 from us3l.d2 import (DatasetFilesError, check_datasets, load_config, register_coco_json,  # noqa: E402
                      register_us3l_datasets)
+from us3l.d2.checkpoint import US3LCheckpointer  # noqa: E402
 from us3l.d2.engine import US3LTrainer  # noqa: E402
 from us3l.models import us_resnet18  # noqa: E402
 
@@ -131,3 +132,31 @@ def test_multi_process_launch_without_gpus_is_a_clear_error():
 
     with pytest.raises(SystemExit, match="need CUDA GPUs"):
         run(["--num-gpus", "2", "--config-file", CONFIG])
+
+
+def test_batched_evaluation_gives_the_same_metrics(trained):
+    """TEST.IMS_PER_BATCH (the tiny configs batch 8): one loader batch holds the whole val split, and the COCO
+    metrics equal those of one image at a time (the images are of one size, so nothing is padded differently)."""
+    from us3l.d2.evaluation import build_test_loader
+
+    register_us3l_datasets(trained["tiny"]["datasets_dir"])  # another test points the catalog elsewhere
+    model = US3LTrainer.build_model(trained["cfg"])
+    US3LCheckpointer(model).resume_or_load(os.path.join(trained["out"], "model_final.pth"), resume=False)
+    metrics = {}
+    for batch in (1, 8):
+        cfg = trained["cfg"].clone()
+        cfg.defrost()
+        cfg.TEST.IMS_PER_BATCH = batch
+        cfg.OUTPUT_DIR = str(trained["folder"] / f"eval_batch{batch}")
+        sizes = [len(b) for b in build_test_loader(cfg, cfg.DATASETS.TEST[0])]
+        assert sizes == ([1] * trained["tiny"]["num_val"] if batch == 1 else [trained["tiny"]["num_val"]])
+        metrics[batch] = US3LTrainer.test(cfg, model)
+    assert metrics[1]["w0.50/bbox"]["AP50"] > 0  # something was detected, so the comparison means something
+    for key, values in metrics[1].items():
+        for k, v in values.items():
+            assert metrics[8][key][k] == pytest.approx(v, abs=1e-6, nan_ok=True), (key, k)
+    cfg = trained["cfg"].clone()
+    cfg.defrost()
+    cfg.TEST.IMS_PER_BATCH = 0
+    with pytest.raises(ValueError, match="TEST.IMS_PER_BATCH"):
+        build_test_loader(cfg, cfg.DATASETS.TEST[0])

@@ -25,6 +25,9 @@ def add_us3l_config(cfg: CN) -> CN:
       widths drawn from ``SEED`` and the iteration (:mod:`us3l.detection.sandwich`);
     * ``CALIBRATION.{WIDTHS, NUM_BATCHES}``: widths whose BN statistics are calibrated on training images
       after training (before the final evaluation and ``model_final.pth``; empty = ``WIDTH_MULT``).
+
+    And ``TEST.IMS_PER_BATCH`` (default 1): images per inference batch in evaluation
+    (:func:`us3l.d2.evaluation.build_test_loader`).
     """
     if "US3L" not in cfg.MODEL:
         cfg.MODEL.US3L = CN()
@@ -41,6 +44,8 @@ def add_us3l_config(cfg: CN) -> CN:
         cfg.MODEL.US3L.CALIBRATION = CN()
         cfg.MODEL.US3L.CALIBRATION.WIDTHS = []
         cfg.MODEL.US3L.CALIBRATION.NUM_BATCHES = 200
+    if "IMS_PER_BATCH" not in cfg.TEST:
+        cfg.TEST.IMS_PER_BATCH = 1
     return cfg
 
 

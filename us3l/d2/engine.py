@@ -3,7 +3,8 @@
 ``get_cfg -> add_us3l_config -> merge_from_file -> merge_from_list -> freeze -> default_setup``, then
 Detectron2's ``launch`` (``--num-gpus``/``--num-machines``/``--dist-url``). The trainer is Detectron2's
 ``DefaultTrainer`` with three changes: the checkpointer is :class:`US3LCheckpointer` (never a silently
-skipped tensor), the evaluator is pycocotools COCO evaluation, and results are keyed by the width.
+skipped tensor), the evaluator is pycocotools COCO evaluation (``TEST.IMS_PER_BATCH`` images per batch), and
+results are keyed by the width.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from ..cli import run_tool
 from .checkpoint import US3LCheckpointer
 from .config import load_config, us3l_width
 from .datasets import check_datasets, register_coco_json, register_us3l_datasets
-from .evaluation import build_coco_evaluator, key_by_width, save_width_metrics
+from .evaluation import build_coco_evaluator, build_test_loader, key_by_width, save_width_metrics
 
 
 class US3LTrainer(DefaultTrainer):
@@ -29,6 +30,10 @@ class US3LTrainer(DefaultTrainer):
         self.checkpointer = US3LCheckpointer(self._trainer.model, self.cfg.OUTPUT_DIR, cfg=self.cfg,
                                              trainer=weakref.proxy(self))
         return super().build_hooks()
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        return build_test_loader(cfg, dataset_name)
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):

