@@ -56,7 +56,7 @@ _pip_install_parallel() {  # pip install arguments -> ONE resolve, then the plan
   # --no-deps group per core installs disjoint packages side by side. `pip check` then verifies the result.
   local plan jobs pids=() p rc=0
   plan="$(mktemp -d)"; jobs="$(nproc)"
-  pip install -q --dry-run --ignore-installed --report "$plan/report.json" "$@"
+  pip install -q --dry-run --report "$plan/report.json" "$@"
   python - "$plan" "$jobs" <<'PY'
 import json, os, sys, urllib.parse, urllib.request
 
