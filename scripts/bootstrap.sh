@@ -83,7 +83,7 @@ PY
   for p in "${pids[@]}"; do wait "$p" || rc=1; done
   rm -rf "$plan"
   [ "$rc" = 0 ] || { _log "error: a pip install group failed (see above)"; return 1; }
-  pip check >/dev/null || { pip check; _log "error: the installed packages are inconsistent (pip check)"; return 1; }
+  pip check >&2 || { _log "error: the installed packages are inconsistent (pip check, above)"; return 1; }
 }
 
 _build_detectron2_wheel() {

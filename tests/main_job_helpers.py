@@ -1,4 +1,5 @@
 """Running the main job (tools/run_main.py) as a user does, for the Detectron2 and MMDetection job tests."""
+import json
 import math
 import os
 import subprocess
@@ -18,3 +19,18 @@ def run_main(out, *args, cwd=REPO) -> str:
 
 def is_number(v) -> bool:
     return isinstance(v, (int, float)) and math.isfinite(v)
+
+
+def quick_summary_rows(out, numeric=()) -> tuple:
+    """``OUT/results.json`` of a ``--quick`` job: checks the rows every such job writes (both inits at widths 1.0 and
+    0.5, seeds 0 and 1, finite AP / GFLOPs plus the ``numeric`` keys, AP within 0-100); returns (doc, rows by
+    (init, width))."""
+    doc = json.loads((out / "results.json").read_text())
+    rows = {(r["init"], r["width"]): r for r in doc["rows"]}
+    assert sorted(rows) == [("random", 0.5), ("random", 1.0), ("us3l", 0.5), ("us3l", 1.0)]
+    for r in rows.values():
+        assert r["seeds"] == [0, 1]
+        for key in ("box_AP_mean", "box_AP_std", "mask_AP_mean", "backbone_gflops", *numeric):
+            assert is_number(r[key]), (key, r)
+        assert 0.0 <= r["box_AP_mean"] <= 100.0
+    return doc, rows

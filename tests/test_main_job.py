@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from main_job_helpers import is_number, run_main
+from main_job_helpers import is_number, quick_summary_rows, run_main
 
 from us3l.pipeline.main_job import parse_args
 from us3l.pipeline.results_table import load_results, write_results
@@ -31,14 +31,9 @@ def test_main_job_quick(tmp_path):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     assert (out / "ap_vs_gflops.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    doc = json.loads((out / "results.json").read_text())
-    rows = {(r["init"], r["width"]): r for r in doc["rows"]}
-    assert sorted(rows) == [("random", 0.5), ("random", 1.0), ("us3l", 0.5), ("us3l", 1.0)]
+    doc, rows = quick_summary_rows(out, numeric=("mask_AP_std",))
     for r in rows.values():
-        assert r["seeds"] == [0, 1]
-        for key in ("box_AP_mean", "box_AP_std", "mask_AP_mean", "mask_AP_std", "backbone_gflops"):
-            assert is_number(r[key]), (key, r)
-        assert 0.0 <= r["box_AP_mean"] <= 100.0 and r["box_AP_std"] >= 0
+        assert r["box_AP_std"] >= 0
         if doc["meta"]["recipe"] == "slimmable":  # whole-detector cost comes from the slimmable detector's eval
             assert is_number(r["detector_gflops"]), r
         # the summary is the mean over the per-seed tables each run wrote

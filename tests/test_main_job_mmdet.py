@@ -4,10 +4,8 @@ Its slimmable recipe was broken three ways while no test ran it (classes set on 
 the FPN's input channels, the evaluation given a folder): this runs the whole chain once, in its own file so
 that pytest-xdist runs it beside the Detectron2 job.
 """
-import json
-
 import pytest
-from main_job_helpers import is_number, run_main
+from main_job_helpers import quick_summary_rows, run_main
 
 from us3l.pipeline.results_table import load_results
 
@@ -17,15 +15,8 @@ def test_main_job_quick_mmdet(tmp_path):
     out = tmp_path / "main"
     run_main(out, "--mmdet", cwd=tmp_path)  # from a folder outside the repository
 
-    doc = json.loads((out / "results.json").read_text())
+    doc, rows = quick_summary_rows(out, numeric=("detector_gflops",))
     assert doc["meta"]["framework"] == "mmdet" and doc["meta"]["recipe"] == "slimmable"
-    rows = {(r["init"], r["width"]): r for r in doc["rows"]}
-    assert sorted(rows) == [("random", 0.5), ("random", 1.0), ("us3l", 0.5), ("us3l", 1.0)]
-    for r in rows.values():
-        assert r["seeds"] == [0, 1]
-        for key in ("box_AP_mean", "box_AP_std", "mask_AP_mean", "detector_gflops", "backbone_gflops"):
-            assert is_number(r[key]), (key, r)
-        assert 0.0 <= r["box_AP_mean"] <= 100.0
     for init in ("us3l", "random"):  # the whole detector is slimmed: its cost falls with the width
         assert rows[(init, 0.5)]["detector_gflops"] < 0.5 * rows[(init, 1.0)]["detector_gflops"]
     for seed in (0, 1):  # ONE checkpoint per (init, seed), its table holding both widths

@@ -7,7 +7,7 @@ each other and a table can be assembled from the files.
 
 ``TEST.IMS_PER_BATCH`` (added by :func:`us3l.d2.add_us3l_config`, default 1 as Detectron2 0.6 hard-codes):
 images per inference batch. Small detectors on a CPU spend much of each forward in per-operator overhead,
-so the tiny configs batch 8 (evaluation of the main job's 96 px set: ~30% less time, the same AP).
+so the tiny configs batch 8 (96 px images: 0.70x the time, the same AP; bench/tiny_detector.md).
 """
 from __future__ import annotations
 
@@ -33,10 +33,10 @@ def build_test_loader(cfg, dataset_name: str):
     per batch; images of a batch are padded to a common size by the model, as in training."""
     from detectron2.data import build_detection_test_loader
 
-    loader = build_detection_test_loader(cfg, dataset_name)
     batch = int(cfg.TEST.get("IMS_PER_BATCH", 1))
     if batch < 1:
         raise ValueError(f"TEST.IMS_PER_BATCH must be a positive number of images, got {batch}")
+    loader = build_detection_test_loader(cfg, dataset_name)
     if batch == 1:
         return loader
     return torch.utils.data.DataLoader(loader.dataset, batch_size=batch, sampler=loader.sampler,
