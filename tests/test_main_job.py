@@ -175,6 +175,20 @@ def test_parallel_chains_run_skip_and_fail(tmp_path, capsys):
     again.run_parallel(chains[:1], jobs=2, first_index=1, total=3)
     assert capsys.readouterr().out.count("finished in") == 2
 
+    # lead: the first chain's first stage runs alone on every core, then the rest side by side; a lead stage that
+    # reran makes the rest of its chain rerun, the other chains stay skipped
+    cores = os.cpu_count() or 1
+    os.remove(chains[0][0].outputs[0])
+    lead = StageRunner(out, out, dict(os.environ))
+    lead.run_parallel(chains, jobs=2, first_index=1, total=7, lead=True)
+    text = capsys.readouterr().out
+    assert text.count("finished in") == 2 and text.count("done earlier, skipped") == 4
+    lead_threads = str(cores) if int(threads) < cores else threads
+    assert open(chains[0][0].outputs[0]).read() == lead_threads
+    assert open(chains[0][1].outputs[0]).read() == threads
+    if int(threads) < cores:
+        assert text.index("c0_a first, alone on") < text.index("3 independent runs")
+
     bad = [[_stage("ok", out, "pass")], [_stage("bad", out, "raise SystemExit(3)")]]
     with pytest.raises(StageFailed, match="'bad' failed .exit 3.; log: .*bad.log"):
         StageRunner(out, out, dict(os.environ)).run_parallel(bad, jobs=2, first_index=1, total=3)

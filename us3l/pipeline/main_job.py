@@ -173,7 +173,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
              f"inits {args.inits}, {args.dataset_style} set, output {out}")
     for i, st in enumerate(stages, 1):
         pipe.run(st.name, st.cmd, st.outputs, f"[{i}/{total}]")
-    pipe.run_parallel(chains, jobs, len(stages) + 1, total)
+    pipe.run_parallel(chains, jobs, len(stages) + 1, total, lead=args.num_gpus == 0)
     if args.dry_run:
         return {}
 
