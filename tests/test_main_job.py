@@ -43,6 +43,18 @@ def test_main_job_quick(tmp_path):
     for init in ("us3l", "random"):
         assert rows[(init, 0.5)]["backbone_gflops"] < rows[(init, 1.0)]["backbone_gflops"]
     assert doc["meta"]["total_seconds"] > 0 and doc["meta"]["seeds"] == [0, 1]
+    # 4 detector runs: the first training alone on every core, the rest side by side (threads recorded)
+    cores = os.cpu_count() or 1
+    shared = max(1, cores // min(4, cores))
+    threads = doc["meta"]["stage_threads"]
+    assert threads["us3l_seed1_train"] == shared and threads["random_seed0_evaluate"] == shared
+    assert threads["us3l_seed0_train"] == (cores if shared < cores else shared)
+    # each evaluation's result shows on the console as soon as it is written (the first result, early)
+    for init in ("us3l", "random"):
+        for s in (0, 1):
+            seed = {x["width"]: x["box_AP"] for x in load_results(str(out / init / f"seed{s}"))["rows"]}
+            ap = {w: "n/a" if v is None else f"{v:.1f}" for w, v in seed.items()}
+            assert f"{init}_seed{s}_evaluate: box AP {ap[1.0]} at 1.00x ... {ap[0.5]} at 0.50x; table: " in log
 
     with open(out / "results.csv") as f:
         table = list(csv.DictReader(f))
@@ -155,6 +167,7 @@ def test_parallel_chains_run_skip_and_fail(tmp_path, capsys):
 
     out = str(tmp_path)
     chains = [[_stage(f"c{i}_a", out, "pass"), _stage(f"c{i}_b", out, "sum(range(10**6))")] for i in range(3)]
+    chains[1][1].report = lambda: "REPORT " + open(chains[1][1].outputs[0]).read()  # read once the stage wrote it
     runner = StageRunner(out, out, dict(os.environ))
     runner.run_parallel(chains, jobs=2, first_index=1, total=7)
     threads = str(max(1, (os.cpu_count() or 1) // 2))
@@ -165,10 +178,12 @@ def test_parallel_chains_run_skip_and_fail(tmp_path, capsys):
     assert runner.ran_any
     text = capsys.readouterr().out
     assert "3 independent runs, 2 at a time" in text and text.count("finished in") == 6
+    assert text.count("REPORT") == 1 and f"[4/7] c1_b: REPORT {threads}" in text  # after the stage, not before
 
     again = StageRunner(out, out, dict(os.environ))
     again.run_parallel(chains, jobs=2, first_index=1, total=7)
-    assert capsys.readouterr().out.count("done earlier, skipped") == 6 and not again.ran_any
+    text = capsys.readouterr().out
+    assert text.count("done earlier, skipped") == 6 and not again.ran_any and "REPORT" not in text
 
     # a stage that reran before the chains (e.g. a new pre-training) makes every chain rerun
     again.ran_any = True
@@ -186,6 +201,8 @@ def test_parallel_chains_run_skip_and_fail(tmp_path, capsys):
     lead_threads = str(cores) if int(threads) < cores else threads
     assert open(chains[0][0].outputs[0]).read() == lead_threads
     assert open(chains[0][1].outputs[0]).read() == threads
+    assert lead.threads["c0_a"] == int(lead_threads) and lead.threads["c0_b"] == int(threads)  # recorded
+    assert lead.threads["c1_a"] == int(threads)  # skipped: taken from the record of the run that made it
     if int(threads) < cores:
         assert text.index("c0_a first, alone on") < text.index("3 independent runs")
 

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
-from ..width import width_tag
+from ..width import width_tag, width_text
+from .results_table import load_results
 
 DEPTHS = {"resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101}
 FRAMEWORKS = {
@@ -42,6 +43,7 @@ class Stage:
     name: str
     cmd: List
     outputs: List[str]
+    report: Optional[Callable[[], str]] = None  # a console line once the stage has run (its result, in short)
 
 
 @dataclass
@@ -166,7 +168,16 @@ def _eval(job: Job, weights: str, out_dir: str, title: str, extra: Sequence = ()
            "--config", job.config, "--output-dir", out_dir, "--arch", job.arch, "--profile-size", job.profile_size,
            "--latency-runs", job.latency_runs, "--num-gpus", job.num_gpus, *extra, "--title", title,
            "--opts", *dataset_opts(job)]
-    return Stage("", cmd, [os.path.join(out_dir, "results.json")])
+    return Stage("", cmd, [os.path.join(out_dir, "results.json")], report=lambda: eval_report(out_dir))
+
+
+def eval_report(out_dir: str) -> str:
+    """One console line per evaluation, so the first result shows where the job is watched: box AP at the
+    widest and the narrowest width, and the table's path."""
+    rows = sorted(load_results(out_dir)["rows"], key=lambda r: -r["width"])
+    ap = [("n/a" if r.get("box_AP") is None else f"{r['box_AP']:.1f}") + f" at {width_text(r['width'])}x"
+          for r in (rows[0], rows[-1])]
+    return f"box AP {ap[0]} ... {ap[1]}; table: {os.path.join(out_dir, 'results.md')}"
 
 
 def detector_stages(job: Job, init: str, seed: int, weights: str) -> List[Stage]:

@@ -38,6 +38,9 @@ class StageRunner:
                 self.record = json.load(f)
         self.timings: Dict[str, Optional[float]] = {}
         self.cpu: Dict[str, Optional[float]] = {}
+        # OMP_NUM_THREADS a stage ran with (None: the tool's own default): the thread count picks the kernels
+        # and their summation order, so it is part of what reproduces a number
+        self.threads: Dict[str, Optional[int]] = {}
         self.ran_any = False  # once a stage reruns, every later stage reruns too
         self._lock = threading.RLock()
         os.makedirs(os.path.join(out_dir, "logs"), exist_ok=True)
@@ -64,14 +67,16 @@ class StageRunner:
         Why: the detectors of a job are small and their time goes largely to per-operator overhead, so on a CPU
         two single-threaded runs side by side finish far sooner than two two-threaded runs one after the other.
         The cores are shared out (``OMP_NUM_THREADS`` = cores // jobs); a child's output goes to its log only
-        (the console gets a line per start and finish). Inside a chain the skip rule is the sequential one;
+        (the console gets a line per start and finish, and the stage's ``report`` line if it has one, e.g. an
+        evaluation's AP). Inside a chain the skip rule is the sequential one;
         a chain whose predecessor stages reran reruns in full. The first failure is raised once every chain
         has stopped.
 
         ``lead``: the first stage of the first chain runs alone on every core before the others start. Why: the
-        first result comes sooner (a lone tiny detector run on 2 threads takes ~0.8x as long as each of two
-        single-threaded ones side by side), at the price of a slightly longer whole job. A lead stage that fails
-        is raised at once (no other chain has started).
+        first result comes sooner (the main job's first tiny detector training on 2 cores: 107 s alone on both,
+        126-129 s for each of the later ones, one thread each, two side by side; ``results/main/results.json``,
+        ``meta.stage_seconds``), at the price of a slightly longer whole job. A lead stage that fails is raised
+        at once (no other chain has started).
         """
         cores = os.cpu_count() or 1
         threads = max(1, cores // max(1, jobs))
@@ -84,15 +89,14 @@ class StageRunner:
         def run_chain(i: int) -> bool:
             ran = first_ran[i]
             for st, index in numbered[i]:
-                ran = self._run_one(st.name, st.cmd, st.outputs, index, may_skip=not ran, env=env, live=False) or ran
+                ran = self._run_stage(st, index, may_skip=not ran, env=env) or ran
             return ran
 
         if lead and jobs > 1 and threads < cores and numbered and numbered[0]:
             (st, index), numbered[0] = numbered[0][0], numbered[0][1:]
             self.say(f"{st.name} first, alone on {cores} threads (the first result sooner), then the rest")
             lead_env = dict(self.env, OMP_NUM_THREADS=str(cores), MKL_NUM_THREADS=str(cores))
-            first_ran[0] = self._run_one(st.name, st.cmd, st.outputs, index, may_skip=not rerun_all, env=lead_env,
-                                         live=False) or rerun_all
+            first_ran[0] = self._run_stage(st, index, may_skip=not rerun_all, env=lead_env) or rerun_all
         if jobs > 1:
             self.say(f"{len(chains)} independent runs, {jobs} at a time, {threads} thread(s) each")
         with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
@@ -103,6 +107,13 @@ class StageRunner:
         if any(f.result() for f in futures):
             self.ran_any = True
 
+    def _run_stage(self, st, index: str, may_skip: bool, env: dict) -> bool:
+        """A stage of a chain (output to its log only), then its ``report`` line, if it has one, once it ran."""
+        ran = self._run_one(st.name, st.cmd, st.outputs, index, may_skip=may_skip, env=env, live=False)
+        if ran and not self.dry_run and getattr(st, "report", None) is not None:
+            self.say(f"{index} {st.name}: {st.report()}")
+        return ran
+
     def _run_one(self, name: str, cmd: List, outputs: List[str], index: str, may_skip: bool, env: dict,
                  live: bool) -> bool:
         """One stage; returns whether it ran (False: skipped as done earlier)."""
@@ -112,6 +123,7 @@ class StageRunner:
             self.say(f"{index} {name}: done earlier, skipped (outputs exist; --force reruns)")
             self.timings[name] = rec.get("seconds")
             self.cpu[name] = rec.get("cpu_seconds")
+            self.threads[name] = rec.get("threads")
             return False
         log_path = os.path.join(self.out_dir, "logs", f"{name}.log")
         self.say(f"{index} {name}: {shlex.join(cmd)}" + ("" if live else f"  (output: {log_path})"))
@@ -125,6 +137,7 @@ class StageRunner:
             log.write((shlex.join(cmd) + "\n").encode())
             rc, cpu = tee_process(cmd, log, self.cwd, env, live=live)
         seconds, cpu = round(time.time() - start, 1), round(cpu, 1)
+        threads = int(env["OMP_NUM_THREADS"]) if env.get("OMP_NUM_THREADS", "").isdigit() else None
         if rc != 0:
             raise StageFailed(f"[{self.prefix}] stage {name!r} failed (exit {rc}); log: {log_path}\n"
                               f"rerun it alone with: {shlex.join(cmd)}")
@@ -134,7 +147,9 @@ class StageRunner:
         with self._lock:
             self.timings[name] = seconds
             self.cpu[name] = cpu
-            self.record[name] = {"cmd": cmd, "outputs": outputs, "seconds": seconds, "cpu_seconds": cpu}
+            self.threads[name] = threads
+            self.record[name] = {"cmd": cmd, "outputs": outputs, "seconds": seconds, "cpu_seconds": cpu,
+                                 "threads": threads}
             self._save_record()
         self.say(f"{index} {name}: finished in {seconds:.0f}s ({cpu:.0f}s CPU)")
         return True
