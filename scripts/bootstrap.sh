@@ -179,7 +179,7 @@ else
 fi
 if [ "${US3L_WITH_MMCV:-0}" = 1 ] && [ ! -f "$US3L_VENV/.mmcv" ]; then
   if ! ls "$_WHEELS"/mmcv-"$MMCV_VERSION"*.whl >/dev/null 2>&1; then
-    _log "MMDetection needs mmcv's compiled ops: building mmcv $MMCV_VERSION once (~6 min on 2 quiet cores, then" \
+    _log "MMDetection needs mmcv's compiled ops: building mmcv $MMCV_VERSION once (3-5 min on 2 quiet cores, then" \
          "cached in $_WHEELS); the Detectron2 path does not need it"
     _build_mmcv_wheel
   fi
