@@ -73,8 +73,8 @@ class StageRunner:
         has stopped.
 
         ``lead``: the first stage of the first chain runs alone on every core before the others start. Why: the
-        first result comes sooner (the main job's first tiny detector training on 2 cores: 107 s alone on both,
-        126-129 s for each of the later ones, one thread each, two side by side; ``results/main/results.json``,
+        first result comes sooner (the main job's first tiny detector training on 2 cores: 104 s alone on both,
+        126-131 s for each of the later ones, one thread each, two side by side; ``results/main/results.json``,
         ``meta.stage_seconds``), at the price of a slightly longer whole job. A lead stage that fails is raised
         at once (no other chain has started).
         """
