@@ -201,8 +201,9 @@ def test_parallel_chains_run_skip_and_fail(tmp_path, capsys):
     lead_threads = str(cores) if int(threads) < cores else threads
     assert open(chains[0][0].outputs[0]).read() == lead_threads
     assert open(chains[0][1].outputs[0]).read() == threads
-    assert lead.threads["c0_a"] == int(lead_threads) and lead.threads["c0_b"] == int(threads)  # recorded
-    assert lead.threads["c1_a"] == int(threads)  # skipped: taken from the record of the run that made it
+    recorded = lead.stage_meta("threads")
+    assert recorded["c0_a"] == int(lead_threads) and recorded["c0_b"] == int(threads)
+    assert recorded["c1_a"] == int(threads)  # skipped: taken from the record of the run that made it
     if int(threads) < cores:
         assert text.index("c0_a first, alone on") < text.index("3 independent runs")
 

@@ -185,7 +185,8 @@ def main(argv: Optional[List[str]] = None) -> dict:
             "inits": args.inits, "dataset": {"style": args.dataset_style, "num_train": args.num_train,
                                              "num_val": args.num_val, "image_size": args.image_size},
             "finetune_iters": args.finetune_iters, "pretrain_iters": args.pretrain_iters, "jobs": jobs,
-            "stage_seconds": pipe.timings, "stage_cpu_seconds": pipe.cpu, "stage_threads": pipe.threads,
+            "stage_seconds": pipe.stage_meta("seconds"), "stage_cpu_seconds": pipe.stage_meta("cpu_seconds"),
+            "stage_threads": pipe.stage_meta("threads"),
             "total_seconds": round(time.time() - pipe.t0, 1), "command": command}
     title = f"US3L {args.arch} Mask R-CNN ({framework}, {recipe}) on the embedded {args.dataset_style} set"
     notes = ["AP: COCO AP (pycocotools, 0-100), mean and sample std over the seeds listed; the seed sets the detector "

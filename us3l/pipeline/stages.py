@@ -14,7 +14,7 @@ import shlex
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Sequence
 
 from .live_log import tee_process
 
@@ -36,11 +36,8 @@ class StageRunner:
         if os.path.exists(self.record_path) and not force:
             with open(self.record_path) as f:
                 self.record = json.load(f)
-        self.timings: Dict[str, Optional[float]] = {}
-        self.cpu: Dict[str, Optional[float]] = {}
-        # OMP_NUM_THREADS a stage ran with (None: the tool's own default): the thread count picks the kernels
-        # and their summation order, so it is part of what reproduces a number
-        self.threads: Dict[str, Optional[int]] = {}
+        # the record entry of every stage of this invocation, run or skipped (see stage_meta)
+        self.this_run: Dict[str, dict] = {}
         self.ran_any = False  # once a stage reruns, every later stage reruns too
         self._lock = threading.RLock()
         os.makedirs(os.path.join(out_dir, "logs"), exist_ok=True)
@@ -49,6 +46,10 @@ class StageRunner:
         with open(self.record_path + ".tmp", "w") as f:
             json.dump(self.record, f, indent=2)
         os.replace(self.record_path + ".tmp", self.record_path)
+
+    def stage_meta(self, key: str) -> Dict[str, object]:
+        """``key`` ("seconds", "cpu_seconds", "threads") of every stage of this invocation, by stage name."""
+        return {name: rec.get(key) for name, rec in self.this_run.items()}
 
     def say(self, msg: str) -> None:
         m, s = divmod(int(time.time() - self.t0), 60)
@@ -84,10 +85,10 @@ class StageRunner:
         rerun_all = self.ran_any
         indices = iter(range(first_index, first_index + sum(len(c) for c in chains)))
         numbered = [[(st, f"[{next(indices)}/{total}]") for st in chain] for chain in chains]
-        first_ran = [rerun_all] * len(numbered)  # per chain: did a stage before its remaining ones run?
+        lead_ran = rerun_all  # whether the lead stage (before the rest of the first chain) ran
 
         def run_chain(i: int) -> bool:
-            ran = first_ran[i]
+            ran = lead_ran if i == 0 else rerun_all
             for st, index in numbered[i]:
                 ran = self._run_stage(st, index, may_skip=not ran, env=env) or ran
             return ran
@@ -96,7 +97,7 @@ class StageRunner:
             (st, index), numbered[0] = numbered[0][0], numbered[0][1:]
             self.say(f"{st.name} first, alone on {cores} threads (the first result sooner), then the rest")
             lead_env = dict(self.env, OMP_NUM_THREADS=str(cores), MKL_NUM_THREADS=str(cores))
-            first_ran[0] = self._run_stage(st, index, may_skip=not rerun_all, env=lead_env) or rerun_all
+            lead_ran = self._run_stage(st, index, may_skip=not rerun_all, env=lead_env) or rerun_all
         if jobs > 1:
             self.say(f"{len(chains)} independent runs, {jobs} at a time, {threads} thread(s) each")
         with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
@@ -121,9 +122,7 @@ class StageRunner:
         rec = self.record.get(name)
         if may_skip and rec and rec.get("cmd") == cmd and all(os.path.exists(o) for o in outputs):
             self.say(f"{index} {name}: done earlier, skipped (outputs exist; --force reruns)")
-            self.timings[name] = rec.get("seconds")
-            self.cpu[name] = rec.get("cpu_seconds")
-            self.threads[name] = rec.get("threads")
+            self.this_run[name] = rec
             return False
         log_path = os.path.join(self.out_dir, "logs", f"{name}.log")
         self.say(f"{index} {name}: {shlex.join(cmd)}" + ("" if live else f"  (output: {log_path})"))
@@ -137,6 +136,8 @@ class StageRunner:
             log.write((shlex.join(cmd) + "\n").encode())
             rc, cpu = tee_process(cmd, log, self.cwd, env, live=live)
         seconds, cpu = round(time.time() - start, 1), round(cpu, 1)
+        # OMP_NUM_THREADS (None: the tool's own default): the thread count picks the kernels and their summation
+        # order, so it is part of what reproduces a number
         threads = int(env["OMP_NUM_THREADS"]) if env.get("OMP_NUM_THREADS", "").isdigit() else None
         if rc != 0:
             raise StageFailed(f"[{self.prefix}] stage {name!r} failed (exit {rc}); log: {log_path}\n"
@@ -145,11 +146,8 @@ class StageRunner:
         if missing:
             raise StageFailed(f"[{self.prefix}] stage {name!r} finished but did not write {missing}; log: {log_path}")
         with self._lock:
-            self.timings[name] = seconds
-            self.cpu[name] = cpu
-            self.threads[name] = threads
-            self.record[name] = {"cmd": cmd, "outputs": outputs, "seconds": seconds, "cpu_seconds": cpu,
-                                 "threads": threads}
+            self.record[name] = self.this_run[name] = {"cmd": cmd, "outputs": outputs, "seconds": seconds,
+                                                       "cpu_seconds": cpu, "threads": threads}
             self._save_record()
         self.say(f"{index} {name}: finished in {seconds:.0f}s ({cpu:.0f}s CPU)")
         return True
