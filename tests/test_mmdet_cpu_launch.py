@@ -25,7 +25,7 @@ def test_torchrun_two_processes_shard_data_and_evaluate(tiny_coco, tmp_path):
            "train_cfg.val_interval=1"]
     run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
     log = run.stdout + run.stderr
-    assert run.returncode == 0, log[-4000:]
+    assert run.returncode == 0, run.stdout[-3000:] + "\n--- stderr ---\n" + run.stderr[-3000:]
     assert "Distributed training: True" in log and "GPU number: 2" in log  # mmengine's words for world size
     with open(os.path.join(tiny_coco["root"], "annotations", "instances_train.json")) as f:
         coco = json.load(f)

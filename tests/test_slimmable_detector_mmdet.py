@@ -360,7 +360,7 @@ def test_torchrun_two_processes_sandwich_step(datasets, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, cwd=ROOT)
     log = run.stdout + run.stderr
-    assert run.returncode == 0, log[-4000:]
+    assert run.returncode == 0, run.stdout[-3000:] + "\n--- stderr ---\n" + run.stderr[-3000:]
     assert "Distributed training: True" in log and "GPU number: 2" in log
     assert re.search(r"Epoch\(train\) \[1\]\[2/2\].*loss_min: \d", log)  # 8 images, 2 per process: 2 sandwich steps
     assert (work / "epoch_1.pth").is_file()

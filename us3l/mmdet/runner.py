@@ -77,6 +77,18 @@ def _cpu_distributed(cfg: Config) -> None:
     cfg.model_wrapper_cfg = wrapper
 
 
+def _close_process_group() -> None:
+    """End the run's process group once the run finished well (mmengine leaves it to the interpreter's exit).
+
+    Left open, gloo's worker threads can still hold tensors while Python shuts down; a process then aborts
+    at exit ("terminate called without an active exception", SIGABRT) after its work is done, and torchrun
+    reports the run as failed. After an error the group is left alone: the other processes may still be in a
+    collective, and destroying it there can hang.
+    """
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def _common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--work-dir", help="where logs, checkpoints and metrics_w<width>.json go")
     p.add_argument("--width", type=float, help="detector width (sets model.backbone.width_mult and every "
@@ -117,6 +129,7 @@ def train_main(argv=None):
     cfg.resume = args.resume
     runner = US3LRunner.from_cfg(cfg)
     runner.train()
+    _close_process_group()
     return runner
 
 
@@ -134,6 +147,7 @@ def test_main(argv=None):
     _drop_pretrained(cfg.model)
     runner = US3LRunner.from_cfg(cfg)
     metrics = runner.test()
+    _close_process_group()
     print(json.dumps({k: (float(v) if isinstance(v, (int, float)) else str(v)) for k, v in metrics.items()},
                      indent=1))
     return metrics
