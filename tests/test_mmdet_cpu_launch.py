@@ -35,3 +35,25 @@ def test_torchrun_two_processes_shard_data_and_evaluate(tiny_coco, tmp_path):
     with open(work / "metrics_w0.25.json") as f:
         metrics = json.load(f)
     assert any(k.startswith("w0.25/bbox_mAP") for k in json.dumps(metrics).split('"'))
+
+
+def test_a_finished_run_closes_its_process_group(tiny_coco, tmp_path, monkeypatch):
+    """Left to the interpreter's exit, gloo's threads can abort a process whose run is done (SIGABRT, CI)."""
+    import torch.distributed as dist
+
+    from us3l.mmdet.runner import train_main
+
+    for key, value in dict(US3L_DATASETS=tiny_coco["datasets_dir"], RANK="0", LOCAL_RANK="0", WORLD_SIZE="1",
+                           MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port())).items():
+        monkeypatch.setenv(key, value)
+    try:
+        runner = train_main([os.path.join(ROOT, "projects", "detection", "mmdet_configs",
+                                          "faster-rcnn_us-r50_fpn_1x_coco_tiny.py"),
+                             "--launcher", "pytorch", "--width", "0.25", "--work-dir", str(tmp_path), "--cfg-options",
+                             "model.backbone.init_cfg=None", "model.backbone.depth=18", "train_cfg.max_epochs=1",
+                             "train_cfg.val_interval=2", "train_dataloader.dataset.indices=4"])
+        assert runner.distributed and runner.iter == 1  # 4 images, batch 4, in a (one-process) gloo group
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
