@@ -5,6 +5,7 @@ _base_ = ['../../mmdet_base/models/faster-rcnn_us-r50_c4.py', '../../mmdet_base/
 
 norm_cfg = dict(type='BN', requires_grad=True)  # SyncBN needs a process group
 model = dict(
+    train_cfg=_base_.tiny_train_cfg, test_cfg=_base_.tiny_test_cfg,  # counts for 128-px images
     backbone=dict(norm_cfg=norm_cfg),
     rpn_head=dict(anchor_generator=dict(scales=[1, 2, 4, 8])),
     roi_head=dict(shared_head=dict(norm_cfg=norm_cfg), bbox_head=dict(num_classes=4)))

@@ -6,6 +6,7 @@ _base_ = [
 ]
 
 model = dict(
+    train_cfg=_base_.tiny_train_cfg, test_cfg=_base_.tiny_test_cfg,  # counts for 128-px images
     rpn_head=dict(anchor_generator=dict(scales=[4])),
     roi_head=dict(bbox_head=dict(num_classes=4)))
 
