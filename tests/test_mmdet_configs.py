@@ -29,20 +29,17 @@ TINY_COUNTS = {"model.train_cfg.rpn.sampler.num": 64, "model.train_cfg.rpn_propo
 
 
 def _load(path: str, counts: dict | None = None) -> tuple:
-    """The merged config as a dict and as mmengine prints it (what a run logs); ``counts``: overrides applied
-    first, the tiny-count variables dropped (a tiny config is compared with its old self plus the new counts)."""
+    """The merged config (``counts`` applied, the tiny-count variables dropped) as a dict and as mmengine prints
+    it (what a run logs)."""
     cfg = Config.fromfile(path, import_custom_modules=False)
-    if counts is None:
-        return cfg.to_dict(), cfg.pretty_text
-    cfg.merge_from_dict(counts)
+    cfg.merge_from_dict(counts or {})
     merged = {k: v for k, v in cfg.to_dict().items() if k not in ("tiny_train_cfg", "tiny_test_cfg")}
     return merged, Config(merged).pretty_text
 
 
 def _same_config(path: str, old: str) -> bool:
-    if not path.endswith("_tiny.py"):
-        return _load(path) == _load(old)
-    return _load(path, {}) == _load(old, TINY_COUNTS)
+    """``path`` merges to what ``old`` did, plus the new counts where ``path`` is a tiny config."""
+    return _load(path) == _load(old, TINY_COUNTS if path.endswith("_tiny.py") else None)
 
 
 def _git(*args) -> str:

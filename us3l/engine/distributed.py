@@ -86,5 +86,12 @@ def barrier() -> None:
 
 
 def cleanup() -> None:
+    """End this process's group before the interpreter exits.
+
+    Left to the exit, gloo's worker threads can still hold tensors while Python shuts down, and a process whose
+    work is done aborts ("terminate called without an active exception", SIGABRT); torchrun then reports the
+    run as failed. Call it once the run finished well: after an error the other processes may still be in a
+    collective, and destroying the group there can hang.
+    """
     if is_distributed():
         dist.destroy_process_group()

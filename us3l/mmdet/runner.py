@@ -24,6 +24,7 @@ from ..checkpoint import CheckpointError
 from ..checkpoint.model_io import load_state_dict_checked
 from ..checkpoint.safe_load import load_torch
 from ..cli import run_tool
+from ..engine.distributed import cleanup
 from .width_config import apply_width, width_tag
 
 
@@ -77,18 +78,6 @@ def _cpu_distributed(cfg: Config) -> None:
     cfg.model_wrapper_cfg = wrapper
 
 
-def _close_process_group() -> None:
-    """End the run's process group once the run finished well (mmengine leaves it to the interpreter's exit).
-
-    Left open, gloo's worker threads can still hold tensors while Python shuts down; a process then aborts
-    at exit ("terminate called without an active exception", SIGABRT) after its work is done, and torchrun
-    reports the run as failed. After an error the group is left alone: the other processes may still be in a
-    collective, and destroying it there can hang.
-    """
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
-
-
 def _common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--work-dir", help="where logs, checkpoints and metrics_w<width>.json go")
     p.add_argument("--width", type=float, help="detector width (sets model.backbone.width_mult and every "
@@ -129,7 +118,7 @@ def train_main(argv=None):
     cfg.resume = args.resume
     runner = US3LRunner.from_cfg(cfg)
     runner.train()
-    _close_process_group()
+    cleanup()  # mmengine leaves the process group to the exit
     return runner
 
 
@@ -147,7 +136,7 @@ def test_main(argv=None):
     _drop_pretrained(cfg.model)
     runner = US3LRunner.from_cfg(cfg)
     metrics = runner.test()
-    _close_process_group()
+    cleanup()  # mmengine leaves the process group to the exit
     print(json.dumps({k: (float(v) if isinstance(v, (int, float)) else str(v)) for k, v in metrics.items()},
                      indent=1))
     return metrics

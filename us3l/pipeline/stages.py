@@ -63,7 +63,7 @@ class StageRunner:
 
     def run_parallel(self, chains: Sequence[Sequence], jobs: int, first_index: int, total: int,
                      lead: bool = False) -> None:
-        """Run independent chains of stages (objects with ``name``, ``cmd``, ``outputs``), ``jobs`` at a time.
+        """Run independent chains of stages (:class:`~us3l.pipeline.commands.Stage`), ``jobs`` at a time.
 
         Why: the detectors of a job are small and their time goes largely to per-operator overhead, so on a CPU
         two single-threaded runs side by side finish far sooner than two two-threaded runs one after the other.
@@ -111,7 +111,7 @@ class StageRunner:
     def _run_stage(self, st, index: str, may_skip: bool, env: dict) -> bool:
         """A stage of a chain (output to its log only), then its ``report`` line, if it has one, once it ran."""
         ran = self._run_one(st.name, st.cmd, st.outputs, index, may_skip=may_skip, env=env, live=False)
-        if ran and not self.dry_run and getattr(st, "report", None) is not None:
+        if ran and not self.dry_run and st.report is not None:
             self.say(f"{index} {st.name}: {st.report()}")
         return ran
 
