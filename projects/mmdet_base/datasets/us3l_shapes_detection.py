@@ -47,7 +47,7 @@ test_evaluator = val_evaluator
 # Proposal and RoI counts scaled to these images, for the model's train_cfg / test_cfg (the tiny configs set
 # `train_cfg=_base_.tiny_train_cfg, test_cfg=_base_.tiny_test_cfg`), the counts of the tiny Detectron2 configs:
 # mmdet's defaults (2000 proposals per level before NMS, 512 RoIs per image) cover about every anchor of a 128-px
-# image, and mmcv's CPU RoIAlign backward over 512 RoIs made a tiny sandwich step ~5x as long.
+# image (a CPU sandwich step 0.2x as long with these: bench/tiny_detector_mmdet.md).
 tiny_train_cfg = dict(
     rpn=dict(sampler=dict(num=64)),
     rpn_proposal=dict(nms_pre=400, max_per_img=200),
