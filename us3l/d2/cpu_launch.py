@@ -13,6 +13,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
+from ..engine.distributed import cleanup
+
 
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -37,10 +39,8 @@ def _worker(rank: int, main_func, world_size: int, dist_url: str, args: tuple):
     comm._LOCAL_PROCESS_GROUP = dist.new_group(list(range(world_size)))
     defaults.create_ddp_model = _cpu_create_ddp_model  # this CPU worker process only
     comm.synchronize()
-    try:
-        main_func(*args)
-    finally:
-        dist.destroy_process_group()
+    main_func(*args)
+    cleanup()
 
 
 def launch_cpu(main_func, num_processes: int, args: tuple = (), dist_url: str | None = None) -> None:
