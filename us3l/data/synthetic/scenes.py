@@ -12,6 +12,10 @@ Detection styles:
   iterations of the tiny Mask R-CNN (box AP below 1 at widths 1.0 and 0.25).
 - ``clutter-light``: the same 8 classes and random looks, 2-6 larger objects (radius 8-22 %), 0-3 clutter
   items, the plain smooth background.
+- ``silhouette`` (4 classes with very different outlines: circle, triangle, cross, ring): 1-3 objects of radius
+  14-26 %, each ONE random solid colour on a flat background of another random colour, so colour, pattern
+  and texture say nothing of the class; only the outline does. Made for the transfer benchmark, where a
+  frozen random backbone must be near chance (see ``docs/transfer_benchmark.md``).
 
 Each image draws from its own generator keyed by (seed, split, index).
 """
@@ -24,21 +28,25 @@ import numpy as np
 
 from .rendering import PATTERNS, background, render, texture, visible_masks
 
-DETECTION_STYLES: Tuple[str, ...] = ("simple", "clutter", "clutter-light")
-CLASSIFICATION_STYLES: Tuple[str, ...] = ("category", "shape")
+DETECTION_STYLES: Tuple[str, ...] = ("simple", "clutter", "clutter-light", "silhouette")
+CLASSIFICATION_STYLES: Tuple[str, ...] = ("category", "shape", "silhouette")
 
 STYLE_CLASSES: Dict[str, Tuple[str, ...]] = {
     "simple": ("circle", "square", "triangle", "cross"),
     "clutter": ("circle", "square", "triangle", "cross", "star", "hexagon", "ring", "crescent"),
 }
 STYLE_CLASSES["clutter-light"] = STYLE_CLASSES["clutter"]
+STYLE_CLASSES["silhouette"] = ("circle", "triangle", "cross", "ring")
 # clutter-type layouts: object radius (fraction of the side), objects and clutter items per image
 _LAYOUT = {"clutter": {"scale": (0.05, 0.16), "min_objects": 3, "clutter": (3, 9), "pattern_bg": True},
            "clutter-light": {"scale": (0.08, 0.22), "min_objects": 2, "clutter": (0, 4), "pattern_bg": False}}
 # default objects per image (upper bound) of each detection style
-STYLE_MAX_OBJECTS = {"simple": 4, "clutter": 10, "clutter-light": 6}
+STYLE_MAX_OBJECTS = {"simple": 4, "clutter": 10, "clutter-light": 6, "silhouette": 3}
 
 CLASS_NAMES: Tuple[str, ...] = STYLE_CLASSES["simple"]
+# the classes of each classification style (its ImageFolder sub-folders)
+CLASSIFICATION_CLASSES: Dict[str, Tuple[str, ...]] = {"category": CLASS_NAMES, "shape": CLASS_NAMES,
+                                                      "silhouette": STYLE_CLASSES["silhouette"]}
 
 
 def categories(style: str = "simple") -> List[dict]:
@@ -69,6 +77,17 @@ def _random_look(rng: np.random.Generator, ob: dict) -> dict:
     ob["pattern"] = PATTERNS[int(rng.integers(len(PATTERNS)))]
     ob["colors"] = tuple(rng.uniform(20, 235, size=3) for _ in range(2))
     return ob
+
+
+def _solid_look(rng: np.random.Generator, ob: dict) -> dict:
+    """One random colour for the whole object (no pattern), drawn independently of the class."""
+    c = rng.uniform(20, 235, size=3)
+    ob["pattern"], ob["colors"] = PATTERNS[1], (c, c)  # a two-tone pattern in one colour is a solid fill
+    return ob
+
+
+def _flat_background(rng: np.random.Generator, size: int) -> np.ndarray:
+    return np.ones((size, size, 3), np.float32) * rng.uniform(20, 235, size=3).astype(np.float32)
 
 
 def _clutter_item(rng: np.random.Generator, size: int) -> dict:
@@ -105,6 +124,11 @@ def detection_scene(style: str, seed: int, split_idx: int, index: int, size: int
         n = int(rng.integers(1, max_objects + 1))
         objects = sample_objects(rng, size, n, scale=(0.10, 0.30))
         img, masks = render(rng, size, objects)
+    elif style == "silhouette":
+        n = int(rng.integers(1, max_objects + 1))
+        objects = [_solid_look(rng, ob) for ob in sample_objects(rng, size, n, (0.14, 0.26),
+                                                                 classes=STYLE_CLASSES[style])]
+        img, masks = render(rng, size, objects, base=_flat_background(rng, size))
     else:
         lay = _LAYOUT[style]
         n = int(rng.integers(min(lay["min_objects"], max_objects), max_objects + 1))
@@ -135,8 +159,15 @@ def detection_image(style: str, seed: int, split_idx: int, index: int, size: int
 def classification_image(style: str, seed: int, split_idx: int, class_idx: int, index: int,
                          size: int) -> np.ndarray:
     """One ImageFolder image: a dominant object of class ``class_idx``, sometimes a small distractor of
-    another class behind it. ``shape`` style paints every object in random colours and pattern."""
+    another class behind it. ``shape`` style paints every object in random colours and pattern;
+    ``silhouette`` paints one object of its own classes in one random colour on a flat random background."""
     rng = np.random.default_rng([seed, 100 + split_idx, class_idx, index])
+    if style == "silhouette":
+        ob = sample_objects(rng, size, 1, (0.30, 0.42), [CLASSIFICATION_CLASSES[style][class_idx]])[0]
+        ob["cx"] = float(size / 2 + rng.uniform(-0.1, 0.1) * size)
+        ob["cy"] = float(size / 2 + rng.uniform(-0.1, 0.1) * size)
+        img, _ = render(rng, size, [_solid_look(rng, ob)], base=_flat_background(rng, size))
+        return img
     name = CLASS_NAMES[class_idx]
     objects = []
     if rng.uniform() < 0.3:

@@ -16,8 +16,8 @@ import numpy as np
 from PIL import Image
 
 from .masks import mask_bbox, mask_to_polygons, polygons_to_mask
-from .scenes import (CLASS_NAMES, CLASSIFICATION_STYLES, DETECTION_STYLES, STYLE_MAX_OBJECTS, categories,
-                     classification_image, detection_image)
+from .scenes import (CLASSIFICATION_CLASSES, CLASSIFICATION_STYLES, DETECTION_STYLES, STYLE_MAX_OBJECTS,
+                     categories, classification_image, detection_image, detection_scene)
 
 DEFAULT_DATASET_NAME = "us3l_shapes"
 GENERATOR_VERSION = 1
@@ -166,18 +166,54 @@ def generate_classification_dataset(root: str, num_per_class_train: int = 64, nu
               "image_size": int(image_size), "seed": int(seed)}
     if style != "category":  # the category style keeps its original parameters (existing folders stay valid)
         params["style"] = style
+    class_names = CLASSIFICATION_CLASSES[style]
     info = {"root": root, "train_dir": os.path.join(root, "train"), "val_dir": os.path.join(root, "val"),
-            "classes": sorted(CLASS_NAMES), "params": params}
+            "classes": sorted(class_names), "params": params}
     if _read_params(root) == params:
         return info
     tmp = _tmp_sibling(root)
     try:
         for split_idx, (split, count) in enumerate((("train", num_per_class_train), ("val", num_per_class_val))):
-            for ci, name in enumerate(CLASS_NAMES):
+            for ci, name in enumerate(class_names):
                 os.makedirs(os.path.join(tmp, split, name))
                 for i in range(count):
                     img = classification_image(style, seed, split_idx, ci, i, image_size)
                     Image.fromarray(img).save(os.path.join(tmp, split, name, f"{i:06d}.png"))
+        _publish(tmp, root, params)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return info
+
+
+# the generators' split keys: train 0, val 1 (detection_scene / classification_image), the unlabelled pool 2
+POOL_SPLIT = 2
+
+
+def generate_unlabelled_pool(root: str, num_images: int = 4096, image_size: int = 96, seed: int = 0,
+                             style: str = "silhouette") -> dict:
+    """Write (or reuse) an UNLABELLED pre-training pool: ``root/*.png`` scenes of a detection ``style``.
+
+    Why: unlabelled images are free, and pre-training matters when it sees far more images than the labelled
+    detection set. The pool draws from the same scene distribution as that set but from its own generator
+    key (split 2; train and val are 0 and 1), so no pool image is a labelled image, and no annotation is
+    written. Returns ``{root, num_images, params}``.
+    """
+    if style not in DETECTION_STYLES:
+        raise ValueError(f"unknown detection style {style!r}; choose from {DETECTION_STYLES}")
+    if num_images < 1 or image_size < 16:
+        raise ValueError("need num_images >= 1 and image_size >= 16")
+    params = {"kind": "unlabelled_pool", "generator_version": GENERATOR_VERSION, "num_images": int(num_images),
+              "image_size": int(image_size), "seed": int(seed), "style": style,
+              "max_objects": STYLE_MAX_OBJECTS[style]}
+    info = {"root": root, "num_images": int(num_images), "params": params}
+    if _read_params(root) == params:
+        return info
+    tmp = _tmp_sibling(root)
+    try:
+        for i in range(num_images):
+            img, _, _ = detection_scene(style, seed, POOL_SPLIT, i, image_size, params["max_objects"])
+            Image.fromarray(img).save(os.path.join(tmp, f"{i:06d}.png"))
         _publish(tmp, root, params)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
