@@ -81,3 +81,18 @@ def test_unlabelled_pool_has_no_annotations_and_no_labelled_image(tmp_path):
     assert os.path.getmtime(os.path.join(pool["root"], "us3l_dataset.json")) == stamp
     with pytest.raises(ValueError, match="style"):
         generate_unlabelled_pool(str(tmp_path / "bad"), 4, 64, style="nope")
+
+
+def test_the_dataset_tool_writes_the_pool(tmp_path):
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    tool = [sys.executable, os.path.join(root, "tools", "make_embedded_dataset.py")]
+    run = subprocess.run(tool + ["--unlabelled", "--root", str(tmp_path / "pool"), "--num-train", "6",
+                                 "--image-size", "48", "--style", "silhouette"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert len([f for f in os.listdir(tmp_path / "pool") if f.endswith(".png")]) == 6
+    assert json.loads(run.stdout)["params"]["kind"] == "unlabelled_pool"
+    bad = subprocess.run(tool + ["--unlabelled", "--num-train", "6"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "--unlabelled needs --root" in bad.stderr

@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Write the embedded synthetic dataset (COCO instances, or with --classification an ImageFolder set).
+"""Write the embedded synthetic dataset (COCO instances; with --classification an ImageFolder set; with
+--unlabelled a flat folder of scenes for pre-training, no annotations).
 
 No download: the images are generated from a seed. Re-running with the same parameters does nothing.
 """
@@ -9,8 +10,8 @@ import json
 from us3l.cli import exit_with
 from us3l.data.datasets import embedded_root
 from us3l.data.synthetic import (CLASSIFICATION_STYLES, DETECTION_STYLES, default_dataset_root,
-                                 generate_classification_dataset,
-                                 generate_coco_dataset)
+                                 generate_classification_dataset, generate_coco_dataset,
+                                 generate_unlabelled_pool)
 
 
 def main(argv=None):
@@ -25,19 +26,28 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--classification", action="store_true",
                    help="write an ImageFolder set (one dominant object per image) for kNN / linear probes")
-    p.add_argument("--style", choices=DETECTION_STYLES + CLASSIFICATION_STYLES, default=None,
+    p.add_argument("--unlabelled", action="store_true",
+                   help="write an UNLABELLED pre-training pool of --num-train scenes of the detection --style "
+                        "(ROOT/*.png, no annotations; its own generator key, so no image of the labelled sets)")
+    p.add_argument("--style", choices=tuple(dict.fromkeys(DETECTION_STYLES + CLASSIFICATION_STYLES)), default=None,
                    help="detection set: 'simple' (default; 4 easy classes), 'clutter-light' or 'clutter' (8 classes, "
                         "class = outline only, clutter, occlusion); with --classification: 'category' "
                         "(default; each class "
                         "its own colours and pattern) or 'shape' (random colours and patterns: only the outline "
                         "tells the class)")
     args = p.parse_args(argv)
+    if args.unlabelled and args.classification:
+        p.error("--unlabelled and --classification exclude each other")
+    if args.unlabelled and not args.root:
+        p.error("--unlabelled needs --root (the pool is not the default dataset)")
     styles = CLASSIFICATION_STYLES if args.classification else DETECTION_STYLES
     args.style = args.style or styles[0]
     if args.style not in styles:
         p.error(f"--style {args.style} is not a {'classification' if args.classification else 'detection'} "
                 f"style; choose from {styles}")
-    if args.classification:
+    if args.unlabelled:
+        info = generate_unlabelled_pool(args.root, args.num_train, args.image_size or 96, args.seed, args.style)
+    elif args.classification:
         root = args.root or embedded_root(args.style)
         info = generate_classification_dataset(root, args.num_train, args.num_val, args.image_size or 64, args.seed,
                                                args.style)
