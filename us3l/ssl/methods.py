@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from ..models import build_us_model
 from ..models.resnet import stage_channels
-from ..width import get_width
+from ..width import get_width, set_width
 from .ema import ema_update, make_teacher, momentum_at
 from .heads import feature_adapter, mlp
 from .losses import cross_view_cosine, cross_view_info_nce, cross_view_nt_xent, normalized_std, nt_xent
@@ -151,6 +151,14 @@ class SSLMethod(nn.Module):
         super().__init__()
         self.online = online
         self.teacher: nn.Module | None = None
+        self.max_width = 1.0  # the width of each iteration's first pass (and of the teacher)
+
+    def set_max_width(self, width: float) -> None:
+        """Train an individual network of this width (the paper's "individually trained" row): its first and
+        only pass is at ``width``, and a teacher, if any, runs at ``width`` too."""
+        self.max_width = float(width)
+        if self.teacher is not None:
+            set_width(self.teacher, self.max_width)
 
     def begin_iteration(self, it: int, total: int) -> dict:
         return {"it": it, "total": total, "max_done": False}
@@ -169,8 +177,8 @@ class SSLMethod(nn.Module):
 
     def _is_max(self, ctx) -> bool:
         if not ctx["max_done"]:
-            if get_width(self.online.backbone) < 1.0:
-                raise RuntimeError("the first width of an iteration must be 1.0 (the max network)")
+            if get_width(self.online.backbone) < self.max_width:
+                raise RuntimeError(f"the first width of an iteration must be {self.max_width:g} (the max network)")
             ctx["max_done"] = True
             return True
         return False
@@ -280,10 +288,14 @@ def build_method(cfg) -> SSLMethod:
     backbone = build_us_model(mc.arch, 0, mc.cifar_stem, tuple(mc.width_range))
     online = OnlineNet(backbone, spec)
     if mm.name in ("us3l", "byol_noaux"):
-        return US3L(online, mm.base_loss, mm.temperature, mm.ema_momentum, mm.ema_schedule, mm.distill_weight,
-                    mm.feature_distill_weight if spec.feature_distill_stages else 0.0)
-    if mm.name == "simsiam_naive":
-        return SimSiamNaive(online)
-    if mm.name == "simsiam_inplace":
-        return SimSiamInplace(online)
-    return SimCLR(online, mm.temperature)
+        method = US3L(online, mm.base_loss, mm.temperature, mm.ema_momentum, mm.ema_schedule, mm.distill_weight,
+                      mm.feature_distill_weight if spec.feature_distill_stages else 0.0)
+    elif mm.name == "simsiam_naive":
+        method = SimSiamNaive(online)
+    elif mm.name == "simsiam_inplace":
+        method = SimSiamInplace(online)
+    else:
+        method = SimCLR(online, mm.temperature)
+    if getattr(mc, "fixed_width", None) is not None:
+        method.set_max_width(mc.fixed_width)
+    return method

@@ -44,11 +44,14 @@ class WidthSampler:
     """Widths of iteration ``it`` of ``total``: always-sandwich, or dynamic sampling."""
 
     def __init__(self, width_range: tuple[float, float], num_widths: int = 3, dynamic: bool = False,
-                 num_stages: int = 4, seed: int = 0):
+                 num_stages: int = 4, seed: int = 0, fixed_width: float | None = None):
         self.w_lo, self.w_hi = width_range
         self.num_widths, self.dynamic, self.num_stages, self.seed = num_widths, dynamic, num_stages, seed
+        self.fixed = None if fixed_width is None else canonical_width(fixed_width)
 
     def __call__(self, it: int, total: int) -> list[float]:
+        if self.fixed is not None:  # an individually trained network: its one width, every iteration
+            return [self.fixed]
         rng = random.Random(self.seed * 1_000_003 + it)
         w_min = self.w_lo
         if self.dynamic:
