@@ -91,6 +91,8 @@ def main(argv=None):
     p.add_argument("--widths", type=float, nargs="+", default=[1.0, 0.25])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--random-seeds", type=int, nargs="+", default=None,
+                   help="initialisation seeds of the random floor (default: --seed); several give its spread")
     p.add_argument("--pretrain-opts", nargs="*", default=[])
     args = p.parse_args(argv)
     import torch
@@ -108,15 +110,17 @@ def main(argv=None):
     results = []
 
     def record(name, iters, ckpt):
-        rows = probe(args, ckpt, os.path.join(out, f"{name}_{iters}.eval.json"))
+        rows = probe(args, ckpt, os.path.join(out, f"{name.split()[0]}_{os.path.basename(ckpt)}_{iters}.eval.json"))
         for r in rows:
             results.append({"backbone": name, "iterations": iters, "width": r["width"], "knn": r["knn_top1"],
                             "linear": r["linear_top1"]})
         print(name, iters, [(r["width"], round(r["linear_top1"], 1)) for r in rows], flush=True)
 
-    torch.manual_seed(args.seed)
-    save_model_backbone(build_us_model("resnet18", 0, False), os.path.join(out, "random.pth"), method="random_init")
-    record("random", 0, os.path.join(out, "random.pth"))
+    for s in args.random_seeds or [args.seed]:
+        torch.manual_seed(s)
+        path = os.path.join(out, f"random_seed{s}.pth")
+        save_model_backbone(build_us_model("resnet18", 0, False), path, method="random_init")
+        record(f"random (seed {s})" if args.random_seeds else "random", 0, path)
     for iters in args.supervised_iters:
         path = os.path.join(out, f"supervised_{iters}.pth")
         supervised(args, iters, path)

@@ -21,7 +21,9 @@ def _split(params, backbone_prefix):
     return backbone, set(params) - backbone
 
 
-def test_detectron2_freeze_at_5_keeps_the_slimmable_trunk_fixed(tiny_coco, tmp_path):
+def _d2_train(tiny_coco, out, freeze_at, iters):
+    """``iters`` sandwich steps (max, one random, min width) of the slimmable tiny Mask R-CNN from a random
+    backbone, then per-width BN calibration; returns the parameters (live) and their values before training."""
     import detectron2  # noqa: F401
 
     from us3l.d2 import load_config, register_us3l_datasets
@@ -29,15 +31,20 @@ def test_detectron2_freeze_at_5_keeps_the_slimmable_trunk_fixed(tiny_coco, tmp_p
 
     register_us3l_datasets(tiny_coco["datasets_dir"])
     cfg = load_config(D2_CONFIG, ["MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64", "SEED", "0",
-                                  "MODEL.BACKBONE.FREEZE_AT", "5", "MODEL.WEIGHTS", "", "SOLVER.MAX_ITER", "2",
-                                  "MODEL.US3L.CALIBRATION.WIDTHS", "[0.25]", "MODEL.US3L.CALIBRATION.NUM_BATCHES", "1",
-                                  "DATALOADER.NUM_WORKERS", "0", "DATASETS.TEST", "()",
-                                  "OUTPUT_DIR", str(tmp_path / "out")])
+                                  "MODEL.BACKBONE.FREEZE_AT", str(freeze_at), "MODEL.WEIGHTS", "",
+                                  "SOLVER.MAX_ITER", str(iters), "MODEL.US3L.CALIBRATION.WIDTHS", "[0.25]",
+                                  "MODEL.US3L.CALIBRATION.NUM_BATCHES", "1", "DATALOADER.NUM_WORKERS", "0",
+                                  "DATASETS.TEST", "()", "OUTPUT_DIR", str(out)])
     trainer = SlimmableDetectorTrainer(cfg)
     trainer.resume_or_load(resume=False)
     params = dict(trainer.model.named_parameters())
     before = {k: v.detach().clone() for k, v in params.items()}
-    trainer.train()  # two sandwich steps (max, one random, min width), then per-width BN calibration
+    trainer.train()
+    return params, before
+
+
+def test_detectron2_freeze_at_5_keeps_the_slimmable_trunk_fixed(tiny_coco, tmp_path):
+    params, before = _d2_train(tiny_coco, tmp_path / "out", 5, 2)
     trunk, rest = _split(params, "backbone.bottom_up.")
     assert len(trunk) > 40 and not any(params[k].requires_grad for k in trunk)
     moved = _moved(before, {k: v.detach() for k, v in params.items()})
@@ -86,21 +93,6 @@ def test_mmdetection_frozen_stages_4_keeps_the_slimmable_trunk_fixed(tiny_coco, 
 
 def test_without_freezing_the_trunk_moves(tiny_coco, tmp_path):
     """The check above can fail: with FREEZE_AT 0 the same run moves the trunk."""
-    import detectron2  # noqa: F401
-
-    from us3l.d2 import load_config, register_us3l_datasets
-    from us3l.d2.sandwich import SlimmableDetectorTrainer
-
-    register_us3l_datasets(tiny_coco["datasets_dir"])
-    cfg = load_config(D2_CONFIG, ["MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64", "SEED", "0",
-                                  "MODEL.BACKBONE.FREEZE_AT", "0", "MODEL.WEIGHTS", "", "SOLVER.MAX_ITER", "1",
-                                  "MODEL.US3L.CALIBRATION.WIDTHS", "[0.25]", "MODEL.US3L.CALIBRATION.NUM_BATCHES", "1",
-                                  "DATALOADER.NUM_WORKERS", "0", "DATASETS.TEST", "()",
-                                  "OUTPUT_DIR", str(tmp_path / "out")])
-    trainer = SlimmableDetectorTrainer(cfg)
-    trainer.resume_or_load(resume=False)
-    params = dict(trainer.model.named_parameters())
-    before = {k: v.detach().clone() for k, v in params.items()}
-    trainer.train()
+    params, before = _d2_train(tiny_coco, tmp_path / "out", 0, 1)
     trunk, _ = _split(params, "backbone.bottom_up.")
     assert len(_moved(before, {k: v.detach() for k, v in params.items()}) & trunk) > 0.5 * len(trunk)
