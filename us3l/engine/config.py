@@ -26,7 +26,7 @@ class ModelConfig:
     init_from: Any = None  # start from a checkpoint's backbone and heads (reference code or us3l.pretrain/1)
     # the paper's "individually trained" row: null (slimmable training), or ONE width every iteration trains
     # (teacher at that width too); the checkpoint is then valid at that width only
-    fixed_width: Any = None
+    individual_width: Any = None
 
 
 @dataclass
@@ -249,9 +249,9 @@ def validate(cfg: PretrainConfig) -> PretrainConfig:
         raise ConfigError(f"model.width_range must be [w_min, w_max] with 0 < w_min <= w_max <= 1, got {wr}")
     if wr[1] != 1.0:
         raise ConfigError(f"model.width_range must end at 1.0 (the max network), got {wr}")
-    fw = cfg.model.fixed_width
+    fw = cfg.model.individual_width
     if fw is not None and (isinstance(fw, bool) or not isinstance(fw, (int, float)) or not wr[0] <= fw <= 1.0):
-        raise ConfigError(f"model.fixed_width must be null or a width in model.width_range {wr}, got {fw!r}")
+        raise ConfigError(f"model.individual_width must be null or a width in model.width_range {wr}, got {fw!r}")
     if cfg.sampling.num_widths < 1:
         raise ConfigError("sampling.num_widths must be >= 1")
     if cfg.sampling.num_stages < 2 and cfg.sampling.dynamic:

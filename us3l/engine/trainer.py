@@ -180,7 +180,7 @@ class Pretrainer:
         r.amp = cfg.train.amp and r.device.type == "cuda"
         r.scaler = torch.amp.GradScaler("cuda", enabled=r.amp)
         r.widths = WidthSampler(tuple(cfg.model.width_range), cfg.sampling.num_widths, cfg.sampling.dynamic,
-                                cfg.sampling.num_stages, cfg.train.seed, cfg.model.fixed_width)
+                                cfg.sampling.num_stages, cfg.train.seed, cfg.model.individual_width)
         r.greg = (GroupRegularizer(cfg.group_reg.lam, cfg.group_reg.alpha, cfg.group_reg.bins, cfg.group_reg.type)
                   if cfg.group_reg.enabled else None)
         r.warm_iters = int(round(cfg.group_reg.warmup_epochs * r.ipe))
@@ -307,8 +307,8 @@ class Pretrainer:
         c = self.cfg
         meta = {"arch": c.model.arch, "cifar_stem": c.model.cifar_stem, "width_range": list(c.model.width_range),
                 "calibrated_widths": [], "method": c.method.name, "config": c.to_dict()}
-        if c.model.fixed_width is not None:  # an individually trained network: valid at this width only
-            meta["fixed_width"] = float(c.model.fixed_width)
+        if c.model.individual_width is not None:  # an individually trained network: valid at this width only
+            meta["individual_width"] = float(c.model.individual_width)
         return meta
 
     def _save(self, method, opt, scaler, it, total, ipe, periodic, final=False):

@@ -296,6 +296,6 @@ def build_method(cfg) -> SSLMethod:
         method = SimSiamInplace(online)
     else:
         method = SimCLR(online, mm.temperature)
-    if getattr(mc, "fixed_width", None) is not None:
-        method.set_max_width(mc.fixed_width)
+    if getattr(mc, "individual_width", None) is not None:
+        method.set_max_width(mc.individual_width)
     return method

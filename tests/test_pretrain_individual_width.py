@@ -1,5 +1,6 @@
-"""The paper's "individually trained" row: ``model.fixed_width`` trains ONE width every iteration (teacher at that
-width too), leaves every channel beyond it untouched, and says so in the checkpoint."""
+"""The paper's "individually trained" row: ``model.individual_width`` trains ONE width every iteration (teacher at
+that width too), leaves every channel beyond it untouched, and says so in the checkpoint meta
+(``individual_width``; not ``fixed_width``, which means tensors already sliced to one width)."""
 import os
 
 import pytest
@@ -12,10 +13,10 @@ from us3l.ops import active_channels
 
 
 @pytest.mark.parametrize("method", ["us3l", "simsiam_naive"])
-def test_fixed_width_trains_only_its_channels(tiny_cls, tmp_path, method):
+def test_individual_width_trains_only_its_channels(tiny_cls, tmp_path, method):
     from us3l.ssl.methods import build_method
 
-    cfg = load_config(TINY, tiny_overrides(tiny_cls["root"], f"method.name={method}", "model.fixed_width=0.5",
+    cfg = load_config(TINY, tiny_overrides(tiny_cls["root"], f"method.name={method}", "model.individual_width=0.5",
                                            "train.iterations=2", "train.log_every=1", "sampling.dynamic=false",
                                            # no decay of any kind, so "untouched" is exact
                                            "group_reg.enabled=false", "optim.weight_decay=0.0"))
@@ -24,7 +25,7 @@ def test_fixed_width_trains_only_its_channels(tiny_cls, tmp_path, method):
     out = tmp_path / method
     pretrain(cfg, str(out))
     ckpt = torch.load(out / "final.pth", weights_only=False)
-    assert ckpt["meta"]["fixed_width"] == 0.5
+    assert ckpt["meta"]["individual_width"] == 0.5
     state = {k[len("backbone."):]: v for k, v in ckpt["model"].items() if k.startswith("backbone.")}
     w = state["layer3.0.conv1.weight"]
     c_out, c_in = active_channels(w.shape[0], 0.5), active_channels(w.shape[1], 0.5)
@@ -40,7 +41,7 @@ def test_fixed_width_trains_only_its_channels(tiny_cls, tmp_path, method):
         assert get_width(m.teacher.backbone) == 0.5 and m.max_width == 0.5
 
 
-def test_fixed_width_outside_the_range_is_refused(tiny_cls):
+def test_individual_width_outside_the_range_is_refused(tiny_cls):
     for bad in ("0.1", "1.5", "true", "'half'"):
-        with pytest.raises(ConfigError, match="model.fixed_width"):
-            load_config(TINY, tiny_overrides(tiny_cls["root"], f"model.fixed_width={bad}"))
+        with pytest.raises(ConfigError, match="model.individual_width"):
+            load_config(TINY, tiny_overrides(tiny_cls["root"], f"model.individual_width={bad}"))
