@@ -82,3 +82,16 @@ def test_train_net_with_a_json_that_is_not_coco(coco_copy, tmp_path):
     assert last.startswith("error: dataset 'mine':") and "is not a COCO instances file" in last, last
     assert "Traceback" not in r.stderr
     assert not (tmp_path / "out" / "model_final.pth").exists()
+
+
+def test_a_calibration_width_outside_the_range_is_refused_at_set_up(tmp_path):
+    """``MODEL.US3L.CALIBRATION.WIDTHS`` with 0.1 used to be refused by the calibration AFTER the whole training."""
+    cmd = [sys.executable, os.path.join(SEG, "train_net.py"), "--config-file",
+           os.path.join(SEG, "configs", "mask_rcnn_US-R50_FPN_slimmable_tiny.yaml"), "MODEL.WEIGHTS", "",
+           "MODEL.US3L.CALIBRATION.WIDTHS", "[1.0, 0.1]", "OUTPUT_DIR", str(tmp_path / "out")]
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
+    r = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 2, r.stderr[-3000:]
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: MODEL.US3L.CALIBRATION.WIDTHS: width 0.1 is outside") and "Traceback" not in r.stderr
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())  # refused before default_setup

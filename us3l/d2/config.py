@@ -72,6 +72,19 @@ def us3l_width(cfg: CN) -> float:
         raise ValueError(f"MODEL.US3L.WIDTH_MULT: {e} (MODEL.US3L.WIDTH_RANGE)") from None
 
 
+def calibration_widths_checked(cfg: CN) -> list[float]:
+    """``MODEL.US3L.CALIBRATION.WIDTHS``, each validated against ``MODEL.US3L.WIDTH_RANGE`` (at set-up, so a bad
+    width is refused before training, not by the calibration after it)."""
+    lo, hi = (float(v) for v in cfg.MODEL.US3L.WIDTH_RANGE)
+    out = []
+    for w in cfg.MODEL.US3L.CALIBRATION.WIDTHS:
+        try:
+            out.append(check_width(w, (lo, hi)))
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"MODEL.US3L.CALIBRATION.WIDTHS: {e} (MODEL.US3L.WIDTH_RANGE)") from None
+    return out
+
+
 def bn_stats_policy(cfg: CN) -> str:
     policy = cfg.MODEL.US3L.BN_STATS
     if policy not in BN_STATS_POLICIES:

@@ -16,7 +16,7 @@ from detectron2.engine import DefaultTrainer, default_argument_parser, default_s
 
 from ..cli import run_tool
 from .checkpoint import US3LCheckpointer
-from .config import load_config, us3l_width
+from .config import calibration_widths_checked, load_config, us3l_width
 from .datasets import check_datasets, register_coco_json, register_us3l_datasets
 from .evaluation import build_coco_evaluator, build_test_loader, key_by_width, save_width_metrics
 
@@ -67,6 +67,7 @@ def setup(args):
     cfg = load_config(args.config_file, args.opts)
     cfg.freeze()
     us3l_width(cfg)  # a bad width fails here, before any data is read
+    calibration_widths_checked(cfg)  # and so does a bad calibration width (it would fail after the training)
     default_setup(cfg, args)
     return cfg
 

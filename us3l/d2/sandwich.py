@@ -26,7 +26,7 @@ from detectron2.utils.events import get_event_storage
 from ..detection import (SandwichConfig, box_cls_distill_loss, calibrate_detector, objectness_distill_loss,
                          resolve_seed, sample_widths, sandwich_step, width_tags)
 from ..width import get_width, set_width
-from .config import us3l_width
+from .config import calibration_widths_checked, us3l_width
 from .engine import US3LTrainer
 from .slimmable import SlimmableDetectorCheckpointer, is_slimmable_detector_cfg, prepare_for_width, unwrap
 
@@ -161,7 +161,7 @@ def calibrate_d2_detector(model, loader, widths, num_batches: int) -> dict[float
 
 def calibration_widths(cfg) -> list[float]:
     """``MODEL.US3L.CALIBRATION.WIDTHS`` plus ``WIDTH_MULT`` (the width the training-time evaluation runs at)."""
-    return sorted({float(w) for w in cfg.MODEL.US3L.CALIBRATION.WIDTHS} | {us3l_width(cfg)}, reverse=True)
+    return sorted(set(calibration_widths_checked(cfg)) | {us3l_width(cfg)}, reverse=True)
 
 
 class WidthCalibrationHook(hooks.HookBase):
