@@ -96,3 +96,19 @@ def test_the_dataset_tool_writes_the_pool(tmp_path):
     assert json.loads(run.stdout)["params"]["kind"] == "unlabelled_pool"
     bad = subprocess.run(tool + ["--unlabelled", "--num-train", "6"], capture_output=True, text=True)
     assert bad.returncode == 2 and "--unlabelled needs --root" in bad.stderr
+
+
+def test_detectron2_knows_the_class_names_at_registration(tmp_path):
+    """A Visualizer built before the set is loaded labels classes by name (Detectron2 itself sets thing_classes
+    only when it loads the set), for the silhouette classes as for the default ones."""
+    from detectron2.data import MetadataCatalog
+
+    from us3l.d2 import register_us3l_datasets
+
+    generate_coco_dataset(str(tmp_path / "us3l_shapes"), num_train=2, num_val=1, image_size=64, style="silhouette")
+    register_us3l_datasets(str(tmp_path))
+    assert MetadataCatalog.get("us3l_shapes_val").thing_classes == list(STYLE_CLASSES["silhouette"])
+    from detectron2.data import DatasetCatalog
+
+    DatasetCatalog.get("us3l_shapes_val")  # loading sets the same names again: no conflict
+    assert MetadataCatalog.get("us3l_shapes_val").thing_classes == list(STYLE_CLASSES["silhouette"])

@@ -8,6 +8,7 @@ training starts (:func:`check_datasets`), instead of pycocotools' bare FileNotFo
 """
 from __future__ import annotations
 
+import json
 import os
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
@@ -35,7 +36,8 @@ def register_coco_json(name: str, json_file: str, image_root: str, hint: str = "
     json_file, image_root = os.path.abspath(json_file), os.path.abspath(image_root)
     if name in DatasetCatalog.list():
         meta = MetadataCatalog.get(name)
-        if getattr(meta, "json_file", None) == json_file and getattr(meta, "image_root", None) == image_root:
+        if (getattr(meta, "json_file", None) == json_file and getattr(meta, "image_root", None) == image_root
+                and all(getattr(meta, k, None) == v for k, v in metadata.items())):
             return
         DatasetCatalog.remove(name)
         MetadataCatalog.remove(name)
@@ -60,10 +62,23 @@ def register_us3l_datasets(datasets_dir: str | None = None) -> dict[str, str]:
     names = {}
     for split in SPLITS:
         name = f"{SHAPES_NAME}_{split}"
-        register_coco_json(name, os.path.join(root, "annotations", f"instances_{split}.json"),
-                           os.path.join(root, split), hint)
+        json_file = os.path.join(root, "annotations", f"instances_{split}.json")
+        register_coco_json(name, json_file, os.path.join(root, split), hint, **_class_names(json_file))
         names[name] = root
     return names
+
+
+def _class_names(json_file: str) -> dict:
+    """``thing_classes`` of a small generated set, known at registration (Detectron2 sets it only when the set is
+    loaded, so a Visualizer built before that labels classes 0..n-1); in Detectron2's order (category id)."""
+    try:
+        if os.path.getsize(json_file) > 50 * 2 ** 20:
+            return {}
+        with open(json_file) as f:
+            cats = json.load(f).get("categories") or []
+        return {"thing_classes": [c["name"] for c in sorted(cats, key=lambda c: c["id"])]} if cats else {}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}  # absent or damaged: the loader's own checks report it when the set is used
 
 
 def check_datasets(names) -> None:
