@@ -96,3 +96,4 @@ def test_without_freezing_the_trunk_moves(tiny_coco, tmp_path):
     params, before = _d2_train(tiny_coco, tmp_path / "out", 0, 1)
     trunk, _ = _split(params, "backbone.bottom_up.")
     assert len(_moved(before, {k: v.detach() for k, v in params.items()}) & trunk) > 0.5 * len(trunk)
+

@@ -364,3 +364,16 @@ def test_torchrun_two_processes_sandwich_step(datasets, tmp_path):
     assert "Distributed training: True" in log and "GPU number: 2" in log
     assert re.search(r"Epoch\(train\) \[1\]\[2/2\].*loss_min: \d", log)  # 8 images, 2 per process: 2 sandwich steps
     assert (work / "epoch_1.pth").is_file()
+
+
+def test_mmdetection_slimmable_depth_without_neck_channels_says_which_key(tiny_coco):
+    """``model.backbone.depth=18`` on the slimmable config without the matching FPN channels: one clear error at
+    build time naming model.neck.in_channels (it used to fail inside the first forward pass)."""
+    from mmdet.registry import MODELS
+
+    from us3l.mmdet.slimmable_eval import slimmable_config
+
+    cfg = slimmable_config(MASK_CFG, {"model.backbone.depth": 18, "model.backbone.init_cfg": None})
+    with pytest.raises(ValueError, match=r"model.neck.in_channels=\[256, 512, 1024, 2048\] but the backbone .* "
+                                         r"gives \[64, 128, 256, 512\].*set model.neck.in_channels=\[64, 128, 256"):
+        MODELS.build(cfg.model)

@@ -76,6 +76,7 @@ class SlimmableTwoStageMixin:
             raise ValueError("a slimmable detector needs an FPN neck (model.neck.type='SlimmableFPN')")
         super().__init__(train_cfg=train_cfg, test_cfg=test_cfg, data_preprocessor=data_preprocessor,
                          init_cfg=init_cfg, **parts)
+        self._check_neck_follows_backbone()
         self.slim_neck_and_heads = slim_neck_and_heads
         sandwich = dict(sandwich or {})
         self._seed_from_run = sandwich.get("seed") is None
@@ -84,6 +85,17 @@ class SlimmableTwoStageMixin:
         set_width(self, self.sandwich.width_range[1])
         self._step = 0          # iterations seen without a runner (the runner's iteration is used when there is one)
         self._teaching = None   # per-iteration state of inplace distillation (None outside a sandwich step)
+
+    def _check_neck_follows_backbone(self) -> None:
+        """At build time, not in the first forward ("USConv2d ... expects 256 input channels, got 64"): the
+        slimmable FPN is built with the backbone's FULL-width channels, so they must be the backbone's."""
+        given = getattr(self.backbone, "out_channels", None)
+        wanted = list(getattr(self.neck, "in_channels", []) or [])
+        if given is not None and wanted and list(given) != wanted:
+            raise ValueError(f"model.neck.in_channels={wanted} but the backbone (depth "
+                             f"{getattr(self.backbone, 'depth', '?')}) gives {list(given)} at full width: set "
+                             f"model.neck.in_channels={list(given)} (a slimmable FPN takes the full-width channels; "
+                             "the width is set at run time)")
 
     # ------------------------------------------------------------------------------------------ training
     def train_step(self, data, optim_wrapper):
