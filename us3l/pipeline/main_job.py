@@ -64,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--datasets", default=None,
                    help="folder for the generated detection set (default OUTPUT/datasets)")
     p.add_argument("--dataset-style", default="simple",
-                   help="embedded detection set style (clutter-light | clutter | simple)")
+                   help="embedded detection set style (simple | clutter-light | clutter | silhouette: colour-free "
+                        "outline classes, the transfer benchmark's, see docs/transfer_benchmark.md)")
     p.add_argument("--num-train", type=int, default=256, help="embedded dataset: training images")
     p.add_argument("--num-val", type=int, default=64, help="embedded dataset: validation images")
     p.add_argument("--image-size", type=int, default=96, help="embedded dataset: image side (also the detector input)")
