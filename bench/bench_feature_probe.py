@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Can a benchmark design show what pre-training buys? Frozen linear probe / kNN of random vs pre-trained features.
 
-  PYTHONPATH=$PWD python bench/bench_feature_probe.py OUT --style silhouette --iters 300 --methods us3l
+  python bench/bench_feature_probe.py OUT --style silhouette --iters 300 --methods us3l
 
 Minutes, not hours: it answers whether the features the detector would get from pre-training are any better
 than a random network's on the classes the detector must tell apart, before a transfer table is built on it.
@@ -21,8 +21,7 @@ import os
 import subprocess
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the checkout whose tools/ it runs
 
 
 def sh(cmd, log):

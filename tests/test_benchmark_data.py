@@ -72,9 +72,7 @@ def test_unlabelled_pool_has_no_annotations_and_no_labelled_image(tmp_path):
     labelled = _pixel_digests(det["train_images"]) | _pixel_digests(det["val_images"])
     pooled = _pixel_digests(pool["root"])
     assert len(pooled) == 320 and not (pooled & labelled)
-    # the same scene distribution: the same image size and the same kind of content (a flat background colour)
-    im = np.asarray(Image.open(os.path.join(pool["root"], files[0])))
-    assert im.shape == (64, 64, 3)
+    assert np.asarray(Image.open(os.path.join(pool["root"], files[0]))).shape == (64, 64, 3)  # the labelled size
     # reused as is with the same parameters, rewritten with others
     stamp = os.path.getmtime(os.path.join(pool["root"], "us3l_dataset.json"))
     assert generate_unlabelled_pool(str(tmp_path / "pool"), 320, 64, seed=0, style="silhouette") == pool

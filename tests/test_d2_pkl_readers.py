@@ -29,7 +29,8 @@ def _tool(name, *args):
 
 def _d2_name(tv: str) -> str:
     """Detectron2's ResNet trunk name of a torchvision parameter, from Detectron2's documented layout."""
-    tv = tv.replace("conv1.weight", "stem.conv1.weight", 1) if tv == "conv1.weight" else tv
+    if tv == "conv1.weight":
+        return "stem.conv1.weight"
     tv = re.sub(r"^bn1\.", "stem.conv1.norm.", tv)
     m = re.match(r"^layer(\d)\.(\d+)\.(.*)$", tv)
     if not m:

@@ -34,7 +34,7 @@ def test_individual_width_trains_only_its_channels(tiny_cls, tmp_path, method):
     assert torch.equal(w[c_out:], w0[c_out:]) and torch.equal(w[:, c_in:], w0[:, c_in:])  # nothing else moved
     log = open(os.path.join(out, "log.txt")).read()
     assert log.count("widths [0.5] ") == 2 and "loss/mid" not in log and "loss/min" not in log
-    if method == "us3l":  # the teacher moved with the EMA, run at 0.5 like the student
+    if method == "us3l":  # the teacher runs at 0.5, like the student
         from us3l.width import get_width
 
         m = build_method(cfg)

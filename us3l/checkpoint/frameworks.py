@@ -16,7 +16,7 @@ from collections.abc import Mapping
 import torch
 
 from .d2_format import D2_PKL_FORMAT, META_FIELDS, META_KEY, read_d2_checkpoint, write_d2_checkpoint
-from .keymaps import (detect_d2_layout, detect_mmdet_layout, d2_to_mmdet, mmdet_to_d2,
+from .keymaps import (D2_TRUNK_PREFIXES, detect_d2_layout, detect_mmdet_layout, d2_to_mmdet, mmdet_to_d2,
                       permute_anchors)
 from .mmdet_format import read_mmdet_checkpoint, write_mmdet_checkpoint
 from .report import CheckpointError
@@ -44,7 +44,7 @@ class Conversion:
 
 # -------------------------------------------------------------------------------------------- conversion
 def _is_backbone_d2(name: str, layout: str) -> bool:
-    trunk = {"trunk": "", "fpn": "backbone.bottom_up.", "c4": "backbone."}[layout]
+    trunk = D2_TRUNK_PREFIXES[layout]
     return name.startswith(trunk) and not name.startswith("backbone.fpn_") or name.startswith("roi_heads.res5.")
 
 

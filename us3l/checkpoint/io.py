@@ -25,8 +25,8 @@ import torch
 from ..ops.width_state import DEFAULT_WIDTH_RANGE
 from .reference import extract_reference, is_reference, width_from_name
 from .report import CheckpointError, LoadReport
-from .keymaps import d2_to_tv, rename_all
-from .safe_load import load_pickle, load_torch
+from .keymaps import D2_FPN_TRUNK_PREFIX, d2_to_tv, rename_all
+from .safe_load import is_pickle_file, load_pickle, load_torch
 from .slicing import calibrated_widths_in, has_native_stats
 
 BACKBONE_FORMAT = "us3l.backbone/1"
@@ -167,18 +167,6 @@ def extract_backbone(ckpt, source: str = "", width: float | None = None,
     return state, meta
 
 
-D2_TRUNK_PREFIX = "backbone.bottom_up."
-
-
-def _is_pickle(path: str) -> bool:
-    """A plain pickle (Detectron2's ``.pkl``), whatever its protocol, rather than a torch zip file."""
-    if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint not found: {path}")
-    with open(path, "rb") as f:
-        head = f.read(2)
-    return len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5  # PROTO opcode and a protocol number
-
-
 def d2_pkl_backbone(data, source: str, report: LoadReport) -> dict:
     """A Detectron2 ``.pkl`` payload as a ``us3l.backbone/1`` dict (ours) or a plain state dict (stock):
     trunk names to torchvision's, numpy to tensors; a detector's other parts are listed in ``report.dropped``.
@@ -190,9 +178,10 @@ def d2_pkl_backbone(data, source: str, report: LoadReport) -> dict:
         raise CheckpointError(f"{source}: a Detectron2 .pkl holds {{'model': {{name: array}}, ...}}; this pickle "
                               f"has {type(data).__name__} {list(data)[:5] if isinstance(data, Mapping) else ''}")
     model = dict(data["model"])
-    if any(k.startswith(D2_TRUNK_PREFIX) for k in model):
-        report.dropped += [f"{k} (not the backbone trunk)" for k in model if not k.startswith(D2_TRUNK_PREFIX)]
-        model = {k[len(D2_TRUNK_PREFIX):]: v for k, v in model.items() if k.startswith(D2_TRUNK_PREFIX)}
+    prefix = D2_FPN_TRUNK_PREFIX
+    if any(k.startswith(prefix) for k in model):
+        report.dropped += [f"{k} (not the backbone trunk)" for k in model if not k.startswith(prefix)]
+        model = {k[len(prefix):]: v for k, v in model.items() if k.startswith(prefix)}
     state = {k: torch.as_tensor(np.asarray(v)) for k, v in
              rename_all(model, d2_to_tv, f"reading the Detectron2 backbone {source}").items()}
     if not isinstance(data.get("__us3l__"), Mapping):  # a stock file: a normally trained (or sliced) network
@@ -205,7 +194,7 @@ def load_backbone(path: str, width: float | None = None, report: LoadReport | No
                   ) -> tuple[dict[str, torch.Tensor], dict]:
     """Read a backbone from any supported checkpoint file (clear error on corrupt or foreign files)."""
     report = report if report is not None else LoadReport()
-    if _is_pickle(path):  # Detectron2's .pkl: plain data only, any pickle protocol (torch's loader knows none)
+    if is_pickle_file(path):  # Detectron2's .pkl: plain data only, any protocol (torch's loader reads none)
         return extract_backbone(d2_pkl_backbone(load_pickle(path), path, report), source=path, width=width,
                                 report=report)
     return extract_backbone(read_checkpoint(path), source=path, width=width, report=report)

@@ -14,6 +14,10 @@ import re
 
 
 
+# where a Detectron2 FPN detector keeps its ResNet trunk (a C4 detector: ``backbone.`` + ``roi_heads.res5.``)
+D2_FPN_TRUNK_PREFIX = "backbone.bottom_up."
+
+
 def tv_to_d2(name: str) -> str | None:
     """Detectron2 name of a torchvision ResNet parameter (``None`` if it is not a trunk parameter)."""
     if name == "conv1.weight":
@@ -100,7 +104,8 @@ def rename_all(state: dict, fn, context: str) -> dict:
 # Anything else (cascade stages, GN conv box heads, RetinaNet, keypoints) has no counterpart here.
 # ---------------------------------------------------------------------------------------------------------
 D2_LAYOUTS = ("trunk", "fpn", "c4")
-_D2_TRUNK_PREFIX = {"trunk": "", "fpn": "backbone.bottom_up.", "c4": "backbone."}
+# where each Detectron2 layout keeps its ResNet trunk
+D2_TRUNK_PREFIXES = {"trunk": "", "fpn": D2_FPN_TRUNK_PREFIX, "c4": "backbone."}
 _HEAD_PAIRS = (  # (d2 prefix, mmdet prefix) of modules whose parameters keep their own names
     ("proposal_generator.rpn_head.conv.", "rpn_head.rpn_conv."),
     ("proposal_generator.rpn_head.objectness_logits.", "rpn_head.rpn_cls."),
@@ -142,7 +147,7 @@ def detect_mmdet_layout(keys) -> str:
 
 def d2_to_mmdet(name: str, layout: str, fpn_norm: str = "bn") -> str | None:
     """MMDetection name of a Detectron2 detector parameter (``None``: no counterpart)."""
-    prefix = _D2_TRUNK_PREFIX[layout]
+    prefix = D2_TRUNK_PREFIXES[layout]
     if layout == "c4" and name.startswith("roi_heads.res5."):
         tv = d2_to_tv("res5." + name[len("roi_heads.res5."):])
         return None if tv is None else "roi_head.shared_head." + tv
@@ -168,7 +173,7 @@ def mmdet_to_d2(name: str, layout: str) -> str | None:
         d2 = tv_to_d2(name[len("backbone."):])
         if d2 is None or (layout == "c4" and d2.startswith("res5.")):
             return None
-        return _D2_TRUNK_PREFIX[layout] + d2
+        return D2_TRUNK_PREFIXES[layout] + d2
     if layout == "c4" and name.startswith("roi_head.shared_head.layer4."):
         d2 = tv_to_d2(name[len("roi_head.shared_head."):])
         return None if d2 is None else "roi_heads." + d2

@@ -142,16 +142,20 @@ def load_torch(path: str, extra_globals=(), map_location="cpu"):
                                   f"{type(e).__name__}: {_first_line(e)}") from e
 
 
-def load_any(path: str, extra_globals=()):
-    """A ``.pkl`` that is a pickle through :func:`load_pickle`; anything else (torch zip files, whatever their
-    suffix) through :func:`load_torch`."""
+def is_pickle_file(path: str) -> bool:
+    """A ``.pkl`` that is a plain pickle (Detectron2's format), not a torch zip file with that suffix; a legacy
+    (non-zip) torch file has another suffix and stays with :func:`load_torch`."""
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint not found: {path}")
     with open(path, "rb") as f:
         zipped = f.read(2) == b"PK"
-    if path.endswith(".pkl") and not zipped:
-        return load_pickle(path)
-    return load_torch(path, extra_globals)
+    return path.endswith(".pkl") and not zipped
+
+
+def load_any(path: str, extra_globals=()):
+    """A ``.pkl`` that is a pickle through :func:`load_pickle`; anything else (torch zip files, whatever their
+    suffix) through :func:`load_torch`."""
+    return load_pickle(path) if is_pickle_file(path) else load_torch(path, extra_globals)
 
 
 def _first_line(e: BaseException) -> str:
@@ -159,4 +163,5 @@ def _first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
-__all__ = ["PICKLE_GLOBALS", "ForeignState", "load_any", "load_pickle", "load_torch", "trainer_state_globals"]
+__all__ = ["PICKLE_GLOBALS", "ForeignState", "is_pickle_file", "load_any", "load_pickle", "load_torch",
+           "trainer_state_globals"]

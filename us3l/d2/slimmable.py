@@ -37,7 +37,7 @@ from detectron2.modeling.roi_heads.box_head import FastRCNNConvFCHead
 from detectron2.modeling.roi_heads.mask_head import MaskRCNNConvUpsampleHead
 
 from ..checkpoint import CheckpointError, LoadReport
-from ..checkpoint.keymaps import d2_to_tv, tv_to_d2
+from ..checkpoint.keymaps import D2_FPN_TRUNK_PREFIX, d2_to_tv, tv_to_d2
 from ..detection import neck_head_channels, require_calibrated, slimmify
 from ..models.resnet import ARCH_SETTINGS, us_resnet
 from ..ops import USBatchNorm2d
@@ -50,7 +50,7 @@ from ..checkpoint.d2_format import META_KEY
 logger = logging.getLogger("detectron2.us3l.slimmable")
 
 SLIMMABLE_BACKBONE = "build_us3l_slimmable_resnet_fpn_backbone"
-TRUNK_PREFIX = "backbone.bottom_up."
+TRUNK_PREFIX = D2_FPN_TRUNK_PREFIX
 _STAGES = ("res2", "res3", "res4", "res5")
 
 

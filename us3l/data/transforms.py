@@ -25,8 +25,8 @@ def ssl_transform(recipe: str, image_size: int) -> T.Compose:
         raise ValueError(f"unknown augmentation recipe {recipe!r}; choose from {RECIPES}")
     if image_size < 8:
         raise ValueError(f"image_size must be >= 8, got {image_size}")
-    cifar = recipe != "imagenet"
-    mean, std = (CIFAR_MEAN, CIFAR_STD) if cifar else (IMAGENET_MEAN, IMAGENET_STD)
+    small = recipe != "imagenet"  # cifar and outline: small images, the CIFAR normalisation, no blur
+    mean, std = (CIFAR_MEAN, CIFAR_STD) if small else (IMAGENET_MEAN, IMAGENET_STD)
     if recipe == "outline":
         return T.Compose([T.RandomResizedCrop(image_size, scale=(0.35, 1.0)),
                           T.ColorJitter(0.8, 0.8, 0.8, 0.5), T.RandomGrayscale(p=0.5), T.RandomHorizontalFlip(),
@@ -34,7 +34,7 @@ def ssl_transform(recipe: str, image_size: int) -> T.Compose:
     ops = [T.RandomResizedCrop(image_size, scale=(0.2, 1.0)),
            T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
            T.RandomGrayscale(p=0.2)]
-    if not cifar:
+    if not small:
         k = max(3, int(0.1 * image_size) // 2 * 2 + 1)  # odd kernel ~10% of the image
         ops.append(T.RandomApply([T.GaussianBlur(k, sigma=(0.1, 2.0))], p=0.5))
     ops += [T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(mean, std)]

@@ -92,6 +92,13 @@ def gap_and_noise(a: dict, b: dict, key: str) -> tuple:
     return a[f"{key}_mean"] - b[f"{key}_mean"], (2 * max(stds) if stds else None)
 
 
+def verdict(gap: float, noise: Optional[float]) -> str:
+    """"better" / "worse" when |gap| exceeds the noise bar, else "within noise"; "n/a" without a noise bar."""
+    if noise is None:
+        return "n/a"
+    return "within noise" if abs(gap) <= noise else ("better" if gap > 0 else "worse")
+
+
 def init_comparison(rows: Iterable[dict], init: str = "us3l", baseline: str = "random",
                     key: str = "box_AP") -> List[dict]:
     """Per width: does ``init`` beat ``baseline``? ``gap`` = mean(init) - mean(baseline); ``verdict`` is
@@ -104,10 +111,8 @@ def init_comparison(rows: Iterable[dict], init: str = "us3l", baseline: str = "r
         gap, noise = gap_and_noise(a[w], b[w], key)
         if gap is None:
             continue
-        verdict = "n/a" if noise is None else ("within noise" if abs(gap) <= noise else
-                                               ("better" if gap > 0 else "worse"))
         out.append({"width": w, "metric": key, "init": init, "baseline": baseline, "gap": gap,
-                    "twice_max_std": noise, "verdict": verdict})
+                    "twice_max_std": noise, "verdict": verdict(gap, noise)})
     return out
 
 

@@ -6,21 +6,22 @@ exceeds twice the larger of the two seed standard deviations (:func:`.summary.ga
 """
 from __future__ import annotations
 
-from typing import Iterable, List, Sequence
+from typing import Iterable, List, Optional, Sequence
 
-from .summary import gap_and_noise
+from .summary import gap_and_noise, verdict
 
 METHODS = ("random", "simsiam_naive", "simsiam_inplace", "us3l", "individual")
 PROTOCOLS = ("frozen", "finetune")
-VERDICTS = ("better", "within noise", "worse", "n/a")
 
 
-def compare(rows: Iterable[dict], method: str = "us3l", baselines: Sequence[str] = ("random", "simsiam_naive",
-            "simsiam_inplace", "individual"), key: str = "box_AP") -> List[dict]:
-    """One entry per (protocol, width, baseline) present for both ``method`` and the baseline:
+def compare(rows: Iterable[dict], method: str = "us3l", baselines: Optional[Sequence[str]] = None,
+            key: str = "box_AP") -> List[dict]:
+    """One entry per (protocol, width, baseline) present for both ``method`` and the baseline (default: every
+    other method of :data:`METHODS`):
     ``gap`` = mean(method) - mean(baseline), ``twice_max_std``, ``verdict`` (better / within noise / worse;
     n/a where no std is known, e.g. a single seed)."""
     rows = list(rows)
+    baselines = [m for m in METHODS if m != method] if baselines is None else baselines
     by = {(r["method"], r["protocol"], float(r["width"])): r for r in rows}
     out = []
     for protocol in [p for p in PROTOCOLS if any(r["protocol"] == p for r in rows)]:
@@ -32,10 +33,8 @@ def compare(rows: Iterable[dict], method: str = "us3l", baselines: Sequence[str]
                 gap, noise = gap_and_noise(by[(method, protocol, w)], by[(base, protocol, w)], key)
                 if gap is None:
                     continue
-                verdict = "n/a" if noise is None else ("within noise" if abs(gap) <= noise else
-                                                       ("better" if gap > 0 else "worse"))
                 out.append({"protocol": protocol, "width": w, "method": method, "baseline": base, "metric": key,
-                            "gap": gap, "twice_max_std": noise, "verdict": verdict})
+                            "gap": gap, "twice_max_std": noise, "verdict": verdict(gap, noise)})
     return out
 
 

@@ -296,6 +296,6 @@ def build_method(cfg) -> SSLMethod:
         method = SimSiamInplace(online)
     else:
         method = SimCLR(online, mm.temperature)
-    if getattr(mc, "individual_width", None) is not None:
+    if mc.individual_width is not None:
         method.set_max_width(mc.individual_width)
     return method
