@@ -79,7 +79,9 @@ def main(argv=None):
     p.add_argument("--style", default="silhouette", help="classification / detection style of us3l.data.synthetic")
     p.add_argument("--image-size", type=int, default=32, help="probe and pre-training input side")
     p.add_argument("--pool-size", type=int, default=4096, help="unlabelled pool images")
-    p.add_argument("--pool-image-size", type=int, default=96, help="pool scene side (the detection set's)")
+    p.add_argument("--pool-image-size", type=int, default=96, help="pool image side (96: the detection set's)")
+    p.add_argument("--pool-layout", default="scenes",
+                   help="scenes (the detection set's distribution) or objects (one centred object per image)")
     p.add_argument("--per-class", type=int, default=128, help="labelled probe images per class (train)")
     p.add_argument("--methods", nargs="*", default=["us3l"])
     p.add_argument("--iters", type=int, default=300)
@@ -104,8 +106,9 @@ def main(argv=None):
     os.makedirs(out, exist_ok=True)
     args.cls_root = os.path.join(out, "data", f"cls_{args.style}")
     generate_classification_dataset(args.cls_root, args.per_class, 200, args.image_size, args.seed, args.style)
-    pool = generate_unlabelled_pool(os.path.join(out, "data", f"pool_{args.style}"), args.pool_size,
-                                    args.pool_image_size, args.seed, args.style)["root"]
+    pool = generate_unlabelled_pool(os.path.join(out, "data", f"pool_{args.style}_{args.pool_layout}"),
+                                    args.pool_size, args.pool_image_size, args.seed, args.style,
+                                    args.pool_layout)["root"]
     results = []
 
     def record(name, iters, ckpt):
@@ -140,7 +143,8 @@ def main(argv=None):
                 record(m, it, os.path.join(run_dir, f"ckpt_{it:08d}.pth"))
         record(m, args.iters, os.path.join(run_dir, "final.pth"))
     doc = {"command": ["python", "bench/bench_feature_probe.py", *(argv if argv is not None else sys.argv[1:])],
-           "style": args.style, "image_size": args.image_size, "pool_size": args.pool_size, "rows": results}
+           "style": args.style, "image_size": args.image_size, "pool_size": args.pool_size,
+           "pool_layout": args.pool_layout, "pool_image_size": args.pool_image_size, "rows": results}
     with open(os.path.join(out, "probe.json"), "w") as f:
         json.dump(doc, f, indent=1)
     lines = ["| backbone | iterations | width | kNN top-1 (%) | linear top-1 (%) |", "|---|---|---|---|---|"]

@@ -81,6 +81,27 @@ def test_unlabelled_pool_has_no_annotations_and_no_labelled_image(tmp_path):
         generate_unlabelled_pool(str(tmp_path / "bad"), 4, 64, style="nope")
 
 
+def test_object_centric_pool_is_unlabelled_and_disjoint_from_the_probe_sets(tmp_path):
+    cls = generate_classification_dataset(str(tmp_path / "cls"), 16, 8, 32, seed=0, style="silhouette")
+    pool = generate_unlabelled_pool(str(tmp_path / "pool"), 160, 32, seed=0, style="silhouette", layout="objects")
+    files = os.listdir(pool["root"])
+    assert len([f for f in files if f.endswith(".png")]) == 160 and not any(
+        os.path.isdir(os.path.join(pool["root"], f)) for f in files)  # flat: no class folders reveal labels
+    labelled = set()
+    for split in ("train", "val"):
+        for name in os.listdir(os.path.join(cls["root"], split)):
+            labelled |= _pixel_digests(os.path.join(cls["root"], split, name))
+    pooled = _pixel_digests(pool["root"])
+    assert len(pooled) == 160 and len(labelled) == 4 * 24 and not (pooled & labelled)
+    # a different folder from the scene pool of the same size and seed (the layout is part of the params)
+    scenes = generate_unlabelled_pool(str(tmp_path / "pool"), 160, 32, seed=0, style="silhouette")
+    assert scenes["params"] != pool["params"] and _pixel_digests(scenes["root"]) != pooled
+    with pytest.raises(ValueError, match="layout"):
+        generate_unlabelled_pool(str(tmp_path / "bad"), 4, 32, style="silhouette", layout="grid")
+    with pytest.raises(ValueError, match="objects pool style"):
+        generate_unlabelled_pool(str(tmp_path / "bad"), 4, 32, style="clutter", layout="objects")
+
+
 def test_the_dataset_tool_writes_the_pool(tmp_path):
     import subprocess
     import sys

@@ -1,6 +1,7 @@
 #!/usr/bin/env python
 """Write the embedded synthetic dataset (COCO instances; with --classification an ImageFolder set; with
---unlabelled a flat folder of scenes for pre-training, no annotations).
+--unlabelled a flat folder of scenes, or with --pool-layout objects of single objects, for pre-training, no
+annotations).
 
 No download: the images are generated from a seed. Re-running with the same parameters does nothing.
 """
@@ -9,7 +10,7 @@ import json
 
 from us3l.cli import exit_with
 from us3l.data.datasets import embedded_root
-from us3l.data.synthetic import (CLASSIFICATION_STYLES, DETECTION_STYLES, default_dataset_root,
+from us3l.data.synthetic import (CLASSIFICATION_STYLES, POOL_LAYOUTS, DETECTION_STYLES, default_dataset_root,
                                  generate_classification_dataset, generate_coco_dataset,
                                  generate_unlabelled_pool)
 
@@ -29,6 +30,9 @@ def main(argv=None):
     p.add_argument("--unlabelled", action="store_true",
                    help="write an UNLABELLED pre-training pool of --num-train scenes of the detection --style "
                         "(ROOT/*.png, no annotations; its own generator key, so no image of the labelled sets)")
+    p.add_argument("--pool-layout", choices=POOL_LAYOUTS, default="scenes",
+                   help="--unlabelled: 'scenes' (default; the detection set's distribution) or 'objects' (one "
+                        "centred object per image, classes in turn, the labels not written)")
     p.add_argument("--style", choices=tuple(dict.fromkeys(DETECTION_STYLES + CLASSIFICATION_STYLES)), default=None,
                    help="detection set: 'simple' (default; 4 easy classes), 'clutter-light' or 'clutter' (8 classes, "
                         "class = outline only, clutter, occlusion); with --classification: 'category' "
@@ -46,7 +50,8 @@ def main(argv=None):
         p.error(f"--style {args.style} is not a {'classification' if args.classification else 'detection'} "
                 f"style; choose from {styles}")
     if args.unlabelled:
-        info = generate_unlabelled_pool(args.root, args.num_train, args.image_size or 96, args.seed, args.style)
+        info = generate_unlabelled_pool(args.root, args.num_train, args.image_size or 96, args.seed, args.style,
+                                        args.pool_layout)
     elif args.classification:
         root = args.root or embedded_root(args.style)
         info = generate_classification_dataset(root, args.num_train, args.num_val, args.image_size or 64, args.seed,

@@ -82,28 +82,33 @@ def dataset_stage(job: Job, num_train: int, num_val: int, style: str, seed: int 
                  [os.path.join(job.data_root, "annotations", "instances_val.json")])
 
 
-def pretrain_stage(job: Job, config: str, iters: int, batch: int, size: int, seed: int, opts: Sequence[str]) -> Stage:
-    pre_dir = os.path.join(job.out, "pretrain")
+def pretrain_stage(job: Job, config: str, iters: int, batch: int, size: int, seed: int, opts: Sequence[str],
+                   name: str = "pretrain", data_root: Optional[str] = None, augment: str = "imagenet") -> Stage:
+    """``tools/pretrain.py`` on ``data_root`` (default: the detection set's images) into ``OUT/<name>``."""
+    pre_dir = os.path.join(job.out, name)
     overrides = [f"model.arch={job.arch}", "model.cifar_stem=false", "data.dataset=images",
-                 f"data.root={job.data_root}", "data.augment=imagenet", f"data.image_size={size}",
+                 f"data.root={data_root or job.data_root}", f"data.augment={augment}", f"data.image_size={size}",
                  f"data.batch_size={batch}", f"train.iterations={iters}", f"train.seed={seed}",
                  "train.device=cpu" if job.num_gpus == 0 else "train.device=auto",
                  f"train.log_every={max(1, min(10, iters // 10))}"]
-    return Stage("pretrain", [job.py, "tools/pretrain.py", "--config", config, "--output-dir", pre_dir,
-                              *overrides, *opts], [os.path.join(pre_dir, "final.pth")])
+    return Stage(name, [job.py, "tools/pretrain.py", "--config", config, "--output-dir", pre_dir,
+                        *overrides, *opts], [os.path.join(pre_dir, "final.pth")])
 
 
-def calibrate_backbone_stage(job: Job, pretrained: str, batches: int, batch_size: int, size: int) -> Stage:
-    calibrated = os.path.join(job.out, "backbone_calibrated.pth")
-    return Stage("calibrate_bn", [job.py, "tools/calibrate_bn.py", pretrained, calibrated, "--widths", *job.widths,
-                                  "--data-root", job.data_root, "--num-batches", batches, "--batch-size", batch_size,
-                                  "--image-size", size, "--recipe", "imagenet"], [calibrated])
+def calibrate_backbone_stage(job: Job, pretrained: str, batches: int, batch_size: int, size: int,
+                             name: str = "calibrate_bn", widths: Optional[Sequence[float]] = None) -> Stage:
+    """Backbone BN statistics per width (default: the job's widths) on the detection set's training images."""
+    calibrated = os.path.join(job.out, "backbone_calibrated.pth" if name == "calibrate_bn" else f"{name}.pth")
+    return Stage(name, [job.py, "tools/calibrate_bn.py", pretrained, calibrated, "--widths",
+                        *(widths or job.widths), "--data-root", job.data_root, "--num-batches", batches,
+                        "--batch-size", batch_size, "--image-size", size, "--recipe", "imagenet"], [calibrated])
 
 
-def convert_stage(job: Job, calibrated: str) -> Stage:
+def convert_stage(job: Job, calibrated: str, name: str = "convert") -> Stage:
     fw = FRAMEWORKS[job.framework]
-    converted = os.path.join(job.out, fw["converted"])
-    return Stage("convert", [job.py, fw["convert"], calibrated, converted], [converted])
+    converted = os.path.join(job.out, fw["converted"] if name == "convert" else
+                             f"{name}_{fw['converted']}")
+    return Stage(name, [job.py, fw["convert"], calibrated, converted], [converted])
 
 
 # ------------------------------------------------------------------------------------------------ detector

@@ -121,7 +121,8 @@ def _versus_cell(c: dict) -> str:
     return f"{c['width']:g}x {c['gap']:+.1f} ({noise}) {c['verdict']}"
 
 
-def _fmt(key: str, v) -> str:
+def format_cell(key: str, v) -> str:
+    """A table cell: widths as their tags, seeds space-separated, GFLOPs to 3 decimals, AP to 1."""
     if v is None:
         return "n/a"
     if key == "width":  # 1.00, 0.75, and three decimals only where needed (0.375)
@@ -136,7 +137,7 @@ def _fmt(key: str, v) -> str:
 
 
 def render_markdown(rows: List[dict], title: str = "", notes: Iterable[str] = ()) -> str:
-    return table_files.render_markdown(rows, COLUMNS, _fmt, title, notes, left=("init",))
+    return table_files.render_markdown(rows, COLUMNS, format_cell, title, notes, left=("init",))
 
 
 def plot(rows: List[dict], path: str, title: str = "") -> str:

@@ -13,10 +13,10 @@ writes and reuses the datasets on disk.
 from .masks import mask_bbox, mask_to_polygons, polygons_to_mask
 from .scenes import (CATEGORIES, CLASS_NAMES, CLASSIFICATION_CLASSES, CLASSIFICATION_STYLES, DETECTION_STYLES,
                      STYLE_CLASSES, categories)
-from .writers import (DEFAULT_DATASET_NAME, GENERATOR_VERSION, PARAMS_FILE, default_dataset_root,
+from .writers import (DEFAULT_DATASET_NAME, GENERATOR_VERSION, PARAMS_FILE, POOL_LAYOUTS, default_dataset_root,
                       generate_classification_dataset, generate_coco_dataset, generate_unlabelled_pool)
 
 __all__ = ["CATEGORIES", "CLASS_NAMES", "CLASSIFICATION_CLASSES", "CLASSIFICATION_STYLES", "DETECTION_STYLES",
-           "STYLE_CLASSES", "DEFAULT_DATASET_NAME", "GENERATOR_VERSION", "PARAMS_FILE", "categories",
+           "STYLE_CLASSES", "DEFAULT_DATASET_NAME", "GENERATOR_VERSION", "PARAMS_FILE", "POOL_LAYOUTS", "categories",
            "default_dataset_root", "generate_classification_dataset", "generate_coco_dataset",
            "generate_unlabelled_pool", "mask_bbox", "mask_to_polygons", "polygons_to_mask"]

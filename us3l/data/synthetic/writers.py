@@ -190,29 +190,44 @@ def generate_classification_dataset(root: str, num_per_class_train: int = 64, nu
 POOL_SPLIT = 2
 
 
+POOL_LAYOUTS = ("scenes", "objects")
+
+
 def generate_unlabelled_pool(root: str, num_images: int = 4096, image_size: int = 96, seed: int = 0,
-                             style: str = "silhouette") -> dict:
+                             style: str = "silhouette", layout: str = "scenes") -> dict:
     """Write (or reuse) an UNLABELLED pre-training pool: ``root/*.png`` scenes of a detection ``style``.
 
     Why: unlabelled images are free, and pre-training matters when it sees far more images than the labelled
     detection set. The pool draws from the same scene distribution as that set but from its own generator
     key (split 2; train and val are 0 and 1), so no pool image is a labelled image, and no annotation is
-    written. Returns ``{root, num_images, params}``.
+    written. ``layout="objects"``: object-centric images instead (one centred object of the style's
+    classification view, classes in turn, the labels never written), the way ImageNet-style pools precede
+    detection on scenes; crops of them learn outlines faster than crops of scenes (docs/transfer_benchmark.md).
+    Returns ``{root, num_images, params}``.
     """
-    if style not in DETECTION_STYLES:
-        raise ValueError(f"unknown detection style {style!r}; choose from {DETECTION_STYLES}")
+    if layout not in POOL_LAYOUTS:
+        raise ValueError(f"unknown pool layout {layout!r}; choose from {POOL_LAYOUTS}")
+    if style not in DETECTION_STYLES or (layout == "objects" and style not in CLASSIFICATION_CLASSES):
+        allowed = DETECTION_STYLES if layout == "scenes" else tuple(CLASSIFICATION_CLASSES)
+        raise ValueError(f"unknown {layout} pool style {style!r}; choose from {allowed}")
     if num_images < 1 or image_size < 16:
         raise ValueError("need num_images >= 1 and image_size >= 16")
     params = {"kind": "unlabelled_pool", "generator_version": GENERATOR_VERSION, "num_images": int(num_images),
               "image_size": int(image_size), "seed": int(seed), "style": style,
               "max_objects": STYLE_MAX_OBJECTS[style]}
+    if layout != "scenes":  # the scene pool's params (and so its cached folders) stay as they were
+        params["layout"] = layout
     info = {"root": root, "num_images": int(num_images), "params": params}
     if _read_params(root) == params:
         return info
     tmp = _tmp_sibling(root)
     try:
         for i in range(num_images):
-            img, _, _ = detection_scene(style, seed, POOL_SPLIT, i, image_size, params["max_objects"])
+            if layout == "objects":
+                n = len(CLASSIFICATION_CLASSES[style])
+                img = classification_image(style, seed, POOL_SPLIT, i % n, i // n, image_size)
+            else:
+                img, _, _ = detection_scene(style, seed, POOL_SPLIT, i, image_size, params["max_objects"])
             Image.fromarray(img).save(os.path.join(tmp, f"{i:06d}.png"))
         _publish(tmp, root, params)
     except BaseException:
