@@ -84,6 +84,18 @@ def test_quick_and_scale_fill_only_what_was_not_given():
         parse_args(["OUT", "--scale", "0"])
 
 
+def test_pretrained_rows_name_a_method_and_an_existing_file(tmp_path):
+    ckpt = tmp_path / "final.pth"
+    ckpt.write_bytes(b"x")
+    got = parse_args(["OUT", "--pretrained", f"us3l={ckpt}", f"individual@0.5={ckpt}"]).pretrained
+    assert got == {("us3l", None): str(ckpt), ("individual", 0.5): str(ckpt)}
+    for bad, says in ((f"random={ckpt}", "METHOD one of"), ("us3l=" + str(tmp_path / "none.pth"), "no such file"),
+                      (f"individual={ckpt}", "individual@WIDTH"), (f"individual@0.3={ckpt}", "width 0.3 is not"),
+                      ("us3l", "METHOD=CHECKPOINT")):
+        with pytest.raises(SystemExit, match=says):
+            parse_args(["OUT", "--pretrained", bad])
+
+
 def _run_rows(aps):
     return [{"width": w, "box_AP": ap, "mask_AP": ap / 2, "detector_gflops": w} for w, ap in aps.items()]
 

@@ -2,12 +2,14 @@
 
 ``get_cfg -> add_us3l_config -> merge_from_file -> merge_from_list -> freeze -> default_setup``, then
 Detectron2's ``launch`` (``--num-gpus``/``--num-machines``/``--dist-url``). The trainer is Detectron2's
-``DefaultTrainer`` with three changes: the checkpointer is :class:`US3LCheckpointer` (never a silently
-skipped tensor), the evaluator is pycocotools COCO evaluation (``TEST.IMS_PER_BATCH`` images per batch), and
-results are keyed by the width.
+``DefaultTrainer`` with four changes: the checkpointer is :class:`US3LCheckpointer` (never a silently
+skipped tensor), ``--resume`` continues exactly (optimizer state in the checkpoint, data and randomness a
+function of seed and iteration: :mod:`.resumable`), the evaluator is pycocotools COCO evaluation
+(``TEST.IMS_PER_BATCH`` images per batch), and results are keyed by the width.
 """
 from __future__ import annotations
 
+import logging
 import weakref
 from collections import OrderedDict
 
@@ -19,17 +21,61 @@ from .checkpoint import US3LCheckpointer
 from .config import calibration_widths_checked, load_config, us3l_width
 from .datasets import check_datasets, register_coco_json, register_us3l_datasets
 from .evaluation import build_coco_evaluator, build_test_loader, key_by_width, save_width_metrics
+from .resumable import IterationSeed, build_resumable_train_loader, is_resumable, restart
 
 
 class US3LTrainer(DefaultTrainer):
-    """``DefaultTrainer`` with the US3L checkpointer and per-width COCO evaluation."""
+    """``DefaultTrainer`` with the US3L checkpointer, exact resume and per-width COCO evaluation."""
 
     def build_hooks(self):
         # DefaultTrainer.__init__ creates its checkpointer just before building hooks: swap it in here so the
         # periodic checkpointer and resume_or_load both use ours.
         self.checkpointer = US3LCheckpointer(self._trainer.model, self.cfg.OUTPUT_DIR, cfg=self.cfg,
                                              trainer=weakref.proxy(self))
-        return super().build_hooks()
+        return [IterationSeed(lambda: self.data_seed), *super().build_hooks()]
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        if cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":
+            logging.getLogger("detectron2.us3l.resume").warning(
+                "DATALOADER.SAMPLER_TRAIN %s: Detectron2's own loader is used, and --resume does not replay its "
+                "data order (only TrainingSampler is resumable here)", cfg.DATALOADER.SAMPLER_TRAIN)
+            return super().build_train_loader(cfg)
+        return build_resumable_train_loader(cfg)
+
+    @property
+    def data_seed(self) -> int:
+        """The seed of the data stream and of every step's randomness (``SEED``, or the one drawn for ``SEED`` -1,
+        which the checkpoint keeps)."""
+        loader = self._trainer.data_loader
+        return loader.batch_sampler.seed if is_resumable(loader) else max(int(self.cfg.SEED), 0)
+
+    def state_dict(self):
+        # Detectron2 0.6 saves the iteration and hook states only: the optimizer (momentum) and the data seed
+        # are what an exact resume needs besides
+        ret = super().state_dict()
+        ret["_trainer"] = self._trainer.state_dict()
+        ret["data_seed"] = self.data_seed
+        return ret
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        if "_trainer" in state_dict:
+            self._trainer.load_state_dict(state_dict["_trainer"])
+        else:
+            logging.getLogger("detectron2.us3l.resume").warning(
+                "the checkpoint holds no optimizer state (written by Detectron2's own trainer or an older us3l): "
+                "momentum restarts from zero, so this resume is not exact")
+        self._resumed_seed = state_dict.get("data_seed")
+
+    def resume_or_load(self, resume=True):
+        self._resumed_seed = None
+        super().resume_or_load(resume=resume)
+        loader = self._trainer.data_loader
+        if is_resumable(loader) and (self.start_iter > 0 or self._resumed_seed is not None):
+            seed = self.data_seed if self._resumed_seed is None else self._resumed_seed
+            # the data stream continues at the batch of the next iteration, as if never interrupted
+            _set_loader_iterator(self._trainer, restart(loader, self.start_iter, seed))
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
@@ -51,6 +97,14 @@ class US3LTrainer(DefaultTrainer):
                 save_width_metrics(cfg, name, res)
             keyed[name] = key_by_width(width, res or {})
         return keyed[cfg.DATASETS.TEST[0]] if len(keyed) == 1 else keyed
+
+
+def _set_loader_iterator(trainer, it) -> None:
+    """Replace a ``SimpleTrainer``'s data iterator (an attribute in Detectron2 0.6, a lazy property later)."""
+    if isinstance(getattr(type(trainer), "_data_loader_iter", None), property):
+        trainer._data_loader_iter_obj = it
+    else:
+        trainer._data_loader_iter = it
 
 
 def argument_parser():

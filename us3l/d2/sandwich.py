@@ -28,6 +28,7 @@ from ..detection import (SandwichConfig, box_cls_distill_loss, calibrate_detecto
 from ..width import get_width, set_width
 from .config import calibration_widths_checked, us3l_width
 from .engine import US3LTrainer
+from .resumable import is_resumable, mixed_seed, restart
 from .slimmable import SlimmableDetectorCheckpointer, is_slimmable_detector_cfg, prepare_for_width, unwrap
 
 
@@ -172,13 +173,19 @@ class WidthCalibrationHook(hooks.HookBase):
     """
 
     def __init__(self, period: int, model, data_loader, widths, num_batches: int):
-        self._period, self._model, self._loader = period, model, iter(data_loader)  # one iterator, see above
+        self._period, self._model, self._data_loader = period, model, data_loader
+        # Detectron2's own loader: one iterator for every calibration (see _PreprocessedImages)
+        self._loader = None if is_resumable(data_loader) else iter(data_loader)
         self._widths, self._num_batches = list(widths), num_batches
 
     def after_step(self):
         next_iter = self.trainer.iter + 1
         if next_iter == self.trainer.max_iter or (self._period > 0 and next_iter % self._period == 0):
-            used = calibrate_d2_detector(self._model, self._loader, self._widths, self._num_batches)
+            loader = self._loader
+            if loader is None:  # batches of a stream of (seed, iteration): the same after a resume
+                seed = getattr(self.trainer, "data_seed", 0)
+                loader = restart(self._data_loader, 0, mixed_seed(seed, "calibration", next_iter))
+            used = calibrate_d2_detector(self._model, loader, self._widths, self._num_batches)
             comm.synchronize()
             if comm.is_main_process():
                 import logging

@@ -89,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
                       ("finetune_epochs", "MMDetection detector epochs"), ("calib_batches", "BN calibration batches"),
                       ("calib_batch_size", "BN calibration batch"), ("probe_epochs", "linear-probe epochs")):
         p.add_argument("--" + key.replace("_", "-"), type=int, default=None, help=f"{what} (default {DEFAULTS[key]})")
+    p.add_argument("--pretrained", nargs="+", default=[], metavar="METHOD=CHECKPOINT",
+                   help="skip a row's pre-training and use this checkpoint (e.g. us3l=runs/x/final.pth; individual "
+                        "rows: individual@0.5=PATH)")
     p.add_argument("--finetune-opts", nargs="*", default=[],
                    help="extra detector overrides (Detectron2 KEY VALUE pairs / MMDetection key=value)")
     p.add_argument("--arch", choices=("resnet18",), default="resnet18")
@@ -114,7 +117,28 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         elif k not in given:
             setattr(args, k, v * args.scale if k in SCALED else v)
     args.widths = sorted({float(w) for w in args.widths}, reverse=True)
+    args.pretrained = dict(_pretrained_entry(e, args.widths) for e in args.pretrained)
     return args
+
+
+def _pretrained_entry(entry: str, widths) -> tuple:
+    """``us3l=PATH`` -> (("us3l", None), abs PATH); ``individual@0.5=PATH`` -> (("individual", 0.5), ...)."""
+    key, sep, path = entry.partition("=")
+    method, at, width = key.partition("@")
+    if not sep or not path or method not in METHODS or method == "random" or bool(at) != (method == "individual"):
+        raise SystemExit(f"[us3l-transfer] --pretrained {entry!r}: expected METHOD=CHECKPOINT with METHOD one of "
+                         f"{', '.join(PRETRAINED)}, or individual@WIDTH=CHECKPOINT")
+    w = None
+    if at:
+        try:
+            w = float(width)
+        except ValueError:
+            w = None
+        if w not in widths:
+            raise SystemExit(f"[us3l-transfer] --pretrained {entry!r}: width {width} is not one of {widths}")
+    if not os.path.isfile(path):
+        raise SystemExit(f"[us3l-transfer] --pretrained {entry!r}: no such file")
+    return (method, w), os.path.abspath(path)
 
 
 def _named(stages, prefix: str):
@@ -174,11 +198,13 @@ def main(argv: Optional[List[str]] = None) -> dict:
         pre = C.pretrain_stage(job, "configs/us3l_tiny_cpu.yaml", args.pretrain_iters, args.pretrain_batch,
                                args.pretrain_size, args.seed, opts, name=f"pretrain_{name}", data_root=pool,
                                augment="outline")
+        given = args.pretrained.get((method, w))
+        ckpt = given or pre.outputs[0]
         widths = args.widths if w is None else [w]
-        cal = C.calibrate_backbone_stage(job, pre.outputs[0], args.calib_batches, args.calib_batch_size,
+        cal = C.calibrate_backbone_stage(job, ckpt, args.calib_batches, args.calib_batch_size,
                                          args.pretrain_size, name=f"calibrate_{name}", widths=widths)
         conv = C.convert_stage(job, cal.outputs[0], name=f"convert_{name}")
-        pre_chains.append([pre, cal, conv, probe(name, pre.outputs[0], widths)])
+        pre_chains.append(([] if given else [pre]) + [cal, conv, probe(name, ckpt, widths)])
         backbones[(method, w)] = conv.outputs[0]
         probes.setdefault(method, {})[0 if w is None else w] = pre_chains[-1][-1].outputs[0]
 
@@ -222,6 +248,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
     command = ["bash", "scripts/transfer_table.sh"] + list(argv if argv is not None else sys.argv[1:])
     meta = {"framework": framework, "arch": args.arch, "widths": args.widths, "seeds": args.seeds,
             "methods": args.methods, "protocols": args.protocols, "finetune_methods": args.finetune_methods,
+            "pretrained": {f"{m}" + ("" if w is None else f"@{w:g}"): p for (m, w), p in args.pretrained.items()},
             "scale": args.scale, "pretrain": {"iterations": args.pretrain_iters, "batch": args.pretrain_batch,
                                               "input": args.pretrain_size, "seed": args.seed, "recipe": RECIPE},
             "data": {"style": "silhouette", "num_train": args.num_train, "num_val": args.num_val,

@@ -1,0 +1,120 @@
+"""Detectron2 fine-tuning resumes exactly: a slimmable Mask R-CNN interrupted after a checkpoint and continued with
+resume ends with the same weights, bit for bit, as the run that was never interrupted (optimizer momentum, data
+order, augmentations, RoI sampling and the sandwich widths all replay), even when the resumed process starts
+with other RNG states. Control: the same resume without the optimizer state in the checkpoint ends elsewhere."""
+import os
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from ckpt_helpers import ROOT
+
+D2_CONFIG = os.path.join(ROOT, "projects", "segmentation", "configs", "mask_rcnn_US-R50_FPN_slimmable_tiny.yaml")
+ITERS, PERIOD = 6, 3  # the interruption comes right after model_0000002.pth (iteration 3 of 6)
+
+
+class _Killed(Exception):
+    pass
+
+
+def _cfg(tiny_coco, out):
+    from us3l.d2 import load_config, register_us3l_datasets
+
+    register_us3l_datasets(tiny_coco["datasets_dir"])
+    return load_config(D2_CONFIG, [
+        "MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64", "SEED", "7", "MODEL.WEIGHTS", "",
+        "SOLVER.MAX_ITER", str(ITERS), "SOLVER.STEPS", "(4,)", "SOLVER.CHECKPOINT_PERIOD", str(PERIOD),
+        "MODEL.US3L.CALIBRATION.WIDTHS", "[0.25]", "MODEL.US3L.CALIBRATION.NUM_BATCHES", "1",
+        "DATALOADER.NUM_WORKERS", "0", "DATASETS.TEST", "()", "TEST.PRECISE_BN.ENABLED", "False",
+        "OUTPUT_DIR", str(out)])
+
+
+def _train(cfg, resume=False, kill_after=None):
+    from detectron2.engine import HookBase
+
+    from us3l.d2.sandwich import SlimmableDetectorTrainer
+
+    class Kill(HookBase):
+        def after_step(self):
+            if self.trainer.iter + 1 == kill_after:
+                raise _Killed
+
+    if not resume:  # what train_net.py's default_setup does before the model is built (its random init)
+        from detectron2.utils.env import seed_all_rng
+
+        seed_all_rng(cfg.SEED)
+    trainer = SlimmableDetectorTrainer(cfg)
+    trainer.resume_or_load(resume=resume)
+    if kill_after:
+        trainer.register_hooks([Kill()])  # after the periodic checkpointer: the checkpoint is on disk
+    trainer.train()
+    return {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+
+
+def _other_rng_states():
+    """A new process would start from other RNG states than the interrupted one left behind."""
+    random.seed(12345)
+    np.random.seed(12345)
+    torch.manual_seed(12345)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_coco, tmp_path_factory):
+    return _train(_cfg(tiny_coco, tmp_path_factory.mktemp("straight")))
+
+
+def _interrupted(tiny_coco, out):
+    cfg = _cfg(tiny_coco, out)
+    with pytest.raises(_Killed):
+        _train(cfg, kill_after=PERIOD)
+    assert (out / "model_0000002.pth").is_file() and not (out / "model_final.pth").exists()
+    _other_rng_states()
+    return cfg
+
+
+def test_resume_after_an_interruption_ends_where_the_uninterrupted_run_ends(uninterrupted, tiny_coco, tmp_path):
+    cfg = _interrupted(tiny_coco, tmp_path / "resumed")
+    ckpt = torch.load(tmp_path / "resumed" / "model_0000002.pth", map_location="cpu", weights_only=False)
+    assert ckpt["trainer"]["_trainer"]["optimizer"]["state"]  # the momentum buffers travel
+    assert ckpt["trainer"]["data_seed"] == 7 and ckpt["trainer"]["iteration"] == PERIOD - 1
+    resumed = _train(cfg, resume=True)
+    assert resumed.keys() == uninterrupted.keys()
+    differ = [k for k in resumed if not torch.equal(resumed[k], uninterrupted[k])]
+    assert not differ, f"{len(differ)} of {len(resumed)} tensors differ, e.g. {differ[:5]}"
+
+
+def test_control_without_optimizer_state_the_resume_ends_elsewhere(uninterrupted, tiny_coco, tmp_path, caplog):
+    """The comparison above can fail: drop the momentum from the checkpoint and the same resume diverges (with a
+    warning that says so)."""
+    out = tmp_path / "no_momentum"
+    cfg = _interrupted(tiny_coco, out)
+    path = out / "model_0000002.pth"
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    del ckpt["trainer"]["_trainer"]
+    torch.save(ckpt, path)
+    with caplog.at_level("WARNING"):
+        resumed = _train(cfg, resume=True)
+    assert "momentum restarts from zero" in caplog.text
+    assert any(not torch.equal(resumed[k], uninterrupted[k]) for k in resumed if k.endswith("weight"))
+
+
+def test_batches_are_a_function_of_seed_and_batch_number():
+    from us3l.d2.resumable import ResumableBatchSampler
+
+    groups = [0, 1] * 10 + [0] * 5
+    full = ResumableBatchSampler(groups, 2, seed=3)
+    it = iter(full)
+    first = [next(it) for _ in range(30)]
+    later = ResumableBatchSampler(groups, 2, seed=3, start=17)
+    it2 = iter(later)
+    assert [next(it2) for _ in range(13)] == first[17:]
+    assert all(len({groups[i] for i, _, _ in b}) == 1 for b in first)  # one aspect-ratio group per batch
+    assert [b[0][1] for b in first] == list(range(30))  # each item knows its batch number
+    # two ranks split one stream: disjoint halves of each epoch's permutation
+    r0, r1 = (iter(ResumableBatchSampler([0] * 8, 2, seed=3, rank=r, world_size=2)) for r in (0, 1))
+    epoch = [i for b in (next(r0), next(r0), next(r1), next(r1)) for i, _, _ in b]
+    assert sorted(epoch) == list(range(8))
+    other = iter(ResumableBatchSampler(groups, 2, seed=4))
+    assert [next(other) for _ in range(30)] != first
