@@ -118,3 +118,33 @@ def test_batches_are_a_function_of_seed_and_batch_number():
     assert sorted(epoch) == list(range(8))
     other = iter(ResumableBatchSampler(groups, 2, seed=4))
     assert [next(other) for _ in range(30)] != first
+
+
+def test_a_truncated_last_checkpoint_is_refused_before_anything_is_written(tmp_path):
+    """A save cut short (full disk): --resume stops with exit 2, names the intact checkpoint beside it and how to
+    continue from it, and leaves the folder as it was (no config.yaml, no log)."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    out.mkdir()
+    torch.save({"model": {"w": torch.zeros(3)}, "iteration": 9}, out / "model_0000009.pth")
+    torch.save({"model": {"w": torch.zeros(4096)}, "iteration": 19}, out / "model_0000019.pth")
+    data = (out / "model_0000019.pth").read_bytes()
+    (out / "model_0000019.pth").write_bytes(data[: len(data) // 2])
+    (out / "last_checkpoint").write_text("model_0000019.pth")
+    before = sorted(p.name for p in out.iterdir())
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    run = subprocess.run([sys.executable, os.path.join(ROOT, "projects", "segmentation", "train_net.py"), "--resume",
+                          "--config-file", D2_CONFIG, "OUTPUT_DIR", str(out), "MODEL.DEVICE", "cpu"],
+                         capture_output=True, text=True, env=env, cwd=ROOT)
+    assert run.returncode == 2, run.stderr[-3000:]
+    err = run.stderr.strip().splitlines()[-1]
+    assert err.startswith("error: --resume:") and "model_0000019.pth" in err and "corrupt" in err
+    assert "newest intact checkpoint beside it is model_0000009.pth" in err and "echo model_0000009.pth" in err
+    assert sorted(p.name for p in out.iterdir()) == before
+    # following the hint, the named checkpoint is the one --resume reads next
+    from us3l.d2.checkpoint import check_resumable
+
+    (out / "last_checkpoint").write_text("model_0000009.pth")
+    check_resumable(str(out))

@@ -200,3 +200,48 @@ class US3LCheckpointer(DetectionCheckpointer):
                     raise CheckpointError("US3L backbones put the stride in the 3x3 conv: set "
                                           "MODEL.RESNETS.STRIDE_IN_1X1 False (it silently costs AP otherwise)")
                 return
+
+
+def _unreadable(path: str) -> str | None:
+    """Why ``path`` cannot be resumed from (None: it reads). A torch zip file is checked by its CRCs, which a
+    save cut short (a full disk, a kill) never completes; anything else goes through the safe loader."""
+    import os
+    import zipfile
+
+    if not os.path.isfile(path):
+        return "missing"
+    if zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as z:
+                return None if z.testzip() is None else "corrupt (a CRC does not match)"
+        except (zipfile.BadZipFile, OSError, EOFError) as e:
+            return f"corrupt ({e})"
+    try:
+        read_framework_checkpoint(path)
+    except CheckpointError:
+        return "truncated or corrupt"
+    return None
+
+
+def check_resumable(output_dir: str) -> None:
+    """Before anything is written: the checkpoint ``--resume`` would continue from reads, or the error names
+    the newest intact one beside it (Detectron2 would rewrite config.yaml and the log, then fail in the load)."""
+    import glob
+    import os
+
+    last = os.path.join(output_dir, "last_checkpoint")
+    if not os.path.isfile(last):
+        return  # nothing to resume: training starts from MODEL.WEIGHTS, as in Detectron2
+    with open(last) as f:
+        name = f.read().strip()
+    problem = _unreadable(os.path.join(output_dir, name))
+    if problem is None:
+        return
+    others = sorted((os.path.basename(p) for p in glob.glob(os.path.join(output_dir, "model_*.pth"))),
+                    reverse=True)
+    intact = next((p for p in others if p != name and _unreadable(os.path.join(output_dir, p)) is None), None)
+    hint = (f"the newest intact checkpoint beside it is {intact}: to continue from it, write its name into {last} "
+            f"(echo {intact} > {last}) and rerun with --resume" if intact else
+            "no intact checkpoint is beside it: rerun without --resume to start again")
+    raise CheckpointError(f"--resume: {os.path.join(output_dir, name)} (named in last_checkpoint) is {problem}; "
+                          f"{hint}; nothing was written")

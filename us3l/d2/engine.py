@@ -17,7 +17,7 @@ import torch
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
 
 from ..cli import run_tool
-from .checkpoint import US3LCheckpointer
+from .checkpoint import US3LCheckpointer, check_resumable
 from .config import calibration_widths_checked, load_config, us3l_width
 from .datasets import check_datasets, register_coco_json, register_us3l_datasets
 from .evaluation import build_coco_evaluator, build_test_loader, key_by_width, save_width_metrics
@@ -122,6 +122,8 @@ def setup(args):
     cfg.freeze()
     us3l_width(cfg)  # a bad width fails here, before any data is read
     calibration_widths_checked(cfg)  # and so does a bad calibration width (it would fail after the training)
+    if getattr(args, "resume", False) and not getattr(args, "eval_only", False):
+        check_resumable(cfg.OUTPUT_DIR)  # a truncated last checkpoint: refused before config / log are written
     default_setup(cfg, args)
     return cfg
 
