@@ -3,9 +3,11 @@
 Nothing here needs to be called: in eval mode (or any forward without autograd) every input-sliced
 ``USConv2d``/``USLinear`` runs on a contiguous copy of its active weight, made on the first forward after a
 width change and reused until the weights change (see :mod:`us3l.ops.weight_slice` for what counts as a
-change). Slicing the output channels, the BN affine and the per-width BN statistics needs no copy (views and
-stored buffers), so a model holds at most the conv/linear weights of ONE static network: the one for its
-last grad-free width.
+change). Each layer keeps the copies of its last few widths (4 by default, :func:`keep_widths`), so a width
+switch between them costs nothing: the width can change every call. Slicing the output channels, the BN
+affine and the per-width BN statistics needs no copy (views and stored buffers); the copies a layer keeps
+never exceed its full weight in bytes, so a model holds at most the size of its full-width conv/linear
+weights in extra memory (``bench/width_switch.md`` measures both).
 """
 from __future__ import annotations
 
@@ -38,3 +40,16 @@ def prepare(model: nn.Module) -> None:
                 m._eval_tensors()
         elif hasattr(m, "active_weight"):
             m.active_weight()
+
+
+def keep_widths(model: nn.Module, k: int) -> None:
+    """Keep the grad-free copies of up to ``k`` recent widths per layer (default 4; 1: only the last width, the
+    least memory). Extra memory stays bounded by the full-width weights whatever ``k``."""
+    if int(k) < 1:
+        raise ValueError(f"keep_widths needs k >= 1, got {k!r}")
+    for m in slimmable_modules(model):
+        cache = getattr(m, "_slice_cache", None)
+        if cache is not None:
+            cache.capacity = int(k)
+            while len(cache.entries) > cache.capacity:
+                del cache.entries[next(iter(cache.entries))]

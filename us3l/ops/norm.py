@@ -43,7 +43,7 @@ class USBatchNorm2d(SlimmableMixin, nn.BatchNorm2d):
         self.sliced = sliced  # False after a conv whose output stays full (MobileNetV2's 1280-d head)
         self._init_width(width_range)
         self._calibration: dict | None = None
-        self._slice_cache = SliceCache()  # grad-free eval: (weight, bias, mean, var) of the last width, all views
+        self._slice_cache = SliceCache()  # grad-free eval: (weight, bias, mean, var) of recent widths, all views
 
     def _clear_inference_cache(self) -> None:
         self._slice_cache.clear()
@@ -118,15 +118,16 @@ class USBatchNorm2d(SlimmableMixin, nn.BatchNorm2d):
         w = self.width_mult
         mean_name, var_name = _stats_names(w)
         buffers = self._buffers
-        key = (w, id(self.weight), id(self.bias), id(buffers.get(mean_name)), id(buffers.get(var_name)),
-               torch.is_inference_mode_enabled())
+        key = (w, id(buffers.get(mean_name)), id(buffers.get(var_name)))
+        validity = (id(self.weight), id(self.bias), torch.is_inference_mode_enabled())
         cache = self._slice_cache
-        if cache.key == key:
-            return cache.value
+        hit = cache.get(key, validity)
+        if hit is not None:
+            return hit
         c = self.active_features()
         mean, var = self.width_stats(w)
         weight, bias = (self.weight, self.bias) if c == self.num_features else (self.weight[:c], self.bias[:c])
-        return cache.store(key, (weight.detach(), bias.detach(), mean, var), 0)
+        return cache.put(key, validity, (weight.detach(), bias.detach(), mean, var), 0, 0)
 
     # -- checkpoint hooks ------------------------------------------------------------------------------
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,

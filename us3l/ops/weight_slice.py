@@ -6,8 +6,10 @@ a contiguous layout on every call (forward and backward), so:
 * with autograd, :func:`prefix_slice` hands the kernel one contiguous copy and writes the gradient into a
   full-size tensor in one pass (plain indexing slices one dimension at a time, and the backward of each
   slice allocates and zero-fills a tensor of its input's size);
-* without autograd (inference, BN calibration, a frozen layer) each layer keeps ONE contiguous copy, for
-  the last width it ran at (:class:`SliceCache`), and reuses it while the weight is unchanged.
+* without autograd (inference, BN calibration, a frozen layer) each layer keeps the contiguous copies of
+  its last few widths (:class:`SliceCache`: up to ``capacity`` widths, 4 by default, and never more bytes
+  than the layer's full weight), and reuses them while the weight is unchanged: a model whose width changes
+  every call, within those widths, runs at its fixed-width speed (``bench/width_switch.md``).
 
 "Unchanged" means: the same tensor, storage, dtype and version counter (every in-place update through
 autograd-visible ops bumps it: optimizer steps, ``load_state_dict``, EMA updates), no optimizer step
@@ -61,34 +63,65 @@ def grad_free(weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
     return not torch.is_grad_enabled() or not (weight.requires_grad or (bias is not None and bias.requires_grad))
 
 
-def unchanged_key(width: float, weight: torch.Tensor, *others) -> tuple:
-    """What must stay equal for a grad-free cache entry to stay valid (see the module docstring)."""
-    return (width, id(weight), weight.data_ptr(), weight._version, _optimizer_steps,
-            torch.is_inference_mode_enabled(), *map(id, others))
+def unchanged_key(weight: torch.Tensor, *others) -> tuple:
+    """What must stay equal for grad-free cache entries to stay valid (see the module docstring)."""
+    return (id(weight), weight.data_ptr(), weight._version, _optimizer_steps, torch.is_inference_mode_enabled(),
+            *map(id, others))
+
+
+DEFAULT_WIDTHS_KEPT = 4  # the widths of the usual table (1.0, 0.75, 0.5, 0.25); 1.0 itself costs no copy
 
 
 class SliceCache:
-    """One layer's grad-free tensors for its last width (a tuple), valid while ``key`` is unchanged."""
+    """One layer's grad-free tensors for its most recently used widths (tuples), least recent dropped first.
 
-    __slots__ = ("key", "value", "copied_bytes")
+    Entries are valid while ``validity`` (the weight's identity, version, optimizer steps, inference mode:
+    :func:`unchanged_key`) is what it was when they were made; any change drops them all. At most
+    ``capacity`` entries, and the copies together never exceed ``budget`` bytes (the layer's full weight:
+    the extra memory of a model is at most that of its full-width weights).
+    """
 
-    def __init__(self):
+    __slots__ = ("entries", "validity", "capacity")
+
+    def __init__(self, capacity: int = DEFAULT_WIDTHS_KEPT):
+        self.capacity = int(capacity)
         self.clear()
 
     def __reduce__(self):  # copies and pickles of a model start empty (the key names the original's tensors)
-        return SliceCache, ()
+        return SliceCache, (self.capacity,)
 
     def clear(self) -> None:
-        self.key = self.value = None
-        self.copied_bytes = 0
+        self.entries: dict = {}  # key -> (value, copied bytes), least recently used first
+        self.validity = None
+
+    @property
+    def value(self):
+        """The most recently used entry's tensors (None when empty)."""
+        return next(reversed(self.entries.values()))[0] if self.entries else None
 
     def nbytes(self) -> int:
         """Bytes of weight copies held (views of the layer's own tensors cost nothing)."""
-        return self.copied_bytes
+        return sum(b for _, b in self.entries.values())
 
-    def store(self, key: tuple, value: tuple, copied_bytes: int) -> tuple:
+    def get(self, key, validity):
+        if validity != self.validity:
+            self.entries.clear()
+            self.validity = validity
+            return None
+        hit = self.entries.pop(key, None)
+        if hit is None:
+            return None
+        self.entries[key] = hit  # now the most recent
+        return hit[0]
+
+    def put(self, key, validity, value: tuple, copied: int, budget: int) -> tuple:
         _watch_optimizer_steps()
-        self.key, self.value, self.copied_bytes = key, value, copied_bytes
+        if validity != self.validity:
+            self.entries.clear()
+            self.validity = validity
+        self.entries[key] = (value, copied)
+        while len(self.entries) > 1 and (len(self.entries) > self.capacity or self.nbytes() > budget):
+            del self.entries[next(iter(self.entries))]
         return value
 
     def weight_slices(self, width: float, weight: torch.Tensor, bias: torch.Tensor | None, make) -> tuple:
@@ -96,11 +129,13 @@ class SliceCache:
         the layer, else reused while :func:`unchanged_key` holds (what conv and linear layers share)."""
         if not grad_free(weight, bias):
             return make()
-        key = unchanged_key(width, weight, bias)
-        if self.key == key:
-            return self.value
+        validity = unchanged_key(weight, bias)
+        hit = self.get(width, validity)
+        if hit is not None:
+            return hit
         value = make()
-        return self.store(key, value, copied_bytes(weight, value[0]))
+        return self.put(width, validity, value, copied_bytes(weight, value[0]),
+                        weight.numel() * weight.element_size())
 
 
 def prefix_slice(weight: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
