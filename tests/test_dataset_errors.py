@@ -95,3 +95,26 @@ def test_a_calibration_width_outside_the_range_is_refused_at_set_up(tmp_path):
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("error: MODEL.US3L.CALIBRATION.WIDTHS: width 0.1 is outside") and "Traceback" not in r.stderr
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())  # refused before default_setup
+
+
+def test_a_corrupt_image_mid_training_is_one_line_naming_the_file(coco_copy, tmp_path):
+    """One image file that does not decode used to stop training with PIL's traceback (exit 1)."""
+    path, images, doc = coco_copy
+    broken = images / doc["images"][0]["file_name"]
+    broken.write_bytes(b"not a png at all")
+    for im in doc["images"][1:]:  # the broken image is the only one left, so the first batch reads it
+        os.remove(images / im["file_name"])
+    doc = dict(doc, images=doc["images"][:1],
+               annotations=[a for a in doc["annotations"] if a["image_id"] == doc["images"][0]["id"]])
+    _write(path, doc)
+    cmd = [sys.executable, os.path.join(SEG, "train_net.py"), "--config-file",
+           os.path.join(SEG, "configs", "mask_rcnn_US-R50_FPN_slimmable_tiny.yaml"), "--dataset", "mine", str(path),
+           str(images), "DATASETS.TRAIN", "('mine',)", "DATASETS.TEST", "()", "MODEL.WEIGHTS", "",
+           "MODEL.DEVICE", "cpu", "SOLVER.MAX_ITER", "2", "OUTPUT_DIR", str(tmp_path / "out")]
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
+    r = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 2, r.stderr[-3000:]
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: training image ") and str(broken) in last and "cannot be read" in last, last
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / "out" / "model_final.pth").exists()

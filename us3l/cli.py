@@ -18,12 +18,10 @@ import json
 import os
 import sys
 
+from .errors import DatasetFormatError  # re-exported: tools import it from here
+
 BAD_INPUT = 2
 STOPPED = 3
-
-
-class DatasetFormatError(ValueError):
-    """A dataset file exists but is not what its format requires (e.g. a JSON file that is not COCO)."""
 
 
 def bad_input_errors() -> tuple[type[BaseException], ...]:

@@ -16,7 +16,7 @@ from collections import OrderedDict
 import torch
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
 
-from ..cli import run_tool
+from ..cli import bad_input_errors, run_tool
 from .checkpoint import US3LCheckpointer, check_resumable
 from .config import calibration_widths_checked, load_config, us3l_width
 from .datasets import check_datasets, register_coco_json, register_us3l_datasets
@@ -33,6 +33,17 @@ class US3LTrainer(DefaultTrainer):
         self.checkpointer = US3LCheckpointer(self._trainer.model, self.cfg.OUTPUT_DIR, cfg=self.cfg,
                                              trainer=weakref.proxy(self))
         return [IterationSeed(lambda: self.data_seed), *super().build_hooks()]
+
+    def train(self):
+        # Detectron2 logs the traceback of any exception in the loop before re-raising it; bad input (a corrupt
+        # image, ...) becomes one error line at exit instead (us3l.cli), so its traceback is not logged
+        loop_log = logging.getLogger("detectron2.engine.train_loop")
+        quiet = _QuietBadInput()
+        loop_log.addFilter(quiet)
+        try:
+            return super().train()
+        finally:
+            loop_log.removeFilter(quiet)
 
     @classmethod
     def build_train_loader(cls, cfg):
@@ -97,6 +108,11 @@ class US3LTrainer(DefaultTrainer):
                 save_width_metrics(cfg, name, res)
             keyed[name] = key_by_width(width, res or {})
         return keyed[cfg.DATASETS.TEST[0]] if len(keyed) == 1 else keyed
+
+
+class _QuietBadInput(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], bad_input_errors()))
 
 
 def _set_loader_iterator(trainer, it) -> None:

@@ -29,6 +29,8 @@ import torch
 from detectron2.engine import HookBase
 from detectron2.utils import comm
 
+from ..errors import DatasetFormatError
+
 logger = logging.getLogger("detectron2.us3l.resume")
 
 
@@ -105,7 +107,12 @@ class SeededDataset(torch.utils.data.Dataset):
         idx, number, slot = key
         with seeded_rngs(mixed_seed(self.seed, "sample", number, slot)):
             for _ in range(100):
-                out = self.mapper(self.dataset[idx])
+                record = self.dataset[idx]
+                try:
+                    out = self.mapper(record)
+                except OSError as e:  # PIL's UnidentifiedImageError, a truncated file: name the file
+                    raise DatasetFormatError(f"training image {record.get('file_name', idx)} cannot be read "
+                                             f"({type(e).__name__}: {e})") from e
                 if out is not None:
                     return out
                 idx = random.randrange(len(self.dataset))

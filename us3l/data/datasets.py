@@ -37,7 +37,7 @@ def check_coco_instances(json_file: str, image_root: str, name: str = "") -> Non
     """Fail with one clear line when a COCO instances set cannot be what its loaders expect: a JSON that is not
     COCO, no images, an image file named in the JSON but absent, an annotation whose category or image id is not
     listed. (Detectron2 / pycocotools would stop later with a bare ``KeyError`` or mid-training.)"""
-    from ..cli import DatasetFormatError
+    from ..errors import DatasetFormatError
 
     what = f"dataset {name!r}: " if name else ""
     if not os.path.isfile(json_file):
