@@ -43,6 +43,10 @@ def test_a_good_set_passes(coco_copy):
     ("unknown_image", DatasetFormatError, r"image ids \[12345\] that are not in its images list"),
     ("not_json", DatasetFormatError, "is not a JSON file"),
     ("no_folder", FileNotFoundError, "image folder not found"),
+    ("duplicate_image_id", DatasetFormatError, r"image ids \[\d+\] appear more than once"),
+    ("duplicate_annotation_id", DatasetFormatError, r"annotation ids \[\d+\] appear more than once"),
+    ("negative_width_box", DatasetFormatError, r"has bbox \[.*\]; COCO boxes are \[x, y, width, height\]"),
+    ("string_segmentation", DatasetFormatError, "has a segmentation str 'abc'"),
 ])
 def test_broken_sets_are_named_precisely(coco_copy, breakage, error, message):
     path, images, doc = coco_copy
@@ -60,6 +64,14 @@ def test_broken_sets_are_named_precisely(coco_copy, breakage, error, message):
         doc["annotations"][0]["image_id"] = 12345
     elif breakage == "no_folder":
         shutil.rmtree(images)
+    elif breakage == "duplicate_image_id":
+        doc["images"][1]["id"] = doc["images"][0]["id"]
+    elif breakage == "duplicate_annotation_id":
+        doc["annotations"][1]["id"] = doc["annotations"][0]["id"]
+    elif breakage == "negative_width_box":
+        doc["annotations"][0]["bbox"][2] = -3.0
+    elif breakage == "string_segmentation":
+        doc["annotations"][0]["segmentation"], doc["annotations"][0]["iscrowd"] = "abc", 0
     json_file = _write(path, doc)
     if breakage == "not_json":
         path.write_text("{ this is not json")

@@ -36,7 +36,9 @@ def embedded_root(style: str = "category") -> str:
 def check_coco_instances(json_file: str, image_root: str, name: str = "") -> None:
     """Fail with one clear line when a COCO instances set cannot be what its loaders expect: a JSON that is not
     COCO, no images, an image file named in the JSON but absent, an annotation whose category or image id is not
-    listed. (Detectron2 / pycocotools would stop later with a bare ``KeyError`` or mid-training.)"""
+    listed, an image or annotation id used twice, a box with a negative side, a segmentation that is neither
+    polygons nor RLE. (Detectron2 / pycocotools would stop later with a bare ``KeyError`` or mid-training, or,
+    for repeated ids, silently drop images from the evaluation.)"""
     from ..errors import DatasetFormatError
 
     what = f"dataset {name!r}: " if name else ""
@@ -62,6 +64,15 @@ def check_coco_instances(json_file: str, image_root: str, name: str = "") -> Non
     if absent:
         raise FileNotFoundError(f"{what}{len(absent)} of {len(doc['images'])} images named in {json_file} are not in "
                                 f"{image_root}, e.g. {absent[:3]}")
+    for kind, items in (("image", doc["images"]), ("annotation", doc["annotations"])):
+        seen, twice = set(), []
+        for it in items:
+            if it.get("id") in seen:
+                twice.append(it.get("id"))
+            seen.add(it.get("id"))
+        if twice:  # pycocotools keeps the last of each silently: images vanish from the evaluation
+            raise DatasetFormatError(f"{what}{json_file}: {kind} ids {sorted(set(twice), key=str)[:5]} appear more "
+                                     f"than once ({len(twice)} repeats); every {kind} needs its own id")
     cat_ids, image_ids = {c.get("id") for c in doc["categories"]}, {im.get("id") for im in doc["images"]}
     bad_cats = sorted({a.get("category_id") for a in doc["annotations"]} - cat_ids, key=str)
     if bad_cats:
@@ -71,6 +82,18 @@ def check_coco_instances(json_file: str, image_root: str, name: str = "") -> Non
     if bad_images:
         raise DatasetFormatError(f"{what}{json_file}: annotations refer to image ids {bad_images[:5]} that are not "
                                  "in its images list")
+    for a in doc["annotations"]:
+        box = a.get("bbox")
+        if not (isinstance(box, (list, tuple)) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box)
+                and box[2] >= 0 and box[3] >= 0):
+            raise DatasetFormatError(f"{what}{json_file}: annotation id {a.get('id')} has bbox {box!r}; COCO boxes "
+                                     "are [x, y, width, height] with width and height >= 0")
+        seg = a.get("segmentation")
+        if isinstance(seg, str) or (not a.get("iscrowd") and isinstance(seg, dict)
+                                    and isinstance(seg.get("counts"), str) and "size" not in seg):
+            raise DatasetFormatError(f"{what}{json_file}: annotation id {a.get('id')} has a segmentation "
+                                     f"{type(seg).__name__} {str(seg)[:40]!r}: expected polygons [[x1, y1, ...]] or "
+                                     "an RLE {\"size\": [h, w], \"counts\": ...}")
 
 
 def prepare_embedded(root: str | None, num_per_class_train: int = 256, num_per_class_val: int = 64,
