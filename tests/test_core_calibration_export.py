@@ -69,6 +69,21 @@ def test_calibrated_stats_travel_with_the_checkpoint(tmp_path):
                 assert torch.equal(model(x), fresh(x))
 
 
+def test_a_long_calibration_reports_progress(monkeypatch, caplog):
+    """``--num-batches 1000000`` used to run silently: each width says how many batches it will use, and a
+    progress line comes every PROGRESS_SECONDS (0 here: after every batch)."""
+    import us3l.bn_calibration as bc
+
+    monkeypatch.setattr(bc, "PROGRESS_SECONDS", 0.0)
+    model = us_resnet18()
+    batches = [torch.randn(2, 3, 32, 32) for _ in range(3)]
+    with caplog.at_level("INFO", logger="us3l.calibration"):
+        us3l.calibrate_bn(model, batches, 0.5, num_batches=3)
+    lines = [r.getMessage() for r in caplog.records if r.name == "us3l.calibration"]
+    assert lines[0] == "BN calibration at width 0.5: 3 batches"
+    assert "BN calibration at width 0.5: 2 / 3 batches" in lines
+
+
 def test_calibration_rejects_bad_input():
     model = us_resnet18(num_classes=0)
     with pytest.raises(ValueError, match="outside"):

@@ -11,6 +11,7 @@ width without them is refused by evaluation and export, never calibrated silentl
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 from us3l.checkpoint import CheckpointError
@@ -28,6 +29,10 @@ def main(argv=None) -> int:
     p.add_argument("--framework", choices=("d2", "mmdet"), default=None, help="default: from the config's suffix")
     p.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides")
     args = p.parse_args(argv)
+    if args.num_batches < 1:
+        p.error(f"--num-batches must be >= 1, got {args.num_batches}")
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s] %(message)s", datefmt="%H:%M:%S")
+    print(f"calibrating widths {args.widths} on {args.num_batches} training batches each", file=sys.stderr)
     try:
         backend = load_backend(framework_of(args.config, args.framework))
         out = backend.calibrate(args.src, args.dst, args.config, args.widths, args.num_batches, args.opts)

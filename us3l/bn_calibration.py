@@ -7,6 +7,8 @@ width must be calibrated before evaluation: train mode (batch statistics), no gr
 from __future__ import annotations
 
 import itertools
+import logging
+import time
 from collections.abc import Callable, Iterable
 
 import torch
@@ -16,6 +18,9 @@ import torch.nn as nn
 from .ops import USBatchNorm2d
 from .ops.norm import UncalibratedWidthError
 from .width import width as width_ctx
+
+_log = logging.getLogger("us3l.calibration")
+PROGRESS_SECONDS = 10.0  # a progress line this often while a width is calibrated (INFO)
 
 
 def default_batch_to_input(batch) -> torch.Tensor:
@@ -52,9 +57,15 @@ def calibrate_bn(model: nn.Module, loader: Iterable, width: float, num_batches: 
         try:
             model.train()
             batches = loader if num_batches is None else itertools.islice(loader, num_batches)
+            total = "all" if num_batches is None else num_batches
+            _log.info("BN calibration at width %g: %s batches", w, total)
+            shown = time.monotonic()
             for batch in batches:
                 model(batch_to_input(batch).to(device, non_blocking=True))
                 used += 1
+                if time.monotonic() - shown > PROGRESS_SECONDS:  # a long calibration says where it is
+                    shown = time.monotonic()
+                    _log.info("BN calibration at width %g: %d / %s batches", w, used, total)
             _finish(bns, w, used)
         finally:
             for bn in bns:
