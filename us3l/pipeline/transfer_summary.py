@@ -72,6 +72,15 @@ def render_markdown(rows: List[dict], probe: List[dict], read: Dict[str, List[st
     return text
 
 
+def _lines(ax, rows, methods, markers, x: str, key: str) -> None:
+    """One error-bar line per method: ``key`` mean +- std against ``x``."""
+    for m in methods:
+        pts = sorted((r for r in rows if r["method"] == m and r.get(f"{key}_mean") is not None), key=lambda r: r[x])
+        if pts:
+            ax.errorbar([r[x] for r in pts], [r[f"{key}_mean"] for r in pts],
+                        yerr=[r[f"{key}_std"] or 0.0 for r in pts], marker=markers[m], capsize=3, label=m)
+
+
 def plot(rows: List[dict], probe: List[dict], path: str, title: str = "") -> str:
     """AP against whole-detector GFLOPs per protocol (one line per method, error bars = std over seeds), and the
     probe per width of the same backbones beside it."""
@@ -86,13 +95,8 @@ def plot(rows: List[dict], probe: List[dict], path: str, title: str = "") -> str
     markers = dict(zip(methods, "osD^vP*X"))
     for i, protocol in enumerate(protocols):
         for ax, key in zip(axes[i][:2], ("box_AP", "mask_AP")):
-            for m in methods:
-                pts = sorted((r for r in rows if r["method"] == m and r["protocol"] == protocol
-                              and r.get("detector_gflops") is not None and r.get(f"{key}_mean") is not None),
-                             key=lambda r: r["detector_gflops"])
-                if pts:
-                    ax.errorbar([r["detector_gflops"] for r in pts], [r[f"{key}_mean"] for r in pts],
-                                yerr=[r[f"{key}_std"] or 0.0 for r in pts], marker=markers[m], capsize=3, label=m)
+            _lines(ax, [r for r in rows if r["protocol"] == protocol and r.get("detector_gflops") is not None],
+                   methods, markers, "detector_gflops", key)
             ax.set_xlabel("detector GFLOPs (whole detector)")
             ax.set_ylabel(f"COCO {key.replace('_', ' ')} ({protocol}; mean +- std over seeds)")
             table_files.finish_axes(ax)
@@ -100,12 +104,7 @@ def plot(rows: List[dict], probe: List[dict], path: str, title: str = "") -> str
                            (axes[-1][2] if len(protocols) > 1 else None, "knn_top1", "kNN")):
         if ax is None:
             continue
-        for m in methods:
-            pts = sorted((r for r in probe if r["method"] == m and r.get(f"{key}_mean") is not None),
-                         key=lambda r: r["width"])
-            if pts:
-                ax.errorbar([r["width"] for r in pts], [r[f"{key}_mean"] for r in pts],
-                            yerr=[r[f"{key}_std"] or 0.0 for r in pts], marker=markers[m], capsize=3, label=m)
+        _lines(ax, probe, methods, markers, "width", key)
         ax.set_xlabel("width")
         ax.set_ylabel(f"{label} top-1 % (frozen backbone)")
         table_files.finish_axes(ax)
