@@ -191,6 +191,10 @@ def test_export_is_a_plain_smaller_detector_with_the_same_outputs(trained, tmp_p
     assert n_plain < 0.5 * sum(p.numel() for p in slim.parameters())
     assert os.path.getsize(dst) < 0.5 * os.path.getsize(trained["final"])
     images = _val_images(cfg)
+    for w in (1.0, 0.25, 0.5, 1.0):  # width switches first (weight copies of recent widths are kept)
+        us3l.set_width(slim, w)
+        _outputs(slim, images[:1])
+    us3l.set_width(slim, 0.5)
     a, b = _outputs(slim, images), _outputs(plain, images)
     assert sum(len(x) for x in a) > 0
     for x, y in zip(a, b):

@@ -326,9 +326,12 @@ def test_export_is_a_plain_smaller_detector_with_the_same_outputs(calibrated, tm
     assert os.path.getsize(dst) < 0.5 * os.path.getsize(calibrated)
 
     slim, cfg = load_slimmable_detector(MASK_CFG, calibrated, cfg_options=MODEL_OPTS)
-    set_width(slim, 0.6)
     batch = _batch(cfg, n=4, split="test")
     with torch.no_grad():
+        for w in (1.0, 0.6, 0.25, 1.0):  # width switches first (weight copies of recent widths are kept)
+            set_width(slim, w)
+            slim.test_step(batch[:1] if isinstance(batch, list) else batch)
+        set_width(slim, 0.6)
         a, b = slim.test_step(batch), plain.test_step(batch)
     for x, y in zip(a, b):
         assert len(x.pred_instances) == len(y.pred_instances) > 0
