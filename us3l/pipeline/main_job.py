@@ -95,10 +95,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="timed CPU forward passes per width (default 0: skip; runs side by side would distort "
                         "them, see bench/slimmable_detector.md for latency)")
     p.add_argument("--profile-size", type=int, default=224, help="input side for backbone GFLOPs/latency")
+    add_stage_options(p)
+    return p
+
+
+def add_stage_options(p: argparse.ArgumentParser) -> None:
+    """The options every staged job shares: its data / pre-training seed, --force and --dry-run."""
     p.add_argument("--seed", type=int, default=0, help="seed of the dataset and the pre-training")
     p.add_argument("--force", action="store_true", help="rerun stages that finished before")
     p.add_argument("--dry-run", action="store_true", help="print the stage commands only")
-    return p
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:

@@ -30,7 +30,7 @@ from typing import List, Optional
 
 from ..width import width_tag
 from . import commands as C
-from .main_job import default_jobs, repo_root
+from .main_job import add_stage_options, default_jobs, repo_root
 from .results_table import load_results
 from .stages import StageRunner
 from .transfer_reading import METHODS, PROTOCOLS
@@ -97,9 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", choices=("resnet18",), default="resnet18")
     p.add_argument("--num-gpus", type=int, default=0, help="GPUs per run (0: CPU)")
     p.add_argument("--jobs", type=int, default=0, help="runs side by side (default: one per core on a CPU)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the data and the pre-training")
-    p.add_argument("--force", action="store_true", help="rerun stages that finished before")
-    p.add_argument("--dry-run", action="store_true", help="print the stage commands only")
+    add_stage_options(p)
     return p
 
 
