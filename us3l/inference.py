@@ -50,6 +50,4 @@ def keep_widths(model: nn.Module, k: int) -> None:
     for m in slimmable_modules(model):
         cache = getattr(m, "_slice_cache", None)
         if cache is not None:
-            cache.capacity = int(k)
-            while len(cache.entries) > cache.capacity:
-                del cache.entries[next(iter(cache.entries))]
+            cache.set_capacity(k)

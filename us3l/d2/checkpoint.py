@@ -12,8 +12,11 @@ Every file is read through :mod:`us3l.checkpoint.safe_load` (plain data only; no
 """
 from __future__ import annotations
 
+import glob
 import logging
+import os
 import re
+import zipfile
 from collections.abc import Mapping
 
 import torch
@@ -205,9 +208,6 @@ class US3LCheckpointer(DetectionCheckpointer):
 def _unreadable(path: str) -> str | None:
     """Why ``path`` cannot be resumed from (None: it reads). A torch zip file is checked by its CRCs, which a
     save cut short (a full disk, a kill) never completes; anything else goes through the safe loader."""
-    import os
-    import zipfile
-
     if not os.path.isfile(path):
         return "missing"
     if zipfile.is_zipfile(path):
@@ -226,9 +226,6 @@ def _unreadable(path: str) -> str | None:
 def check_resumable(output_dir: str) -> None:
     """Before anything is written: the checkpoint ``--resume`` would continue from reads, or the error names
     the newest intact one beside it (Detectron2 would rewrite config.yaml and the log, then fail in the load)."""
-    import glob
-    import os
-
     last = os.path.join(output_dir, "last_checkpoint")
     if not os.path.isfile(last):
         return  # nothing to resume: training starts from MODEL.WEIGHTS, as in Detectron2

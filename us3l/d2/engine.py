@@ -22,6 +22,7 @@ from .config import calibration_widths_checked, load_config, us3l_width
 from .datasets import check_datasets, register_coco_json, register_us3l_datasets
 from .evaluation import build_coco_evaluator, build_test_loader, key_by_width, save_width_metrics
 from .resumable import IterationSeed, build_resumable_train_loader, is_resumable, restart
+from .resumable import logger as resume_log
 
 
 class US3LTrainer(DefaultTrainer):
@@ -48,7 +49,7 @@ class US3LTrainer(DefaultTrainer):
     @classmethod
     def build_train_loader(cls, cfg):
         if cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":
-            logging.getLogger("detectron2.us3l.resume").warning(
+            resume_log.warning(
                 "DATALOADER.SAMPLER_TRAIN %s: Detectron2's own loader is used, and --resume does not replay its "
                 "data order (only TrainingSampler is resumable here)", cfg.DATALOADER.SAMPLER_TRAIN)
             return super().build_train_loader(cfg)
@@ -74,19 +75,13 @@ class US3LTrainer(DefaultTrainer):
         if "_trainer" in state_dict:
             self._trainer.load_state_dict(state_dict["_trainer"])
         else:
-            logging.getLogger("detectron2.us3l.resume").warning(
+            resume_log.warning(
                 "the checkpoint holds no optimizer state (written by Detectron2's own trainer or an older us3l): "
                 "momentum restarts from zero, so this resume is not exact")
-        self._resumed_seed = state_dict.get("data_seed")
-
-    def resume_or_load(self, resume=True):
-        self._resumed_seed = None
-        super().resume_or_load(resume=resume)
         loader = self._trainer.data_loader
-        if is_resumable(loader) and (self.start_iter > 0 or self._resumed_seed is not None):
-            seed = self.data_seed if self._resumed_seed is None else self._resumed_seed
-            # the data stream continues at the batch of the next iteration, as if never interrupted
-            _set_loader_iterator(self._trainer, restart(loader, self.start_iter, seed))
+        if is_resumable(loader):  # the data stream continues at the next iteration's batch, as if never interrupted
+            seed = state_dict.get("data_seed", self.data_seed)
+            _set_loader_iterator(self._trainer, restart(loader, state_dict["iteration"] + 1, seed))
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):

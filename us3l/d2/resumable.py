@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from detectron2.engine import HookBase
 from detectron2.utils import comm
+from detectron2.utils.env import seed_all_rng
 
 from ..errors import DatasetFormatError
 
@@ -43,9 +44,7 @@ def mixed_seed(*parts) -> int:
 def seeded_rngs(seed: int):
     """The Python, NumPy and torch (CPU) RNGs seeded with ``seed`` inside, restored after."""
     states = random.getstate(), np.random.get_state(), torch.get_rng_state()
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+    seed_all_rng(seed)
     try:
         yield
     finally:
@@ -123,7 +122,7 @@ def _trivial_collate(batch):
     return batch
 
 
-def build_resumable_train_loader(cfg, mapper=None, seed: int | None = None):
+def build_resumable_train_loader(cfg, mapper=None):
     """Detectron2's training loader, made resumable (see the module docstring): same dataset dicts, mapper,
     per-rank batch size, aspect-ratio grouping and worker count; ``TrainingSampler`` only."""
     from detectron2.data import DatasetFromList, DatasetMapper, get_detection_dataset_dicts
@@ -138,7 +137,7 @@ def build_resumable_train_loader(cfg, mapper=None, seed: int | None = None):
                          f"processes ({world})")
     group = cfg.DATALOADER.ASPECT_RATIO_GROUPING
     groups = [(0 if d["width"] > d["height"] else 1) if group else 0 for d in dicts]
-    seed = cfg.SEED if seed is None else seed
+    seed = cfg.SEED
     if seed < 0:  # Detectron2's "a random seed": drawn once, shared by the ranks, kept in the checkpoint
         seed = comm.shared_random_seed()
     sampler = ResumableBatchSampler(groups, cfg.SOLVER.IMS_PER_BATCH // world, seed, comm.get_rank(), world)
@@ -164,7 +163,4 @@ class IterationSeed(HookBase):
         self._seed = seed_of_run  # a callable: the trainer's seed can change when a checkpoint is resumed
 
     def before_step(self):
-        s = mixed_seed(self._seed(), "step", comm.get_rank(), self.trainer.iter)
-        random.seed(s)
-        np.random.seed(s)
-        torch.manual_seed(s)  # every device's generator too
+        seed_all_rng(mixed_seed(self._seed(), "step", comm.get_rank(), self.trainer.iter))  # every device's too

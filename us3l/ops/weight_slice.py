@@ -103,11 +103,23 @@ class SliceCache:
         """Bytes of weight copies held (views of the layer's own tensors cost nothing)."""
         return sum(b for _, b in self.entries.values())
 
-    def get(self, key, validity):
-        if validity != self.validity:
+    def _revalidate(self, validity) -> None:
+        if validity != self.validity:  # the weights changed: every entry is stale
             self.entries.clear()
             self.validity = validity
-            return None
+
+    def _evict(self, budget: int | None = None) -> None:
+        """Drop least recent entries beyond ``capacity`` (and beyond ``budget`` bytes); the newest stays."""
+        while len(self.entries) > 1 and (len(self.entries) > self.capacity
+                                         or (budget is not None and self.nbytes() > budget)):
+            del self.entries[next(iter(self.entries))]
+
+    def set_capacity(self, k: int) -> None:
+        self.capacity = int(k)
+        self._evict()
+
+    def get(self, key, validity):
+        self._revalidate(validity)
         hit = self.entries.pop(key, None)
         if hit is None:
             return None
@@ -116,12 +128,9 @@ class SliceCache:
 
     def put(self, key, validity, value: tuple, copied: int, budget: int) -> tuple:
         _watch_optimizer_steps()
-        if validity != self.validity:
-            self.entries.clear()
-            self.validity = validity
+        self._revalidate(validity)
         self.entries[key] = (value, copied)
-        while len(self.entries) > 1 and (len(self.entries) > self.capacity or self.nbytes() > budget):
-            del self.entries[next(iter(self.entries))]
+        self._evict(budget)
         return value
 
     def weight_slices(self, width: float, weight: torch.Tensor, bias: torch.Tensor | None, make) -> tuple:

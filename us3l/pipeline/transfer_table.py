@@ -46,7 +46,8 @@ TRAINED = {"d2": ["MODEL.BACKBONE.FREEZE_AT", 0], "mmdet": ["model.backbone.froz
 DEFAULTS = {"widths": [1.0, 0.75, 0.5, 0.25], "seeds": [0, 1, 2], "num_train": 64, "num_val": 64, "image_size": 96,
             "pool_size": 4096, "pool_image_size": 64, "probe_per_class": 128, "probe_val_per_class": 200,
             "pretrain_iters": 1500, "pretrain_batch": 64, "pretrain_size": 32, "finetune_iters": 170,
-            "finetune_epochs": 3, "calib_batches": 4, "calib_batch_size": 64, "probe_epochs": 30}
+            "finetune_epochs": 3, "calib_batches": 4, "calib_batch_size": 64, "probe_epochs": 30,
+            "finetune_methods": ["random", "simsiam_naive", "us3l"]}
 # --quick: the whole road in minutes (the end-to-end test), not a measurement
 QUICK = {"widths": [1.0, 0.5], "seeds": [0, 1], "num_train": 6, "num_val": 4, "image_size": 64, "pool_size": 32,
          "pool_image_size": 32, "probe_per_class": 4, "probe_val_per_class": 4, "pretrain_iters": 2,
@@ -74,8 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mmdet", action="store_true", help="detectors in MMDetection (default Detectron2)")
     p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS), help="pre-training rows")
     p.add_argument("--protocols", nargs="+", choices=PROTOCOLS, default=list(PROTOCOLS))
-    p.add_argument("--finetune-methods", nargs="+", choices=METHODS, default=["random", "simsiam_naive", "us3l"],
-                   help="rows also run fine-tuned (the issue's minimum: random, naive, US3L)")
+    p.add_argument("--finetune-methods", nargs="+", choices=METHODS, default=None,
+                   help=f"rows also run fine-tuned (default {DEFAULTS['finetune_methods']}: the issue's minimum)")
     p.add_argument("--widths", type=float, nargs="+", help=f"default {DEFAULTS['widths']}")
     p.add_argument("--seeds", type=int, nargs="+", help=f"detector seeds (default {DEFAULTS['seeds']})")
     p.add_argument("--pool-layout", choices=("objects", "scenes"), default="objects")
@@ -109,10 +110,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     preset = dict(DEFAULTS, **(QUICK if args.quick else {}))
     given = {k for k, v in vars(args).items() if v is not None}
     for k, v in preset.items():
-        if k == "finetune_methods":
-            if "--finetune-methods" not in (argv if argv is not None else sys.argv[1:]):
-                args.finetune_methods = list(v)
-        elif k not in given:
+        if k not in given:
             setattr(args, k, v * args.scale if k in SCALED else v)
     args.widths = sorted({float(w) for w in args.widths}, reverse=True)
     args.pretrained = dict(_pretrained_entry(e, args.widths) for e in args.pretrained)
