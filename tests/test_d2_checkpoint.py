@@ -236,12 +236,14 @@ def test_pkl_without_us3l_metadata_loads_only_at_its_own_shapes(r50, tmp_path):
 
 
 def test_detectron2_checkpoint_of_another_width_fails_loudly(tmp_path):
-    """Stock Detectron2 skips a wrongly-shaped tensor with a warning; ours refuses the whole load."""
+    """Stock Detectron2 skips a wrongly-shaped tensor with a warning: the US3L backbone stops that load (naming
+    our checkpointer), and ours refuses it saying why."""
     cfg, wide = detector(FPN_CPU, 0.5, "MODEL.RESNETS.DEPTH", 18, "MODEL.RESNETS.RES2_OUT_CHANNELS", 64)
     torch.save({"model": wide.state_dict()}, str(tmp_path / "model_w050.pth"))
     cfg, narrow = detector(FPN_CPU, 0.35, "MODEL.RESNETS.DEPTH", 18, "MODEL.RESNETS.RES2_OUT_CHANNELS", 64)
     stock = DetectionCheckpointer(narrow)
-    stock.load(str(tmp_path / "model_w050.pth"))  # no error: that is the silent failure we guard against
+    with pytest.raises(CheckpointError, match=r"100 missing.*US3LCheckpointer"):  # Detectron2 alone: warnings
+        stock.load(str(tmp_path / "model_w050.pth"))
     with pytest.raises(CheckpointError, match="saved at another width"):
         US3LCheckpointer(narrow, cfg=cfg).load(str(tmp_path / "model_w050.pth"))
     cfg, same = detector(FPN_CPU, 0.5, "MODEL.RESNETS.DEPTH", 18, "MODEL.RESNETS.RES2_OUT_CHANNELS", 64)

@@ -185,7 +185,7 @@ def test_export_is_a_plain_smaller_detector_with_the_same_outputs(trained, tmp_p
     plain = build_model(pcfg)
     US3LCheckpointer(plain, cfg=pcfg).load(pcfg.MODEL.WEIGHTS)  # the ordinary loader, every key exact
     assert not any(isinstance(m, us3l.ops.width_state.SlimmableMixin) for m in plain.modules())
-    cfg, slim = detector_tools.load_slimmable(CONFIG, trained["final"], R18)
+    slim, cfg = detector_tools.load_slimmable_detector(CONFIG, trained["final"], R18)
     us3l.set_width(slim, 0.5)
     n_plain = sum(p.numel() for p in plain.parameters())
     assert n_plain < 0.5 * sum(p.numel() for p in slim.parameters())
@@ -231,7 +231,7 @@ def test_width_sized_checkpoint_is_refused_by_the_slimmable_loader(trained, tmp_
     bad = str(tmp_path / "bad.pth")
     torch.save({"model": state}, bad)
     with pytest.raises(CheckpointError, match="fc1.weight"):
-        detector_tools.load_slimmable(CONFIG, bad, R18)
+        detector_tools.load_slimmable_detector(CONFIG, bad, R18)
 
 
 def test_resume_continues_with_the_same_widths(trained):

@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from .detector_api import refuse_detector
 from .ops import USBatchNorm2d
 from .ops.norm import UncalibratedWidthError
 from .width import width as width_ctx
@@ -40,6 +41,7 @@ def calibrate_bn(model: nn.Module, loader: Iterable, width: float, num_batches: 
     The statistics are stored for that width only (``us3l.calibrated_widths`` lists them). The model's
     width and train/eval mode are restored afterwards. Returns the number of batches used.
     """
+    refuse_detector(model, "us3l.calibrate_bn", "calibrate")
     bns = [m for m in model.modules() if isinstance(m, USBatchNorm2d)]
     if not bns:
         raise ValueError(f"{type(model).__name__} has no slimmable BatchNorm layers to calibrate")

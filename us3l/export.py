@@ -7,6 +7,7 @@ from .bn_calibration import calibrated_widths
 from .checkpoint.io import atomic_save
 from .checkpoint.model_io import build_model_from_checkpoint
 from .checkpoint.slicing import select_width_stats, slice_to_shapes
+from .detector_api import refuse_detector
 from .models import MobileNetV2, ResNet, arch_of, build_static_model
 from .ops import USLinear
 from .ops.width_state import check_width
@@ -27,6 +28,7 @@ def export_static(model: nn.Module, width: float, norm_layer=None) -> nn.Module:
     Needs BN statistics calibrated for ``width`` (:func:`us3l.calibrate_bn`); raises otherwise.
     The result is in eval mode and can be traced or exported to ONNX.
     """
+    refuse_detector(model, "us3l.export_static", "export")
     w = check_width(width, width_range(model))
     static = build_static_model(arch_of(model), w, _num_classes(model), getattr(model, "cifar_stem", False),
                                 norm_layer)

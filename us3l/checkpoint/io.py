@@ -59,6 +59,16 @@ def read_framework_checkpoint(path: str):
     return load_torch(path)
 
 
+def is_backbone_file(obj) -> bool:
+    """A US3L / reference / torchvision backbone file (as opposed to a detection framework's own weights)."""
+    if not isinstance(obj, Mapping):
+        return False
+    if obj.get("format") in (BACKBONE_FORMAT, PRETRAIN_FORMAT) or is_reference(obj):
+        return True
+    inner = next((obj[k] for k in ("state_dict", "model") if isinstance(obj.get(k), Mapping)), obj)
+    return "conv1.weight" in inner and any(str(k).startswith("layer1.") for k in inner)
+
+
 def infer_arch(state: Mapping[str, torch.Tensor]) -> tuple[str, bool]:
     """(architecture name, CIFAR stem?) of a torchvision-named backbone state dict."""
     if "features.0.0.weight" in state:

@@ -14,9 +14,17 @@ from detectron2.modeling.backbone import FPN, ResNet
 from detectron2.modeling.backbone.fpn import LastLevelMaxPool
 from detectron2.modeling.backbone.resnet import BasicBlock, BasicStem, BottleneckBlock
 
+from ..checkpoint.guard import refuse_incomplete_load
 from ..models.resnet import ARCH_SETTINGS
 from ..ops import active_channels
 from .config import us3l_width
+from .conventions import check_pretrained_conventions
+
+# what a stock DetectionCheckpointer / DefaultTrainer user is told when a load would skip tensors
+LOADER_FIX = ("Load US3L files with us3l.d2.US3LCheckpointer: train with us3l.d2.engine.US3LTrainer (Detectron2's "
+              "DefaultTrainer with that checkpointer) or us3l-train-net, or set trainer.checkpointer = "
+              "us3l.d2.US3LCheckpointer(trainer.model, cfg.OUTPUT_DIR, cfg=cfg) before trainer.resume_or_load(); "
+              "for inference, us3l.d2.US3LCheckpointer(model, cfg=cfg).load(path)")
 
 GN_GROUPS = 32  # Detectron2's "GN" is GroupNorm(32, C)
 
@@ -28,6 +36,10 @@ class US3LResNet(ResNet):
         super().__init__(stem, stages, out_features=out_features, freeze_at=freeze_at)
         self.us3l_depth = depth
         self.us3l_width = width
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        refuse_incomplete_load(self, state_dict, prefix, fix=LOADER_FIX)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 def _check_resnet_cfg(cfg) -> tuple[str, tuple[int, ...]]:
@@ -92,6 +104,7 @@ def build_us3l_resnet_backbone(cfg, input_shape: ShapeSpec) -> US3LResNet:
     width = us3l_width(cfg)
     r = cfg.MODEL.RESNETS
     _check_resnet_cfg(cfg)
+    check_pretrained_conventions(cfg)
     if r.RES5_DILATION not in (1, 2):
         raise ValueError(f"MODEL.RESNETS.RES5_DILATION must be 1 or 2, got {r.RES5_DILATION}")
     stem_out = active_channels(r.STEM_OUT_CHANNELS, width)

@@ -25,11 +25,9 @@ from detectron2.checkpoint.c2_model_loading import align_and_update_state_dicts
 from detectron2.layers import FrozenBatchNorm2d
 from detectron2.modeling.backbone.resnet import BottleneckBlock
 
-from ..checkpoint import (BACKBONE_FORMAT, PRETRAIN_FORMAT, CheckpointError, LoadReport, extract_backbone,
-                          fit_backbone)
+from ..checkpoint import CheckpointError, LoadReport, extract_backbone, fit_backbone
 from ..checkpoint.d2_format import META_KEY, backbone_to_d2, read_pkl
-from ..checkpoint.io import read_framework_checkpoint
-from ..checkpoint.reference import is_reference
+from ..checkpoint.io import is_backbone_file, read_framework_checkpoint
 from .backbone import find_us3l_resnet
 from .config import bn_stats_policy
 
@@ -48,16 +46,6 @@ def is_full_detector(state) -> bool:
     """A fine-tuned / resumable detector checkpoint (has heads), as opposed to pretrained backbone weights."""
     return any(k.startswith(("proposal_generator.", "roi_heads.")) and not k.startswith("roi_heads.res5.")
                for k in state)
-
-
-def is_backbone_file(obj) -> bool:
-    """A US3L / reference / torchvision backbone file (as opposed to Detectron2's own weights)."""
-    if not isinstance(obj, Mapping):
-        return False
-    if obj.get("format") in (BACKBONE_FORMAT, PRETRAIN_FORMAT) or is_reference(obj):
-        return True
-    inner = next((obj[k] for k in ("state_dict", "model") if isinstance(obj.get(k), Mapping)), obj)
-    return "conv1.weight" in inner and any(str(k).startswith("layer1.") for k in inner)
 
 
 def detectron2_file(filename: str, data) -> dict:

@@ -31,7 +31,7 @@ def is_slimmable(config: str, opts=()) -> bool:
     return is_slimmable_detector_cfg(load_config(config, opts))
 
 
-def load_slimmable(config: str, weights: str, opts=(), device: str = "cpu"):
+def load_slimmable_detector(config: str, weights: str, opts=(), device: str = "cpu"):
     """``(cfg, model)``: the slimmable detector of ``config`` with ``weights`` (eval mode, at WIDTH_MULT)."""
     from detectron2.modeling import build_model
 
@@ -46,7 +46,13 @@ def load_slimmable(config: str, weights: str, opts=(), device: str = "cpu"):
     model = build_model(cfg)
     set_width(model, us3l_width(cfg))
     SlimmableDetectorCheckpointer(model, cfg=cfg).load(weights, checkpointables=[])
-    return cfg, model.eval()
+    return model.eval(), cfg
+
+
+def save_slimmable_detector(model, path: str, meta: dict | None = None) -> None:
+    """Write the detector's weights (per-width BN statistics included) where Detectron2's and our loaders read
+    them (``MODEL.WEIGHTS``, ``DefaultPredictor``); ``meta``: plain data kept beside them."""
+    _save_detector(model, path, dict(meta or {}))
 
 
 def _save_detector(model, path: str, meta: dict) -> None:
@@ -56,7 +62,7 @@ def _save_detector(model, path: str, meta: dict) -> None:
 # ------------------------------------------------------------------------------------------------ export
 def export(src: str, dst: str, width: float, config: str, opts=()) -> dict:
     """Write a plain Detectron2 detector at ``width`` (``dst``) and its config (``dst`` with ``.yaml``)."""
-    cfg, model = load_slimmable(config, src, opts)
+    model, cfg = load_slimmable_detector(config, src, opts)
     w = set_width(model, width)
     require_calibrated(model, w)
     plain, pcfg = export_plain_detector(model, cfg, w)
@@ -85,25 +91,28 @@ def _train_loader(cfg):
     return build_detection_train_loader(c)
 
 
-def calibrate_model(cfg, model, widths, num_batches: int) -> dict[float, int]:
+def calibrate_widths(model, cfg, widths, num_batches: int, loader=None) -> dict[float, int]:
+    """Calibrate the BN statistics of a slimmable detector at ``widths`` on ``num_batches`` batches of the
+    config's training set (or ``loader``, a Detectron2 training loader); ``{width: batches used}``."""
     from .sandwich import calibrate_d2_detector
 
     if num_batches <= 0:
         raise ValueError(f"--num-batches must be positive, got {num_batches}")
-    return calibrate_d2_detector(model, _train_loader(cfg), [canonical_width(w) for w in widths], num_batches)
+    return calibrate_d2_detector(model, loader if loader is not None else _train_loader(cfg),
+                                 [canonical_width(w) for w in widths], num_batches)
 
 
 def calibrate(src: str, dst: str, config: str, widths, num_batches: int, opts=()) -> dict:
     """Calibrate BN at ``widths`` on the config's training set; save the detector with per-width statistics."""
     if os.path.abspath(src) == os.path.abspath(dst):
         raise ValueError("DST must differ from SRC (the source checkpoint is never overwritten)")
-    cfg, model = load_slimmable(config, src, opts)
+    model, cfg = load_slimmable_detector(config, src, opts)
     from ..bn_calibration import calibrated_widths
 
     for w in widths:  # a bad width fails before any image is read
         with width_ctx(model, w):
             pass
-    used = calibrate_model(cfg, model, widths, num_batches)
+    used = calibrate_widths(model, cfg, widths, num_batches)
     _save_detector(model, dst, {"source": os.path.abspath(src), "calibrated_widths": calibrated_widths(model)})
     return {"weights": dst, "widths": used}
 
@@ -160,28 +169,45 @@ def backbone_gflops(model, batch) -> float:
         return fvcore_total_gflops(FlopCountAnalysis(net.backbone.bottom_up, images))
 
 
+def evaluate_widths(model, cfg, widths, output_dir: str | None = None) -> dict[float, dict]:
+    """COCO evaluation of a slimmable detector on ``cfg.DATASETS.TEST`` at each width (widest first):
+    ``{width: {"bbox": {"AP": ...}, "segm": {...}}}`` (Detectron2's COCO results); needs each width calibrated.
+    Results files go to ``output_dir/eval/w0.50`` (default ``cfg.OUTPUT_DIR``); the model's width is restored."""
+    from .sandwich import SlimmableDetectorTrainer
+
+    before = get_width(model)
+    out = {}
+    try:
+        for w in sorted({canonical_width(w) for w in widths}, reverse=True):
+            require_calibrated(model, w)
+            c = cfg.clone()
+            c.defrost()
+            c.MODEL.US3L.WIDTH_MULT = w
+            c.OUTPUT_DIR = os.path.join(output_dir or cfg.OUTPUT_DIR, "eval", width_tag(w))
+            tag = width_tag(w)
+            out[w] = {k[len(tag) + 1:]: v for k, v in SlimmableDetectorTrainer.test(c, model).items()
+                      if k.startswith(tag + "/")}
+    finally:
+        set_width(model, before)
+    return out
+
+
 def evaluate(checkpoint: str, config: str, widths, output_dir: str, opts=(), calibrate_batches: int = 0,
              profile: bool = True) -> list[dict]:
     """COCO box/mask AP of ONE slimmable checkpoint at each width, with whole-detector and backbone GFLOPs."""
     from ..bn_calibration import calibrated_widths
-    from .sandwich import SlimmableDetectorTrainer
 
-    cfg, model = load_slimmable(config, checkpoint, opts)
+    model, cfg = load_slimmable_detector(config, checkpoint, opts)
     widths = prepare_widths(
         model, widths, checkpoint, output_dir, calibrate_batches,
-        calibrate=lambda missing: calibrate_model(cfg, model, missing, calibrate_batches),
+        calibrate=lambda missing: calibrate_widths(model, cfg, missing, calibrate_batches),
         save=lambda path, meta: _save_detector(model, path, dict(meta, calibrated_widths=calibrated_widths(model))),
         log=logger.info)
     batch = _first_test_image(cfg) if profile else None
     arch = f"resnet{cfg.MODEL.RESNETS.DEPTH}"
     rows = []
-    for w in sorted(widths, reverse=True):
-        c = cfg.clone()
-        c.defrost()
-        c.MODEL.US3L.WIDTH_MULT = w
-        c.OUTPUT_DIR = os.path.join(output_dir, "eval", width_tag(w))
-        results = SlimmableDetectorTrainer.test(c, model)
-        row = width_row(w, arch, checkpoint, results.get(f"{width_tag(w)}/bbox"), results.get(f"{width_tag(w)}/segm"))
+    for w, results in evaluate_widths(model, cfg, widths, output_dir).items():
+        row = width_row(w, arch, checkpoint, results.get("bbox"), results.get("segm"))
         if profile:
             set_width(model, w)
             add_cost(row, detector_gflops(model, batch), backbone_gflops(model, batch), batch[0]["image"].shape)

@@ -2,10 +2,11 @@
 
 ``get_cfg -> add_us3l_config -> merge_from_file -> merge_from_list -> freeze -> default_setup``, then
 Detectron2's ``launch`` (``--num-gpus``/``--num-machines``/``--dist-url``). The trainer is Detectron2's
-``DefaultTrainer`` with four changes: the checkpointer is :class:`US3LCheckpointer` (never a silently
+``DefaultTrainer`` with five changes: the checkpointer is :class:`US3LCheckpointer` (never a silently
 skipped tensor), ``--resume`` continues exactly (optimizer state in the checkpoint, data and randomness a
 function of seed and iteration: :mod:`.resumable`), the evaluator is pycocotools COCO evaluation
-(``TEST.IMS_PER_BATCH`` images per batch), and results are keyed by the width.
+(``TEST.IMS_PER_BATCH`` images per batch), results are keyed by the width, and short runs log more often
+(:func:`log_period`).
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import weakref
 from collections import OrderedDict
 
 import torch
-from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
+from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, hooks, launch
 
 from ..cli import bad_input_errors, run_tool
 from .checkpoint import US3LCheckpointer, check_resumable
@@ -25,6 +26,12 @@ from .resumable import IterationSeed, build_resumable_train_loader, is_resumable
 from .resumable import logger as resume_log
 
 
+def log_period(max_iter: int) -> int:
+    """Iterations between log lines (loss, ETA) and metrics.json rows: Detectron2's 20, or about 20 lines in a
+    shorter run (a 100-iteration CPU run would otherwise print nothing for its first minute or two)."""
+    return max(1, min(20, max_iter // 20))
+
+
 class US3LTrainer(DefaultTrainer):
     """``DefaultTrainer`` with the US3L checkpointer, exact resume and per-width COCO evaluation."""
 
@@ -33,7 +40,11 @@ class US3LTrainer(DefaultTrainer):
         # periodic checkpointer and resume_or_load both use ours.
         self.checkpointer = US3LCheckpointer(self._trainer.model, self.cfg.OUTPUT_DIR, cfg=self.cfg,
                                              trainer=weakref.proxy(self))
-        return [IterationSeed(lambda: self.data_seed), *super().build_hooks()]
+        ret = super().build_hooks()
+        for h in ret:
+            if isinstance(h, hooks.PeriodicWriter):  # Detectron2 writes every 20 iterations, whatever the run's length
+                h._period = log_period(self.max_iter)
+        return [IterationSeed(lambda: self.data_seed), *ret]
 
     def train(self):
         # Detectron2 logs the traceback of any exception in the loop before re-raising it; bad input (a corrupt

@@ -5,7 +5,8 @@ import torch.nn as nn
 from detectron2.modeling import ROI_HEADS_REGISTRY
 from detectron2.modeling.roi_heads import Res5ROIHeads
 
-from .backbone import make_us3l_stage, stage_spec
+from ..checkpoint.guard import refuse_incomplete_load
+from .backbone import LOADER_FIX, make_us3l_stage, stage_spec
 from .config import us3l_width
 
 
@@ -20,3 +21,7 @@ class US3LRes5ROIHeads(Res5ROIHeads):
         width = us3l_width(cfg)
         blocks = make_us3l_stage(cfg, 5, width, first_stride=2)
         return nn.Sequential(*blocks), stage_spec(cfg, 5, width)["out"]
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        refuse_incomplete_load(self, state_dict, prefix, fix=LOADER_FIX, within="res5.")
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

@@ -45,7 +45,9 @@ from ..ops.norm import WIDTH_STATS_RE
 from ..width import set_width, slimmable_modules
 from .checkpoint import US3LCheckpointer
 from .config import us3l_width
+from .conventions import check_pretrained_conventions
 from ..checkpoint.d2_format import META_KEY
+from ..checkpoint.guard import refuse_incomplete_load
 
 logger = logging.getLogger("detectron2.us3l.slimmable")
 
@@ -111,6 +113,13 @@ class US3LSlimmableResNet(Backbone):
                 out[name] = x
         return out
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        refuse_incomplete_load(self, state_dict, prefix, fix=(
+            "Load US3L files into a slimmable detector with us3l.d2.SlimmableDetectorCheckpointer (its trainer, "
+            "us3l.d2.sandwich.trainer_class(cfg), and us3l-train-net use it); a US3L .pkl names the tensors the "
+            "Detectron2 way, which Detectron2's own loader does not map onto this backbone's torchvision names"))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
 
 def _check_slimmable_cfg(cfg) -> None:
     r = cfg.MODEL.RESNETS
@@ -160,20 +169,32 @@ def slimmify_fpn(fpn: FPN, slim: bool, width_range) -> list[str]:
     return converted
 
 
+def slimmable_resnet_fpn(*, depth: int = 50, out_features=("res2", "res3", "res4", "res5"), in_features=None,
+                         out_channels: int = 256, norm: str = "", fuse_type: str = "sum", freeze_at: int = 0,
+                         width_range=(0.25, 1.0), slim: bool = True, width: float = 1.0) -> FPN:
+    """Slimmable US-ResNet + Detectron2 FPN from explicit arguments (LazyConfig: ``L(slimmable_resnet_fpn)(...)``);
+    ``slim``: the FPN slims with the width (``MODEL.US3L.SLIM_NECK_HEADS``); built and set at ``width``."""
+    width_range = tuple(float(v) for v in width_range)
+    bottom_up = US3LSlimmableResNet(depth, list(out_features), width_range, freeze_at)
+    fpn = FPN(bottom_up=bottom_up, in_features=list(in_features or out_features), out_channels=out_channels,
+              norm=norm, top_block=LastLevelMaxPool(), fuse_type=fuse_type)
+    slimmify_fpn(fpn, slim, width_range)
+    set_width(fpn, width)
+    return fpn
+
+
 @BACKBONE_REGISTRY.register()
 def build_us3l_slimmable_resnet_fpn_backbone(cfg, input_shape: ShapeSpec) -> FPN:
     """Slimmable US-ResNet + Detectron2 FPN (slimmed unless ``MODEL.US3L.SLIM_NECK_HEADS`` is False)."""
     _check_slimmable_cfg(cfg)
-    width_range = _width_range(cfg)
+    check_pretrained_conventions(cfg, stride_in_1x1=False)  # _check_slimmable_cfg checks the stride already
     if input_shape.channels != 3:
         raise ValueError(f"the slimmable ResNet takes RGB input, got {input_shape.channels} channels")
-    bottom_up = US3LSlimmableResNet(cfg.MODEL.RESNETS.DEPTH, cfg.MODEL.RESNETS.OUT_FEATURES, width_range,
-                                    cfg.MODEL.BACKBONE.FREEZE_AT)
-    fpn = FPN(bottom_up=bottom_up, in_features=cfg.MODEL.FPN.IN_FEATURES, out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
-              norm=cfg.MODEL.FPN.NORM, top_block=LastLevelMaxPool(), fuse_type=cfg.MODEL.FPN.FUSE_TYPE)
-    slimmify_fpn(fpn, cfg.MODEL.US3L.SLIM_NECK_HEADS, width_range)
-    set_width(fpn, us3l_width(cfg))
-    return fpn
+    return slimmable_resnet_fpn(depth=cfg.MODEL.RESNETS.DEPTH, out_features=cfg.MODEL.RESNETS.OUT_FEATURES,
+                                in_features=cfg.MODEL.FPN.IN_FEATURES, out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
+                                norm=cfg.MODEL.FPN.NORM, fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
+                                freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT, width_range=_width_range(cfg),
+                                slim=cfg.MODEL.US3L.SLIM_NECK_HEADS, width=us3l_width(cfg))
 
 
 # ------------------------------------------------------------------------------------------------- heads
@@ -197,44 +218,44 @@ class US3LSlimmableRPNHead(StandardRPNHead):
 
 @ROI_HEADS_REGISTRY.register()
 class US3LSlimmableROIHeads(StandardROIHeads):
-    """``StandardROIHeads`` whose box head, box predictor (input only) and mask head slim with the width."""
+    """``StandardROIHeads`` whose box head, box predictor (input only) and mask head slim with the width.
+
+    Built from a config (``MODEL.US3L.SLIM_NECK_HEADS``) or, as Detectron2's LazyConfig does, from explicit
+    heads plus ``slim`` / ``width_range`` / ``width``; either way the heads are slimmed here, once.
+    """
+
+    @configurable
+    def __init__(self, *, slim: bool = True, width_range=(0.25, 1.0), width: float = 1.0, **kwargs):
+        super().__init__(**kwargs)
+        if not slim:
+            return
+        width_range = tuple(float(v) for v in width_range)
+        head, predictor = self.box_head, self.box_predictor
+        if type(head) is not FastRCNNConvFCHead:
+            raise ValueError(f"slimmable ROI heads support the box head FastRCNNConvFCHead, got {type(head).__name__}")
+        res = self.box_pooler.output_size
+        area = res[0] * res[1] if isinstance(res, (tuple, list)) else res * res
+        slimmify(head, flatten={"fc1": area} if head.fcs else {}, width_range=width_range)
+        spatial = 1 if head.fcs else area  # a head without fcs hands the predictor a C*H*W flatten
+        slimmify(predictor, keep_out=["cls_score", "bbox_pred"],
+                 flatten={"cls_score": spatial, "bbox_pred": spatial} if spatial > 1 else {}, width_range=width_range)
+        parts = [head, predictor]
+        if self.mask_on:
+            if type(self.mask_head) is not MaskRCNNConvUpsampleHead:
+                raise ValueError("slimmable ROI heads support the mask head MaskRCNNConvUpsampleHead, got "
+                                 f"{type(self.mask_head).__name__}")
+            slimmify(self.mask_head, keep_out=["predictor"], width_range=width_range)
+            parts.append(self.mask_head)
+        for module in parts:
+            set_width(module, width)
 
     @classmethod
-    def _init_box_head(cls, cfg, input_shape):
-        ret = super()._init_box_head(cfg, input_shape)
-        if cfg.MODEL.US3L.SLIM_NECK_HEADS:
-            wr = _width_range(cfg)
-            head = ret["box_head"]
-            if type(head) is not FastRCNNConvFCHead:
-                raise ValueError("slimmable ROI heads support MODEL.ROI_BOX_HEAD.NAME FastRCNNConvFCHead, got "
-                                 f"{type(head).__name__}")
-            res = cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION
-            flatten = {"fc1": res * res} if head.fcs else {}
-            slimmify(head, flatten=flatten, width_range=wr)
-            spatial = 1 if head.fcs else res * res  # a head without fcs hands the predictor a C*H*W flatten
-            pred_flatten = {"cls_score": spatial, "bbox_pred": spatial} if spatial > 1 else {}
-            slimmify(ret["box_predictor"], keep_out=["cls_score", "bbox_pred"], flatten=pred_flatten, width_range=wr)
-            for module in (head, ret["box_predictor"]):
-                set_width(module, us3l_width(cfg))
-        return ret
-
-    @classmethod
-    def _init_mask_head(cls, cfg, input_shape):
-        ret = super()._init_mask_head(cfg, input_shape)
-        if ret and cfg.MODEL.US3L.SLIM_NECK_HEADS:
-            head = ret["mask_head"]
-            if type(head) is not MaskRCNNConvUpsampleHead:
-                raise ValueError("slimmable ROI heads support MODEL.ROI_MASK_HEAD.NAME MaskRCNNConvUpsampleHead, got "
-                                 f"{type(head).__name__}")
-            slimmify(head, keep_out=["predictor"], width_range=_width_range(cfg))
-            set_width(head, us3l_width(cfg))
-        return ret
-
-    @classmethod
-    def _init_keypoint_head(cls, cfg, input_shape):
+    def from_config(cls, cfg, input_shape):
         if cfg.MODEL.KEYPOINT_ON:
             raise ValueError("slimmable ROI heads do not support keypoint heads")
-        return super()._init_keypoint_head(cfg, input_shape)
+        ret = super().from_config(cfg, input_shape)
+        ret.update(slim=cfg.MODEL.US3L.SLIM_NECK_HEADS, width_range=_width_range(cfg), width=us3l_width(cfg))
+        return ret
 
 
 def unwrap(model: nn.Module) -> nn.Module:

@@ -18,6 +18,8 @@ from .slimmable_backbone import US3LSlimmableResNet
 from .slimmable_detector import SandwichDistributedDataParallel, SlimmableFasterRCNN, SlimmableMaskRCNN
 from .slimmable_heads import (SlimmableFCNMaskHead, SlimmableFPN, SlimmableRPNHead, SlimmableShared2FCBBoxHead,
                               SlimmableSingleRoIExtractor)
+from .export import export_detector
+from .slimmable_eval import calibrate_widths, evaluate_widths, load_slimmable_detector, save_slimmable_detector
 from .width_config import apply_width, check_width_consistency, detector_width, width_tag
 
 __all__ = ["US3LResNet", "US3LResLayer", "WidthMetricsHook", "apply_width", "check_width_consistency",
@@ -25,4 +27,7 @@ __all__ = ["US3LResNet", "US3LResLayer", "WidthMetricsHook", "apply_width", "che
            # the universally slimmable detector (one model, any width)
            "US3LSlimmableResNet", "SlimmableFPN", "SlimmableRPNHead", "SlimmableSingleRoIExtractor",
            "SlimmableShared2FCBBoxHead", "SlimmableFCNMaskHead", "SlimmableFasterRCNN", "SlimmableMaskRCNN",
-           "SandwichDistributedDataParallel"]
+           "SandwichDistributedDataParallel",
+           # its Python API (Detectron2's twins, same names, in us3l.d2)
+           "load_slimmable_detector", "calibrate_widths", "evaluate_widths", "save_slimmable_detector",
+           "export_detector"]

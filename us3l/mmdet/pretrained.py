@@ -15,6 +15,12 @@ from mmengine.logging import print_log
 from ..checkpoint import CheckpointError, LoadReport, fit_backbone
 from ..checkpoint.mmdet_format import read_full_width_backbone
 
+# what a user of mmengine's own loaders is told when a load would skip tensors (us3l.checkpoint.guard)
+LOADER_FIX = ("Load a US3L backbone through the backbone's own init_cfg=dict(type='Pretrained', checkpoint=PATH, "
+              "prefix='backbone.') (and the same on a C4 model's shared head), which fits it to the width; "
+              "mmengine's load_from and a detector-level Pretrained init_cfg match tensors by shape only. "
+              "load_from is for checkpoints of this same detector (a resume, fine-tuned weights)")
+
 
 def pretrained_cfg(init_cfg) -> dict | None:
     """The ``type='Pretrained'`` entry of an ``init_cfg`` (a dict or a list of dicts), if any."""

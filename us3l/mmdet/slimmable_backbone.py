@@ -14,7 +14,8 @@ from ..detection import reset_bn_statistics
 from ..models.resnet import stage_channels, us_resnet
 from ..ops import DEFAULT_WIDTH_RANGE
 from ._resnet_parts import adopt_stem_and_stages, check_stage_args, forward_stages
-from .pretrained import load_width_sized, pretrained_cfg
+from ..checkpoint.guard import refuse_incomplete_load
+from .pretrained import LOADER_FIX, load_width_sized, pretrained_cfg
 
 
 def _check_norm_cfg(norm_cfg) -> None:
@@ -63,6 +64,10 @@ class US3LSlimmableResNet(BaseModule):
         for part in parts:
             for p in part.parameters():
                 p.requires_grad = False
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        refuse_incomplete_load(self, state_dict, prefix, fix=LOADER_FIX)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def init_weights(self):
         cfg = pretrained_cfg(self.init_cfg)

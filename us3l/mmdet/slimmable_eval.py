@@ -33,7 +33,8 @@ def slimmable_config(config: str | Config, cfg_options: dict | None = None) -> C
 
 def load_slimmable_detector(config: str | Config, checkpoint: str | None, device: str = "cpu",
                             cfg_options: dict | None = None):
-    """``(model, cfg)``: the slimmable detector of ``config`` with every tensor of ``checkpoint`` (strict)."""
+    """``(model, cfg)``: the slimmable detector of ``config`` with every tensor of ``checkpoint`` (strict); like
+    ``mmdet.apis.init_detector``, ``model.cfg`` is the config, so ``inference_detector(model, image)`` runs it."""
     from mmdet.registry import MODELS
 
     from .slimmable_detector import SlimmableTwoStageMixin
@@ -46,6 +47,7 @@ def load_slimmable_detector(config: str | Config, checkpoint: str | None, device
     if checkpoint is not None:
         state, _ = read_mmdet_checkpoint(checkpoint)
         load_state_dict_checked(model, state, f"loading {checkpoint} into {cfg.model.type}")
+    model.cfg = cfg
     return model.to(device).eval(), cfg
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 from mmengine.model import BaseModule
 
 from ..checkpoint import BN_STATS_POLICIES
+from ..checkpoint.guard import refuse_incomplete_load
 from ._resnet_parts import DEFAULT_NORM_CFG, checked_width, norms_to_eval
-from .pretrained import load_width_sized, pretrained_cfg
+from .pretrained import LOADER_FIX, load_width_sized, pretrained_cfg
 
 
 class WidthSizedResNetPart(BaseModule):
@@ -29,6 +30,10 @@ class WidthSizedResNetPart(BaseModule):
         if mode and self.norm_eval:
             norms_to_eval(self)
         return self
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        refuse_incomplete_load(self, state_dict, prefix, fix=LOADER_FIX)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def init_weights(self):
         cfg = pretrained_cfg(self.init_cfg)

@@ -71,7 +71,9 @@ class USBatchNorm2d(SlimmableMixin, nn.BatchNorm2d):
         if mean_name not in self._buffers:
             raise UncalibratedWidthError(
                 f"BN statistics for width {width} are not calibrated (calibrated: "
-                f"{self.calibrated_widths() + [1.0]}); run us3l.calibrate_bn(model, loader, {width}) first")
+                f"{self.calibrated_widths() + [1.0]}); calibrate it first: us3l.calibrate_bn(model, loader, {width}) "
+                "for a backbone or classifier, us3l.d2.calibrate_widths / us3l.mmdet.calibrate_widths (or "
+                "tools/calibrate_detector.py) for a detector")
         return self._buffers[mean_name], self._buffers[var_name]
 
     def set_width_stats(self, width: float, mean: torch.Tensor, var: torch.Tensor) -> None:
