@@ -17,7 +17,7 @@ setup(
         "us3l-pretrain = us3l.cli:pretrain_cli",
         "us3l-eval-ssl = us3l.cli:eval_ssl_cli",
         "us3l-train-net = us3l.d2.engine:cli",
-        "us3l-mmdet-train = us3l.mmdet.runner:train_cli",
-        "us3l-mmdet-test = us3l.mmdet.runner:test_cli",
+        "us3l-mmdet-train = us3l.mmdet.engine:train_cli",
+        "us3l-mmdet-test = us3l.mmdet.engine:test_cli",
     ]},
 )

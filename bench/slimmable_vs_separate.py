@@ -24,8 +24,8 @@ import time
 import torch
 
 import us3l.d2 as d2
-from us3l.pipeline.summary import mean_std
 from us3l.d2.sandwich import SlimmableDetectorTrainer
+from us3l.pipeline.summary import mean_std
 
 SLIM = "projects/segmentation/configs/mask_rcnn_US-R50_FPN_slimmable_tiny.yaml"
 

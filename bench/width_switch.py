@@ -66,9 +66,9 @@ class D2Bench:
     name = "d2"
 
     def __init__(self, config, widths, size, seed, opts):
-        import us3l.d2  # noqa: F401  (registers the slimmable components)
         from detectron2.modeling import build_model
 
+        import us3l.d2  # noqa: F401  (registers the slimmable components)
         from us3l.d2 import load_config
         from us3l.d2.slimmable import export_plain_detector
         from us3l.detection import calibrate_detector
@@ -104,8 +104,8 @@ class MMDetBench:
     name = "mmdet"
 
     def __init__(self, config, widths, size, seed, opts):
-        import mmdet  # noqa: F401
         import mmcv.ops  # noqa: F401
+        import mmdet  # noqa: F401
         from mmdet.structures import DetDataSample
         from mmengine.logging import MMLogger
 

@@ -8,8 +8,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from us3l.data.synthetic import (STYLE_CLASSES, generate_classification_dataset, generate_coco_dataset,
-                                 generate_unlabelled_pool)
+from us3l.data.synthetic import (
+    STYLE_CLASSES,
+    generate_classification_dataset,
+    generate_coco_dataset,
+    generate_unlabelled_pool,
+)
 
 
 def _histograms(root, split):

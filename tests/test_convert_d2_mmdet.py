@@ -3,24 +3,22 @@ anchor order, bit-identical round trip."""
 import os
 import pickle
 
+import detectron2  # noqa: E402,F401
+import mmcv.ops  # noqa: E402,F401
+import mmdet  # noqa: E402,F401
 import pytest
 import torch
 import torch.nn as nn
-
-import detectron2  # noqa: E402,F401
-import mmdet  # noqa: E402,F401
-import mmcv.ops  # noqa: E402,F401
-
-import us3l.d2  # noqa: E402,F401
-import us3l.mmdet  # noqa: E402,F401
 from ckpt_helpers import ROOT, us_r50_checkpoint  # noqa: E402
-from us3l.checkpoint.d2_format import convert_backbone_to_d2  # noqa: E402
-from us3l.checkpoint.frameworks import convert_d2_to_mmdet, convert_mmdet_to_d2  # noqa: E402
 from detectron2.config import get_cfg  # noqa: E402
 from detectron2.layers import ShapeSpec  # noqa: E402
 from mmdet.registry import MODELS  # noqa: E402
 from mmdet.utils import register_all_modules  # noqa: E402
-from us3l.checkpoint.frameworks import d2_to_mmdet_state, mmdet_to_d2_state  # noqa: E402
+
+import us3l.d2  # noqa: E402,F401
+import us3l.mmdet  # noqa: E402,F401
+from us3l.checkpoint.d2_format import convert_backbone_to_d2  # noqa: E402
+from us3l.checkpoint.frameworks import convert_d2_to_mmdet, convert_mmdet_to_d2, d2_to_mmdet_state, mmdet_to_d2_state  # noqa: E402  # noqa: E402
 from us3l.checkpoint.keymaps import permute_anchors  # noqa: E402
 from us3l.d2 import US3LCheckpointer, add_us3l_config, build_us3l_resnet_fpn_backbone  # noqa: E402
 

@@ -3,10 +3,10 @@ import pickle
 
 import pytest
 import torch
-
 from ckpt_helpers import us_r50_checkpoint
 from reference_layout import channels_at, resnet_layers
 from tools_loader import load_tool
+
 from us3l.checkpoint import CheckpointError, load_backbone
 from us3l.checkpoint.d2_format import read_d2_checkpoint
 from us3l.checkpoint.frameworks import convert_d2_to_mmdet, convert_mmdet_to_d2, d2_to_mmdet_state, mmdet_to_d2_state

@@ -3,10 +3,10 @@
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from ports import free_port
 
 import us3l
 from us3l.models import us_resnet18
-from ports import free_port
 
 
 def _batches():

@@ -1,7 +1,7 @@
 """Cost per width: fvcore FLOPs and parameters shrink with the width; the tool prints the table."""
 import pytest
-
 from tools_loader import load_tool
+
 from us3l.profiling import profile_width
 
 

@@ -3,16 +3,13 @@ import os
 import subprocess
 import sys
 
-import pytest
-
-import us3l
-import torch
-
 import detectron2  # noqa: E402,F401
-
+import pytest
+import torch
 from detectron2.layers import FrozenBatchNorm2d, ShapeSpec  # noqa: E402
 from detectron2.modeling import build_backbone, build_model  # noqa: E402
 
+import us3l
 from us3l import active_channels  # noqa: E402
 from us3l.d2 import US3LResNet, find_us3l_resnet, load_config  # noqa: E402
 

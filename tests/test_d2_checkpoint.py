@@ -4,14 +4,14 @@ import pickle
 import subprocess
 import sys
 
+import detectron2  # noqa: E402,F401
 import numpy as np
 import pytest
 import torch
-
-import detectron2  # noqa: E402,F401
-
 from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
+from reference_layout import pretrain_file  # noqa: E402
+from tools_loader import load_tool  # noqa: E402
 
 import us3l  # noqa: E402
 from us3l.checkpoint import PRETRAIN_FORMAT, CheckpointError, atomic_save  # noqa: E402
@@ -20,8 +20,6 @@ from us3l.checkpoint.keymaps import d2_to_tv, tv_to_d2  # noqa: E402
 from us3l.checkpoint.model_io import save_model_backbone  # noqa: E402
 from us3l.d2 import META_KEY, US3LCheckpointer, load_config, read_pkl  # noqa: E402
 from us3l.models import us_resnet18, us_resnet50  # noqa: E402
-from reference_layout import pretrain_file  # noqa: E402
-from tools_loader import load_tool  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONVERTER = os.path.join(ROOT, "tools", "convert_pretrain_to_d2.py")

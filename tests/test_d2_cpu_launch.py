@@ -5,7 +5,6 @@ import os
 import subprocess
 import sys
 
-
 import detectron2  # noqa: E402,F401
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -8,7 +8,6 @@ import random
 import numpy as np
 import pytest
 import torch
-
 from ckpt_helpers import ROOT
 
 D2_CONFIG = os.path.join(ROOT, "projects", "segmentation", "configs", "mask_rcnn_US-R50_FPN_slimmable_tiny.yaml")
@@ -61,8 +60,15 @@ def _other_rng_states():
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tiny_coco, tmp_path_factory):
-    return _train(_cfg(tiny_coco, tmp_path_factory.mktemp("straight")))
+def straight(tiny_coco, tmp_path_factory):
+    """(output folder, final weights) of the run that is never interrupted."""
+    out = tmp_path_factory.mktemp("straight")
+    return out, _train(_cfg(tiny_coco, out))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(straight):
+    return straight[1]
 
 
 def _interrupted(tiny_coco, out):
@@ -120,18 +126,70 @@ def test_batches_are_a_function_of_seed_and_batch_number():
     assert [next(other) for _ in range(30)] != first
 
 
-def test_a_truncated_last_checkpoint_is_refused_before_anything_is_written(tmp_path):
-    """A save cut short (full disk): --resume stops with exit 2, names the intact checkpoint beside it and how to
-    continue from it, and leaves the folder as it was (no config.yaml, no log)."""
+def _truncate(path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def test_resume_falls_back_to_the_newest_intact_checkpoint_and_ends_where_the_uninterrupted_run_ends(
+        straight, tiny_coco, tmp_path, caplog):
+    """Saves cut short (a full disk, a kill before saves were atomic): model_final.pth, which last_checkpoint names,
+    and model_0000005.pth are half files. --resume says so, continues from model_0000002.pth and still ends with
+    the uninterrupted run's weights, bit for bit."""
+    import shutil
+
+    src, uninterrupted = straight
+    out = tmp_path / "damaged"
+    shutil.copytree(src, out)
+    assert (out / "last_checkpoint").read_text().strip() == "model_final.pth"
+    for name in ("model_final.pth", "model_0000005.pth"):
+        _truncate(out / name)
+    from us3l.d2.checkpoint import check_resumable
+
+    check_resumable(str(out))  # train_net.py's check before default_setup: an intact checkpoint exists
+    _other_rng_states()
+    with caplog.at_level("WARNING"):
+        resumed = _train(_cfg(tiny_coco, out), resume=True)
+    assert "model_final.pth (named in last_checkpoint) is truncated or corrupt" in caplog.text
+    assert "resuming from model_0000002.pth, the newest intact checkpoint beside it" in caplog.text
+    differ = [k for k in resumed if not torch.equal(resumed[k], uninterrupted[k])]
+    assert not differ, f"{len(differ)} of {len(resumed)} tensors differ, e.g. {differ[:5]}"
+
+
+def test_saves_are_atomic(tmp_path, monkeypatch):
+    """A save interrupted while writing leaves the previous checkpoint and last_checkpoint as they were."""
+    from us3l.d2.checkpoint import US3LCheckpointer
+
+    model = torch.nn.Linear(2, 2)
+    ck = US3LCheckpointer(model, str(tmp_path))
+    ck.save("model_0000000")
+    before = (tmp_path / "model_0000000.pth").read_bytes()
+
+    class Boom(Exception):
+        pass
+
+    def explode(*a, **k):
+        raise Boom
+
+    monkeypatch.setattr(torch, "save", explode)  # the write fails half way (a full disk)
+    with pytest.raises(Boom):
+        ck.save("model_0000001")
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last_checkpoint", "model_0000000.pth"]
+    assert (tmp_path / "last_checkpoint").read_text() == "model_0000000.pth"
+    assert (tmp_path / "model_0000000.pth").read_bytes() == before
+
+
+def test_a_truncated_last_checkpoint_without_an_intact_one_is_refused_before_anything_is_written(tmp_path):
+    """Nothing to fall back to: --resume stops with exit 2 and leaves the folder as it was (no config.yaml, no
+    log)."""
     import subprocess
     import sys
 
     out = tmp_path / "run"
     out.mkdir()
-    torch.save({"model": {"w": torch.zeros(3)}, "iteration": 9}, out / "model_0000009.pth")
     torch.save({"model": {"w": torch.zeros(4096)}, "iteration": 19}, out / "model_0000019.pth")
-    data = (out / "model_0000019.pth").read_bytes()
-    (out / "model_0000019.pth").write_bytes(data[: len(data) // 2])
+    _truncate(out / "model_0000019.pth")
     (out / "last_checkpoint").write_text("model_0000019.pth")
     before = sorted(p.name for p in out.iterdir())
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -141,10 +199,5 @@ def test_a_truncated_last_checkpoint_is_refused_before_anything_is_written(tmp_p
     assert run.returncode == 2, run.stderr[-3000:]
     err = run.stderr.strip().splitlines()[-1]
     assert err.startswith("error: --resume:") and "model_0000019.pth" in err and "corrupt" in err
-    assert "newest intact checkpoint beside it is model_0000009.pth" in err and "echo model_0000009.pth" in err
+    assert "no intact checkpoint is beside it" in err and "nothing was written" in err
     assert sorted(p.name for p in out.iterdir()) == before
-    # following the hint, the named checkpoint is the one --resume reads next
-    from us3l.d2.checkpoint import check_resumable
-
-    (out / "last_checkpoint").write_text("model_0000009.pth")
-    check_resumable(str(out))

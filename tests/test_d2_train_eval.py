@@ -9,17 +9,15 @@ import os
 import subprocess
 import sys
 
+import detectron2  # noqa: E402,F401
 import pytest
 import torch
 
-import detectron2  # noqa: E402,F401
-
 import us3l  # noqa: E402
 from us3l.checkpoint.model_io import save_model_backbone  # noqa: E402
-from us3l.d2 import (DatasetFilesError, check_datasets, load_config, register_coco_json,  # noqa: E402
-                     register_us3l_datasets)
+from us3l.d2 import DatasetFilesError, check_datasets, load_config, register_coco_json, register_us3l_datasets  # noqa: E402
 from us3l.d2.checkpoint import US3LCheckpointer  # noqa: E402
-from us3l.d2.engine import US3LTrainer  # noqa: E402
+from us3l.d2.trainer import US3LTrainer  # noqa: E402
 from us3l.models import us_resnet18  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

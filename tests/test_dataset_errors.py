@@ -109,16 +109,23 @@ def test_a_calibration_width_outside_the_range_is_refused_at_set_up(tmp_path):
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())  # refused before default_setup
 
 
-def test_a_corrupt_image_mid_training_is_one_line_naming_the_file(coco_copy, tmp_path):
-    """One image file that does not decode used to stop training with PIL's traceback (exit 1)."""
+def _one_broken_image(coco_copy):
+    """The copy reduced to ONE image whose file does not decode (so the first batch reads it): (json, broken)."""
     path, images, doc = coco_copy
     broken = images / doc["images"][0]["file_name"]
     broken.write_bytes(b"not a png at all")
-    for im in doc["images"][1:]:  # the broken image is the only one left, so the first batch reads it
+    for im in doc["images"][1:]:
         os.remove(images / im["file_name"])
     doc = dict(doc, images=doc["images"][:1],
                annotations=[a for a in doc["annotations"] if a["image_id"] == doc["images"][0]["id"]])
     _write(path, doc)
+    return path, broken
+
+
+def test_a_corrupt_image_mid_training_is_one_line_naming_the_file(coco_copy, tmp_path):
+    """One image file that does not decode used to stop training with PIL's traceback (exit 1)."""
+    path, broken = _one_broken_image(coco_copy)
+    images = broken.parent
     cmd = [sys.executable, os.path.join(SEG, "train_net.py"), "--config-file",
            os.path.join(SEG, "configs", "mask_rcnn_US-R50_FPN_slimmable_tiny.yaml"), "--dataset", "mine", str(path),
            str(images), "DATASETS.TRAIN", "('mine',)", "DATASETS.TEST", "()", "MODEL.WEIGHTS", "",
@@ -130,3 +137,45 @@ def test_a_corrupt_image_mid_training_is_one_line_naming_the_file(coco_copy, tmp
     assert last.startswith("error: training image ") and str(broken) in last and "cannot be read" in last, last
     assert "Traceback" not in r.stderr
     assert not (tmp_path / "out" / "model_final.pth").exists()
+
+
+def test_a_corrupt_image_mid_training_is_one_line_naming_the_file_mmdet(coco_copy, tmp_path, tiny_coco):
+    """The same in MMDetection, where mmcv's loader asserts 'failed to load image' with a traceback (exit 1)."""
+    path, broken = _one_broken_image(coco_copy)
+    cmd = [sys.executable, os.path.join(SEG, "mmdet_train.py"),
+           os.path.join(SEG, "mmdet_configs", "mask-rcnn_us-r50_fpn_slimmable_tiny.py"), "--work-dir",
+           str(tmp_path / "work"), "--cfg-options", "model.backbone.depth=18", "model.backbone.init_cfg=None",
+           "model.neck.in_channels=[64,128,256,512]", f"train_dataloader.dataset.data_root={tmp_path}/",
+           f"train_dataloader.dataset.ann_file={path.name}",
+           f"train_dataloader.dataset.data_prefix.img={broken.parent.name}/",
+           "train_dataloader.batch_size=1", "train_cfg.max_epochs=1"]
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1", US3L_DATASETS=tiny_coco["datasets_dir"])
+    r = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 2, r.stderr[-3000:]
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: training image ") and str(broken) in last and "cannot be read" in last, last
+    assert "Traceback" not in r.stderr
+    assert not list((tmp_path / "work").rglob("*.pth"))
+
+
+def test_a_non_crowd_rle_mask_is_refused_before_polygon_mask_training(coco_copy):
+    """Detectron2 trains Mask R-CNN on polygons by default and used to stop mid-training on a non-crowd RLE."""
+    import numpy as np
+    from pycocotools import mask as mask_util
+
+    from us3l.d2 import check_datasets, register_coco_json
+
+    path, images, doc = coco_copy
+    ann = doc["annotations"][0]
+    im = next(i for i in doc["images"] if i["id"] == ann["image_id"])
+    binary = np.zeros((im["height"], im["width"]), dtype=np.uint8, order="F")
+    x, y, w, h = (int(v) for v in ann["bbox"])
+    binary[y:y + max(h, 1), x:x + max(w, 1)] = 1
+    rle = mask_util.encode(binary)
+    ann["segmentation"] = {"size": rle["size"], "counts": rle["counts"].decode()}  # iscrowd stays 0
+    register_coco_json("rle_mine", _write(path, doc), str(images))
+    with pytest.raises(DatasetFormatError, match=rf"annotation id {ann['id']} is a non-crowd object with an RLE "
+                                                 r"mask.*set INPUT.MASK_FORMAT bitmask"):
+        check_datasets(["rle_mine"], mask_format="polygon")
+    check_datasets(["rle_mine"], mask_format="bitmask")  # Detectron2 trains on it as a bit mask
+    check_datasets(["rle_mine"])  # and evaluation reads it either way

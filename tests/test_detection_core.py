@@ -9,9 +9,18 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import us3l
-from us3l.detection import (SandwichConfig, box_cls_distill_loss, calibrate_detector,
-                            neck_head_channels, objectness_distill_loss, require_calibrated, reset_bn_statistics,
-                            sample_widths, sandwich_step, slimmify)
+from us3l.detection import (
+    SandwichConfig,
+    box_cls_distill_loss,
+    calibrate_detector,
+    neck_head_channels,
+    objectness_distill_loss,
+    require_calibrated,
+    reset_bn_statistics,
+    sample_widths,
+    sandwich_step,
+    slimmify,
+)
 from us3l.models import us_resnet18
 from us3l.ops import active_channels
 

@@ -5,7 +5,6 @@ import json
 import os
 
 import torch
-
 from ckpt_helpers import ROOT
 
 D2_CONFIG = os.path.join(ROOT, "projects", "segmentation", "configs", "mask_rcnn_US-R50_FPN_slimmable_tiny.yaml")
@@ -57,12 +56,12 @@ _SNAPSHOTS = {}
 
 
 def test_mmdetection_frozen_stages_4_keeps_the_slimmable_trunk_fixed(tiny_coco, tmp_path, monkeypatch):
-    import mmdet  # noqa: F401
     import mmcv.ops  # noqa: F401
+    import mmdet  # noqa: F401
     from mmengine.hooks import Hook
     from mmengine.registry import HOOKS
 
-    from us3l.mmdet.runner import train_main
+    from us3l.mmdet.engine import train_main
 
     @HOOKS.register_module(name="US3LTestParameterSnapshot", force=True)
     class Snapshot(Hook):  # the weights the training loop starts from (after init_weights) and ends with

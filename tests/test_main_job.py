@@ -11,7 +11,6 @@ import subprocess
 import sys
 
 import pytest
-
 from main_job_helpers import is_number, quick_summary_rows, run_main
 
 from us3l.pipeline.main_job import parse_args
@@ -87,6 +86,7 @@ def test_per_width_folders_are_the_ones_eval_widths_reads(tmp_path):
     """The per-width recipe trains into ``finetune/<width tag>``; tools/eval_widths.py fills the evaluation's
     ``finetune/w{width}`` template with the same tag (one rule: us3l.width.width_tag), three decimals included."""
     from tools_loader import load_tool
+
     from us3l.pipeline.commands import Job, detector_stages
 
     weights_for = load_tool("eval_widths").weights_for

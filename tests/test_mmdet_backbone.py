@@ -1,17 +1,16 @@
 """The MMDetection backbone / C4 head at one width: names, loading ONE full-width file at any width, errors."""
+import mmcv.ops  # noqa: E402,F401
+import mmdet  # noqa: E402,F401
 import pytest
 import torch
-
-import mmdet  # noqa: E402,F401
-import mmcv.ops  # noqa: E402,F401
-
-import us3l.mmdet  # noqa: E402,F401  (registers the modules)
 from ckpt_helpers import us_r50_checkpoint  # noqa: E402
-from us3l.checkpoint.mmdet_format import convert_backbone_to_mmdet  # noqa: E402
 from mmdet.registry import MODELS  # noqa: E402
 from mmdet.utils import register_all_modules  # noqa: E402
+
+import us3l.mmdet  # noqa: E402,F401  (registers the modules)
 from us3l import UncalibratedWidthError, export_static  # noqa: E402
 from us3l.checkpoint import CheckpointError  # noqa: E402
+from us3l.checkpoint.mmdet_format import convert_backbone_to_mmdet  # noqa: E402
 
 register_all_modules()
 

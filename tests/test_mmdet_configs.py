@@ -8,9 +8,8 @@ import os
 import subprocess
 
 import pytest
-from mmengine.config import Config
-
 from ckpt_helpers import ROOT
+from mmengine.config import Config
 
 BEFORE = "bdb98d9bd98770f03e4c2b4c620bd9395040114a"  # last commit with self-contained leaf configs
 # last commit before the slimmable leaves and bases were restructured (the mask-rcnn bases inheriting the

@@ -2,11 +2,9 @@
 import json
 import math
 import os
-
 import re
 import subprocess
 import sys
-
 
 import mmdet  # noqa: E402,F401
 from ports import free_port  # noqa: E402
@@ -41,7 +39,7 @@ def test_a_finished_run_closes_its_process_group(tiny_coco, tmp_path, monkeypatc
     """Left to the interpreter's exit, gloo's threads can abort a process whose run is done (SIGABRT, CI)."""
     import torch.distributed as dist
 
-    from us3l.mmdet.runner import train_main
+    from us3l.mmdet.engine import train_main
 
     for key, value in dict(US3L_DATASETS=tiny_coco["datasets_dir"], RANK="0", LOCAL_RANK="0", WORLD_SIZE="1",
                            MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port())).items():

@@ -2,14 +2,13 @@
 import json
 import os
 
-import pytest
-
-import mmdet  # noqa: E402,F401
 import mmcv.ops  # noqa: E402,F401
-
+import mmdet  # noqa: E402,F401
+import pytest
 from ckpt_helpers import ROOT  # noqa: E402
-from us3l.mmdet.runner import test_main as run_test  # noqa: E402  (not collected as a test)
-from us3l.mmdet.runner import train_main as run_train  # noqa: E402
+
+from us3l.mmdet.engine import test_main as run_test  # noqa: E402  (not collected as a test)
+from us3l.mmdet.engine import train_main as run_train  # noqa: E402
 
 DET = os.path.join(ROOT, "projects", "detection", "mmdet_configs")
 SEG = os.path.join(ROOT, "projects", "segmentation", "mmdet_configs")
@@ -42,6 +41,7 @@ def test_configs_parse_and_tiny_classes_are_the_embedded_datasets():
     import glob
 
     from mmengine.config import Config
+
     from us3l.data.synthetic import CLASS_NAMES
 
     files = sorted(glob.glob(os.path.join(DET, "*.py")) + glob.glob(os.path.join(SEG, "*.py")))
@@ -57,9 +57,10 @@ def test_configs_parse_and_tiny_classes_are_the_embedded_datasets():
 
 def test_faster_rcnn_fpn_train_and_test_at_a_width(datasets_env, tmp_path):
     from ckpt_helpers import us_r50_checkpoint
+
+    from us3l import export_static
     from us3l.checkpoint.frameworks import convert_mmdet_to_d2
     from us3l.checkpoint.mmdet_format import convert_backbone_to_mmdet
-    from us3l import export_static
 
     mm_file = str(tmp_path / "us_r50_mmdet.pth")
     path, slimmable = us_r50_checkpoint()

@@ -5,12 +5,11 @@ import os
 
 import pytest
 import torch
+from ckpt_helpers import ROOT
+from pretrain_helpers import TINY, tiny_overrides
 
 from us3l.engine.config import ConfigError, load_config
 from us3l.engine.trainer import pretrain
-
-from ckpt_helpers import ROOT
-from pretrain_helpers import TINY, tiny_overrides
 
 
 def small(root, *extra):

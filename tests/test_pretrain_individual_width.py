@@ -5,8 +5,8 @@ import os
 
 import pytest
 import torch
-
 from pretrain_helpers import TINY, tiny_overrides
+
 from us3l.engine.config import ConfigError, load_config
 from us3l.engine.trainer import pretrain
 from us3l.ops import active_channels

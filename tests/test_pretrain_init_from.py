@@ -200,3 +200,22 @@ def test_missing_init_file_is_refused_before_anything_is_written(tmp_path):
                           env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "model.init_from: checkpoint not found" in proc.stderr
     assert not out.exists()
+
+
+def test_a_checkpoint_that_does_not_fit_is_refused_before_anything_is_written(tmp_path):
+    """The file exists but does not fit (a projector of another size): refused with exit 2 and no output folder
+    (log.txt used to be written first)."""
+    path = str(tmp_path / "checkpoint.pth.tar")
+    reference_checkpoint(path)
+    out = tmp_path / "run"
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1", US3L_DATASETS=str(tmp_path / "datasets"))
+    cmd = [sys.executable, os.path.join(ROOT, "tools", "pretrain.py"), "--config",
+           os.path.join(ROOT, "configs", "us3l_tiny_cpu.yaml"), "--output-dir", str(out), "--init-from", path,
+           "method.base_loss=simclr_momentum", f"method.proj_hidden={HIDDEN}", f"method.proj_dim={DIM * 2}",
+           f"method.pred_hidden={PRED_HIDDEN}", "data.image_size=8", "data.batch_size=4",
+           "data.embedded_train_per_class=2", "data.embedded_val_per_class=1", "train.iterations=1",
+           "train.progress=false", "train.tensorboard=false"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: ") and "does not fit" in proc.stderr
+    assert not out.exists()

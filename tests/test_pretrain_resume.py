@@ -2,13 +2,12 @@
 import os
 
 import torch
+from ckpt_helpers import ROOT
+from pretrain_helpers import TINY, tiny_overrides
 
 from us3l.checkpoint import load_backbone
 from us3l.engine.config import load_config
 from us3l.engine.trainer import pretrain
-
-from ckpt_helpers import ROOT
-from pretrain_helpers import TINY, tiny_overrides
 
 
 def overrides(root, *extra):

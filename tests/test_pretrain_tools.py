@@ -5,12 +5,11 @@ import os
 
 import pytest
 import torch
+from pretrain_helpers import TINY, tiny_overrides
 
 from us3l.checkpoint import atomic_save, load_backbone
 from us3l.engine.config import config_from_dict
 from us3l.ssl.methods import build_method
-
-from pretrain_helpers import TINY, tiny_overrides
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -2,10 +2,9 @@
 (tests/reference_layout.py), read by the core: backbone, statistics per width, dropped keys listed."""
 import pytest
 import torch
+from reference_layout import arch_layers, calibrated_file, channels_at, detection_file, pretrain_file, us3l_names
 
 import us3l
-from reference_layout import (arch_layers, calibrated_file, channels_at, detection_file, pretrain_file,
-                              us3l_names)
 from us3l.checkpoint import CheckpointError, LoadReport, extract_backbone, fit_backbone, load_backbone
 from us3l.checkpoint.combine import combine_calibrated
 from us3l.checkpoint.model_io import build_model_from_checkpoint

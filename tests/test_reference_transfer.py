@@ -4,16 +4,15 @@ convert -> a few real fine-tuning iterations at width 0.5; widths without statis
 import math
 import os
 
-import pytest
-import torch
-
 import detectron2  # noqa: F401
 import mmcv.ops  # noqa: F401
 import mmdet  # noqa: F401
-
-import us3l
+import pytest
+import torch
 from reference_layout import calibrated_file, channels_at, detection_file, pretrain_file
 from tools_loader import load_tool
+
+import us3l
 from us3l.checkpoint import CheckpointError
 from us3l.checkpoint.combine import combine_calibrated_files
 from us3l.checkpoint.d2_format import convert_backbone_to_d2
@@ -66,7 +65,7 @@ def d2_env(tiny_coco):
 
 def _d2_finetune(weights, depth, out, *opts):
     from us3l.d2 import load_config
-    from us3l.d2.engine import US3LTrainer
+    from us3l.d2.trainer import US3LTrainer
 
     cfg = load_config(D2_CONFIG, _d2_opts(depth) + ["MODEL.US3L.WIDTH_MULT", str(WIDTH), "MODEL.WEIGHTS", weights,
                                                     "OUTPUT_DIR", str(out), *opts])
@@ -80,7 +79,7 @@ def _d2_finetune(weights, depth, out, *opts):
 
 
 def _mm_finetune(weights, depth, work_dir, *opts):
-    from us3l.mmdet.runner import train_main
+    from us3l.mmdet.engine import train_main
 
     runner = train_main([MM_CONFIG, "--work-dir", str(work_dir), "--width", str(WIDTH), "--cfg-options", *MM_TINY,
                          f"model.backbone.depth={depth}", f"model.backbone.init_cfg.checkpoint={weights}",
@@ -115,9 +114,10 @@ def test_reference_layout_fine_tunes_in_both_frameworks(arch, layout, d2_env, ti
 def test_uncalibrated_widths_are_refused_in_both_frameworks(d2_env, tmp_path, monkeypatch):
     """0.25 from a file calibrated only at 0.5; any width (1.0 included) of a pre-training file; the fixed
     width of a detection export: refused, with what to do."""
-    from mmengine.config import Config
-    from us3l.d2 import US3LCheckpointer, load_config
     from detectron2.modeling import build_model
+    from mmengine.config import Config
+
+    from us3l.d2 import US3LCheckpointer, load_config
 
     torch.save(calibrated_file("us_resnet18", 0.5), tmp_path / "checkpoint_width_0.5.pth.tar")
     torch.save(pretrain_file("us_resnet18"), tmp_path / "checkpoint.pth.tar")
@@ -134,9 +134,10 @@ def test_uncalibrated_widths_are_refused_in_both_frameworks(d2_env, tmp_path, mo
         for weights in (pkl, str(tmp_path / name)):  # converted, and the reference file itself
             with pytest.raises(error, match=message):
                 US3LCheckpointer(build_model(cfg), cfg=cfg).load(weights)
-        from us3l.mmdet.width_config import apply_width
         from mmdet.registry import MODELS
         from mmdet.utils import register_all_modules
+
+        from us3l.mmdet.width_config import apply_width
 
         register_all_modules()
         mcfg = Config.fromfile(MM_CONFIG)

@@ -11,21 +11,19 @@ import os
 import subprocess
 import sys
 
+import detectron2  # noqa: F401
 import pytest
 import torch
-
-import detectron2  # noqa: F401
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
 import us3l
 from us3l.checkpoint.model_io import save_model_backbone
-from us3l.d2 import US3LCheckpointer, load_config, register_us3l_datasets
-from us3l.d2 import detector_tools
-from us3l.d2.engine import US3LTrainer
+from us3l.d2 import US3LCheckpointer, detector_tools, load_config, register_us3l_datasets
 from us3l.d2.sandwich import SlimmableDetectorTrainer
+from us3l.d2.trainer import US3LTrainer
 from us3l.models import us_resnet18
-from us3l.ops import USConv2d, UncalibratedWidthError, active_channels
+from us3l.ops import UncalibratedWidthError, USConv2d, active_channels
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "projects", "segmentation", "configs", "mask_rcnn_US-R50_FPN_slimmable_tiny.yaml")

@@ -3,18 +3,15 @@ evaluation at three widths from one checkpoint, the uncalibrated-width rule, exp
 and a 2-process gloo sandwich run (tiny images, US-ResNet-18, few iterations)."""
 import json
 import os
-from dataclasses import replace
-
 import re
 import subprocess
 import sys
+from dataclasses import replace
 
+import mmcv.ops  # noqa: F401
+import mmdet  # noqa: F401
 import pytest
 import torch
-
-import mmdet  # noqa: F401
-import mmcv.ops  # noqa: F401
-
 from ckpt_helpers import ROOT
 from ports import free_port
 
@@ -49,7 +46,7 @@ def datasets(tiny_coco):
 @pytest.fixture(scope="module")
 def trained(datasets, tmp_path_factory):
     """One sandwich fine-tuning run of the slimmable Mask R-CNN through mmengine's Runner (2 iterations)."""
-    from us3l.mmdet.runner import train_main
+    from us3l.mmdet.engine import train_main
 
     work = tmp_path_factory.mktemp("slim_train")
     runner = train_main([MASK_CFG, "--work-dir", str(work), "--cfg-options", *_cli({**MODEL_OPTS, **RUN_OPTS})])
@@ -211,7 +208,7 @@ def test_interrupted_run_resumes_at_its_iteration_from_the_saved_state(datasets,
 
     from us3l.checkpoint.safe_load import load_torch
     from us3l.detection import sample_widths
-    from us3l.mmdet.runner import train_main
+    from us3l.mmdet.engine import train_main
     from us3l.mmdet.slimmable_detector import SlimmableMaskRCNN
 
     seen = []  # (iteration, widths, first backbone weight) at each training step: a spy, the real method runs

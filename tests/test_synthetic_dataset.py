@@ -7,15 +7,19 @@ import json
 import os
 
 import numpy as np
+import pycocotools  # noqa: F401 (the module under its own name, as the tests below use it)
 import pytest
 from PIL import Image
-
-import pycocotools  # noqa: F401 (the module under its own name, as the tests below use it)
 from pycocotools.coco import COCO  # noqa: E402
 from pycocotools.cocoeval import COCOeval  # noqa: E402
 
-from us3l.data.synthetic import (generate_classification_dataset, generate_coco_dataset,  # noqa: E402
-                                 mask_bbox, mask_to_polygons, polygons_to_mask)
+from us3l.data.synthetic import (  # noqa: E402
+    generate_classification_dataset,
+    generate_coco_dataset,
+    mask_bbox,
+    mask_to_polygons,
+    polygons_to_mask,
+)
 
 
 def _digest(root):

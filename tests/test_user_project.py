@@ -17,7 +17,6 @@ import subprocess
 import sys
 
 import pytest
-
 from ckpt_helpers import us_r50_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -152,9 +151,9 @@ def test_d2_stock_trainer_stops_naming_the_loader(project):
     cwd, coco = project
     (cwd / "tiny.yaml").write_text(D2_TINY)
     script = (cwd / "train_mine.py").read_text()
-    stock = script.replace("from us3l.d2.engine import US3LTrainer", "from detectron2.engine import DefaultTrainer")
-    stock = stock.replace("US3LTrainer(cfg)", "DefaultTrainer(cfg)")
-    assert stock != script and "US3LTrainer" not in stock.split("#")[0]
+    stock = script.replace("import us3l.d2\n", "import us3l.d2\nfrom detectron2.engine import DefaultTrainer\n")
+    stock = stock.replace("us3l.d2.US3LTrainer(cfg)", "DefaultTrainer(cfg)")
+    assert "DefaultTrainer(cfg)" in stock and "US3LTrainer(" not in stock
     (cwd / "train_stock.py").write_text(stock)
     r = _run(["train_stock.py", "tiny.yaml", "OUTPUT_DIR", "out_stock"], cwd, coco["datasets_dir"])
     assert r.returncode != 0
@@ -278,15 +277,34 @@ def _detections(stdout: str) -> dict[float, list[int]]:
     return out
 
 
-def test_d2_python_api_example(project):
-    """A slimmable detector trained by the repository's entry point (2 iterations), then the README's script."""
+@pytest.fixture(scope="module")
+def slim_d2(project):
+    """A slimmable detector trained by the repository's entry point (2 iterations, calibrated at 3 widths)."""
     cwd, coco = project
     (cwd / "slim_r18.yaml").write_text(D2_SLIM.format(root=ROOT))
     r = _run([os.path.join(ROOT, "projects", "segmentation", "train_net.py"), "--config-file", "slim_r18.yaml",
               "OUTPUT_DIR", "slim_d2"], cwd, coco["datasets_dir"])
     assert r.returncode == 0, r.stderr[-3000:]
-    image = os.path.join(coco["val_images"], sorted(os.listdir(coco["val_images"]))[0])
-    r = _run(["d2_widths.py", "slim_r18.yaml", "slim_d2/model_final.pth", image], cwd, coco["datasets_dir"])
+    return "slim_r18.yaml", "slim_d2/model_final.pth"
+
+
+@pytest.fixture(scope="module")
+def slim_mmdet(project):
+    cwd, coco = project
+    (cwd / "slim_r18_mmdet.py").write_text(MMDET_SLIM.format(root=ROOT))
+    r = _run([os.path.join(ROOT, "projects", "segmentation", "mmdet_train.py"), "slim_r18_mmdet.py", "--work-dir",
+              "slim_mmdet"], cwd, coco["datasets_dir"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    return "slim_r18_mmdet.py", "slim_mmdet/epoch_1.pth"
+
+
+def _first_val_image(coco) -> str:
+    return os.path.join(coco["val_images"], sorted(os.listdir(coco["val_images"]))[0])
+
+
+def test_d2_python_api_example(project, slim_d2):
+    cwd, coco = project
+    r = _run(["d2_widths.py", *slim_d2, _first_val_image(coco)], cwd, coco["datasets_dir"])
     assert r.returncode == 0, r.stderr[-3000:]
     assert re.findall(r"^width ([\d.]+): box AP", r.stdout, flags=re.M) == ["1.0", "0.5", "0.25"], r.stdout
     found = _detections(r.stdout)
@@ -295,16 +313,118 @@ def test_d2_python_api_example(project):
     assert (cwd / "model_calibrated.pth").is_file()
 
 
-def test_mmdet_python_api_example(project):
+def test_mmdet_python_api_example(project, slim_mmdet):
     cwd, coco = project
-    (cwd / "slim_r18_mmdet.py").write_text(MMDET_SLIM.format(root=ROOT))
-    r = _run([os.path.join(ROOT, "projects", "segmentation", "mmdet_train.py"), "slim_r18_mmdet.py", "--work-dir",
-              "slim_mmdet"], cwd, coco["datasets_dir"])
-    assert r.returncode == 0, r.stderr[-3000:]
-    image = os.path.join(coco["val_images"], sorted(os.listdir(coco["val_images"]))[0])
-    r = _run(["mmdet_widths.py", "slim_r18_mmdet.py", "slim_mmdet/epoch_1.pth", image], cwd, coco["datasets_dir"])
+    r = _run(["mmdet_widths.py", *slim_mmdet, _first_val_image(coco)], cwd, coco["datasets_dir"])
     assert r.returncode == 0, r.stderr[-3000:]
     assert re.findall(r"^width ([\d.]+): box mAP", r.stdout, flags=re.M) == ["1.0", "0.5", "0.25"], r.stdout
     found = _detections(r.stdout)
     assert sorted(found) == [0.25, 0.5, 1.0] and found[0.5][0] == found[0.5][1], r.stdout
     assert (cwd / "plain_w0.50.pth").is_file() and (cwd / "plain_w0.50.py").is_file()
+
+
+@pytest.fixture(scope="module")
+def own_set(project):
+    """The user's own COCO-format set, under another name and folder than us3l_shapes (a copy of the val split
+    with fewer images, so its AP differs from the embedded set's)."""
+    cwd, coco = project
+    images = cwd / "mine" / "images"
+    shutil.copytree(coco["val_images"], images)
+    doc = json.load(open(coco["val_json"]))
+    keep = {im["id"] for im in doc["images"][:4]}
+    for im in doc["images"][4:]:
+        os.remove(images / im["file_name"])
+    doc = dict(doc, images=doc["images"][:4], annotations=[a for a in doc["annotations"] if a["image_id"] in keep])
+    (cwd / "mine" / "instances.json").write_text(json.dumps(doc))
+    return "mine", str(cwd / "mine" / "instances.json"), str(images)
+
+
+@pytest.mark.parametrize("framework", ["d2", "mmdet"])
+def test_eval_widths_on_the_users_own_set(project, slim_d2, slim_mmdet, own_set, framework):
+    """tools/eval_widths.py --dataset NAME JSON IMAGE_ROOT, as train_net.py has: the checkpoint evaluated on it."""
+    cwd, coco = project
+    config, weights = slim_d2 if framework == "d2" else slim_mmdet
+    out = cwd / f"ev_{framework}"
+    r = _run([os.path.join(ROOT, "tools", "eval_widths.py"), weights, "--framework", framework, "--config", config,
+              "--widths", "0.5", "--output-dir", str(out), "--calibrate-batches", "2", "--dataset", *own_set], cwd,
+             coco["datasets_dir"])
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    rows = json.load(open(out / "results.json"))["rows"]
+    assert [row["width"] for row in rows] == [0.5] and rows[0]["box_AP"] is not None
+    log = r.stdout + r.stderr
+    if framework == "d2":  # Detectron2's loader read the user's file (4 images, not the embedded set's 8)
+        assert f"Loaded 4 images in COCO format from {own_set[1]}" in log, log[-3000:]
+    else:
+        assert f"on 4 images of {own_set[1]}" in log, log[-3000:]
+    bad = _run([os.path.join(ROOT, "tools", "eval_widths.py"), weights, "--framework", framework, "--config", config,
+                "--widths", "0.5", "--output-dir", str(cwd / "ev_bad"), "--dataset", "mine", "missing.json",
+                own_set[2]], cwd, coco["datasets_dir"])
+    assert bad.returncode == 2 and "annotation file not found" in bad.stderr and not (cwd / "ev_bad").exists()
+
+
+@pytest.fixture(scope="module")
+def slim_mmdet_calibrated(project, slim_mmdet):
+    """MMDetection's training calibrates nothing: tools/calibrate_detector.py at the demo's widths."""
+    cwd, coco = project
+    config, weights = slim_mmdet
+    r = _run([os.path.join(ROOT, "tools", "calibrate_detector.py"), weights, "slim_mmdet/calibrated.pth", "--config",
+              config, "--widths", "1.0", "0.5", "0.25", "--num-batches", "2"], cwd, coco["datasets_dir"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    return config, "slim_mmdet/calibrated.pth"
+
+
+def _reference_detections(framework, cwd, config, weights, image, width, datasets_dir):  # in this process
+    """The framework's own inference API at ``width``, loaded independently of tools/demo.py (Detectron2's
+    DefaultPredictor with its stock checkpointer; MMDetection's init_detector + inference_detector)."""
+    import us3l
+
+    if framework == "d2":
+        from detectron2.data.detection_utils import read_image
+        from detectron2.engine import DefaultPredictor
+
+        from us3l.d2 import load_config, register_us3l_datasets
+
+        register_us3l_datasets(str(datasets_dir))
+        cfg = load_config(str(cwd / config), ["MODEL.WEIGHTS", str(cwd / weights), "MODEL.DEVICE", "cpu"])
+        predictor = DefaultPredictor(cfg)
+        us3l.set_width(predictor.model, width)
+        inst = predictor(read_image(image, format="BGR"))["instances"]
+        return inst.pred_boxes.tensor, inst.scores
+    from mmdet.apis import inference_detector, init_detector
+
+    import us3l.mmdet  # noqa: F401
+
+    model = init_detector(str(cwd / config), str(cwd / weights), device="cpu")
+    us3l.set_width(model, width)
+    pred = inference_detector(model, image).pred_instances
+    return pred.bboxes, pred.scores
+
+
+@pytest.mark.parametrize("framework", ["d2", "mmdet"])
+def test_demo_shows_every_width(project, slim_d2, slim_mmdet_calibrated, framework, monkeypatch):
+    """tools/demo.py: one panel per (image, width), titled with latency and GFLOPs; the detections it draws are
+    the framework's own inference at that width."""
+    import torch
+    from PIL import Image
+
+    cwd, coco = project
+    config, weights = slim_d2 if framework == "d2" else slim_mmdet_calibrated
+    images = [os.path.join(coco["val_images"], n) for n in sorted(os.listdir(coco["val_images"]))[:2]]
+    out = cwd / f"grid_{framework}.png"
+    r = _run([os.path.join(ROOT, "tools", "demo.py"), weights, *images, "--config", config, "--widths", "1.0", "0.5",
+              "0.25", "--output", str(out), "--score-thresh", "0.0", "--runs", "1"], cwd, coco["datasets_dir"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    with Image.open(out) as png:
+        assert png.size[0] > 3 * 200 and png.size[1] > 2 * 200  # three panels wide, two tall
+    panels = json.load(open(out.with_suffix(".json")))["panels"]
+    assert [(os.path.basename(p["image"]), p["width"]) for p in panels] == [
+        (os.path.basename(im), w) for im in images for w in (1.0, 0.5, 0.25)]
+    for im in images:  # a narrower detector costs less
+        gflops = [p["gflops"] for p in panels if p["image"] == im]
+        assert gflops[0] > gflops[1] > gflops[2] > 0
+    panel = next(p for p in panels if p["image"] == images[0] and p["width"] == 0.5)
+    monkeypatch.setenv("US3L_DATASETS", str(coco["datasets_dir"]))
+    boxes, scores = _reference_detections(framework, cwd, config, weights, images[0], 0.5, coco["datasets_dir"])
+    assert len(panel["scores"]) == len(scores) > 0
+    assert torch.allclose(torch.tensor(panel["boxes"]), boxes.float(), atol=1e-3)
+    assert torch.allclose(torch.tensor(panel["scores"]), scores.float(), atol=1e-4)

@@ -10,8 +10,8 @@ deconv + predictor). Any backbone key left unconverted is an error; other heads 
 """
 import sys
 
-from us3l.checkpoint.convert_cli import convert_detector, detector_converter_parser
 from us3l.checkpoint.frameworks import convert_d2_to_mmdet
+from us3l.convert_cli import convert_detector, detector_converter_parser
 
 
 def main(argv=None) -> int:

@@ -8,9 +8,9 @@ Detectron2 gets its original metadata back (round trip bit-identical); a bare tr
 """
 import sys
 
-from us3l.checkpoint.convert_cli import convert_detector, detector_converter_parser
 from us3l.checkpoint.frameworks import convert_mmdet_to_d2
 from us3l.checkpoint.keymaps import D2_LAYOUTS
+from us3l.convert_cli import convert_detector, detector_converter_parser
 
 
 def main(argv=None) -> int:

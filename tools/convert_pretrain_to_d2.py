@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import sys
 
-from us3l.checkpoint.convert_cli import backbone_converter_parser, convert_backbone
 from us3l.checkpoint.d2_format import convert_backbone_to_d2, describe_d2_backbone
+from us3l.convert_cli import backbone_converter_parser, convert_backbone
 
 
 def main(argv=None) -> int:

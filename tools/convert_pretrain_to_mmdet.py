@@ -9,8 +9,8 @@ Keys left out on purpose (projector, EMA encoder, predictors) are listed.
 """
 import sys
 
-from us3l.checkpoint.convert_cli import backbone_converter_parser, convert_backbone
 from us3l.checkpoint.mmdet_format import convert_backbone_to_mmdet, describe_mmdet_backbone
+from us3l.convert_cli import backbone_converter_parser, convert_backbone
 
 
 def main(argv=None) -> int:

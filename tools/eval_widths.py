@@ -23,6 +23,9 @@ backbone), or a template holding ``{width}``, replaced by the width as its tag w
 two decimals, three when needed; ``runs/w{width}/model_final.pth`` -> ``runs/w0.50/...``, ``runs/w0.375/...``):
 the usual case, one fine-tuned detector per width.
 
+Your own COCO-format set instead of the config's test set: ``--dataset NAME JSON IMAGE_ROOT`` (both frameworks,
+both modes; checked before anything runs).
+
 Real COCO on GPUs: ``--config projects/segmentation/configs/mask_rcnn_US-R50_FPN_1x.yaml --num-gpus 8`` (its test
 set is ``coco_2017_val`` under ``$DETECTRON2_DATASETS``); ``--opts`` passes anything else to the test entry point.
 """
@@ -33,9 +36,11 @@ import glob
 import json
 import os
 import shlex
+import shutil
 import sys
 import time
 
+from us3l.errors import BAD_INPUT_ERRORS
 from us3l.pipeline.live_log import tee_process
 from us3l.pipeline.results_table import render_markdown, write_results
 from us3l.width import width_tag, width_text
@@ -52,8 +57,9 @@ def weights_for(template: str, w: float) -> str:
 
 
 # ------------------------------------------------------------------------------------------ Detectron2
-def d2_eval_command(py, config, weights, out_dir, width, num_gpus, opts) -> list:
-    cmd = [py, "projects/segmentation/train_net.py", "--eval-only", "--config-file", config,
+def d2_eval_command(py, config, weights, out_dir, width, num_gpus, opts, dataset=None) -> list:
+    cmd = [py, "projects/segmentation/train_net.py", "--eval-only", *(["--dataset", *dataset] if dataset else []),
+           "--config-file", config,
            "--num-gpus", str(max(1, num_gpus)), "OUTPUT_DIR", out_dir, "MODEL.WEIGHTS", weights,
            "MODEL.US3L.WIDTH_MULT", str(width)]
     if num_gpus == 0:
@@ -93,7 +99,7 @@ def d2_arch(config: str) -> str:
 
 
 # ----------------------------------------------------------------------------------------- MMDetection
-def mmdet_eval_command(py, config, weights, out_dir, width, num_gpus, opts) -> list:
+def mmdet_eval_command(py, config, weights, out_dir, width, num_gpus, opts, dataset=None) -> list:
     cmd = [py, "projects/segmentation/mmdet_test.py", config, weights, "--width", str(width), "--work-dir", out_dir]
     if opts:
         cmd += ["--cfg-options", *opts]
@@ -146,14 +152,62 @@ FRAMEWORKS = {
 }
 
 
+def dataset_opts(framework: str, dataset) -> list[str]:
+    """``--dataset NAME JSON IMAGE_ROOT`` as the framework's test-set overrides, the set checked first (a bad set is
+    one error line, exit 2, before any evaluation). Detectron2 registers NAME (the per-width entry point gets
+    ``--dataset`` too); MMDetection reads the file and its category names directly."""
+    from us3l.data.datasets import check_coco_instances
+
+    name, json_file, image_root = dataset[0], os.path.abspath(dataset[1]), os.path.abspath(dataset[2])
+    doc = check_coco_instances(json_file, image_root, name)
+    if framework == "d2":
+        return ["DATASETS.TEST", f"('{name}',)"]
+    classes = ",".join(c["name"] for c in sorted(doc["categories"], key=lambda c: c["id"]))
+    return ["test_dataloader.dataset.data_root=", f"test_dataloader.dataset.ann_file={json_file}",
+            f"test_dataloader.dataset.data_prefix.img={image_root}/",
+            f"test_dataloader.dataset.metainfo.classes=[{classes}]", f"test_evaluator.ann_file={json_file}"]
+
+
 # -------------------------------------------------------------------------------------------------- main
+class ChildRefused(Exception):
+    """The evaluation entry point refused its input (exit 2): its own ``error:`` line is the message."""
+
+
 def run_logged(cmd: list, log_path: str, env: dict) -> None:
-    """Run with output shown live and saved; a failure names the log and the command."""
+    """Run with output shown live and saved; a refusal (exit 2) is :class:`ChildRefused` with the child's error line,
+    any other failure names the log and the command."""
     print(f"[eval_widths] {shlex.join(cmd)}", flush=True)
     with open(log_path, "wb") as log:
         rc, _ = tee_process(cmd, log, REPO, env)
+    if rc == 2:
+        with open(log_path, errors="replace") as f:
+            lines = [line.strip() for line in f if line.strip().startswith("error:")]
+        raise ChildRefused(lines[-1] if lines else f"error: the evaluation refused its input; log: {log_path}")
     if rc != 0:
         raise SystemExit(f"[eval_widths] evaluation failed (exit {rc}); log: {log_path}")
+
+
+def evaluate_each_width(args, config: str, out: str, widths, weights: dict, env: dict, created: bool) -> list[dict]:
+    """One evaluation process per width (the framework's test entry point); its metrics as rows. A refusal by the
+    entry point (exit 2) is reported as its own error line, exit 2, and leaves nothing behind."""
+    _, eval_command, read_metrics, _ = FRAMEWORKS[args.framework]
+    rows = []
+    for i, w in enumerate(widths, 1):
+        t0 = time.time()
+        print(f"[eval_widths] ({i}/{len(widths)}) width {w:g}: COCO evaluation", flush=True)
+        wdir = os.path.join(out, "eval", width_tag(w))  # made by the entry point itself
+        try:
+            run_logged(eval_command(sys.executable, config, weights[w], wdir, w, args.num_gpus, args.opts,
+                                    args.dataset if args.framework == "d2" else None),
+                       os.path.join(out, "logs", f"eval_{width_tag(w)}.log"), env)
+        except ChildRefused as e:  # the user's input is wrong: say what the entry point said
+            if created:
+                shutil.rmtree(out, ignore_errors=True)
+            print(str(e), file=sys.stderr)
+            raise SystemExit(2) from None
+        rows.append({"width": w, **read_metrics(wdir, w), "weights": weights[w],
+                     "eval_seconds": round(time.time() - t0, 1)})
+    return rows
 
 
 def main(argv=None) -> dict:
@@ -166,6 +220,8 @@ def main(argv=None) -> dict:
     p.add_argument("--output-dir", required=True)
     p.add_argument("--num-gpus", type=int, default=0, help="0: CPU")
     p.add_argument("--datasets", default=None, help="sets $US3L_DATASETS (where us3l_shapes is looked up)")
+    p.add_argument("--dataset", nargs=3, metavar=("NAME", "JSON", "IMAGE_ROOT"), default=None,
+                   help="evaluate on your own COCO-format instance set instead of the config's test set")
     p.add_argument("--arch", default=None, help="backbone for profiling (default: read from the config)")
     p.add_argument("--profile-size", type=int, default=224, help="input side for GFLOPs and latency")
     p.add_argument("--latency-runs", type=int, default=10, help="timed forward passes per width (0: skip)")
@@ -176,8 +232,14 @@ def main(argv=None) -> dict:
     p.add_argument("--opts", nargs=argparse.REMAINDER, default=[],
                    help="passed to the framework's test entry point (Detectron2 KEY VALUE / MMDetection key=value)")
     args = p.parse_args(argv)
+    if args.dataset:
+        try:
+            args.opts = [*args.opts, *dataset_opts(args.framework, args.dataset)]
+        except BAD_INPUT_ERRORS as e:
+            print(f"error: {e}".splitlines()[0], file=sys.stderr)
+            raise SystemExit(2) from None
 
-    default_config, eval_command, read_metrics, arch_of_config = FRAMEWORKS[args.framework]
+    default_config, _, _, arch_of_config = FRAMEWORKS[args.framework]
     # defaults live in the repository; a user's path is relative to where they stand (stages run in REPO)
     config = os.path.abspath(args.config) if args.config else os.path.join(REPO, default_config)
     out = os.path.abspath(args.output_dir)
@@ -185,6 +247,7 @@ def main(argv=None) -> dict:
         slim = slimmable_main(args, config, out)
         if slim is not None:
             return slim
+    created = not os.path.exists(out)
     os.makedirs(os.path.join(out, "logs"), exist_ok=True)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     if args.datasets:
@@ -196,18 +259,7 @@ def main(argv=None) -> dict:
     if missing:
         raise SystemExit(f"[eval_widths] weights not found: {missing}")
 
-    rows = []
-    for i, w in enumerate(widths, 1):
-        t0 = time.time()
-        print(f"[eval_widths] ({i}/{len(widths)}) width {w:g}: COCO evaluation", flush=True)
-        wdir = os.path.join(out, "eval", width_tag(w))
-        os.makedirs(wdir, exist_ok=True)
-        run_logged(eval_command(sys.executable, config, weights[w], wdir, w, args.num_gpus, args.opts),
-                   os.path.join(out, "logs", f"eval_{width_tag(w)}.log"), env)
-        row = {"width": w, **read_metrics(wdir, w), "weights": weights[w],
-               "eval_seconds": round(time.time() - t0, 1)}
-        rows.append(row)
-
+    rows = evaluate_each_width(args, config, out, widths, weights, env, created)
     arch = args.arch or rows[0].get("arch") or arch_of_config(config)
     from us3l.profiling import profile_width
 
@@ -252,13 +304,18 @@ def slimmable_main(args, config: str, out: str):
         if not backend.is_slimmable(config, args.opts):
             return None
         if args.framework == "d2":
+            from detectron2.utils.logger import setup_logger
+
             import us3l.d2 as d2
 
+            setup_logger(name="detectron2")  # Detectron2's own progress and evaluation logs, as its tools show them
             d2.register_us3l_datasets()
+            if args.dataset:
+                d2.register_coco_json(*args.dataset)
         rows = backend.evaluate(args.weights, config, args.widths, out, args.opts,
                                 calibrate_batches=args.calibrate_batches)
     except (CheckpointError, UncalibratedWidthError, *USER_ERRORS) as e:
-        print(f"[eval_widths] error: {e}".splitlines()[0], file=sys.stderr)
+        print(f"error: {e}".splitlines()[0], file=sys.stderr)
         raise SystemExit(2) from None
     import torch
 

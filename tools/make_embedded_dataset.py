@@ -9,10 +9,16 @@ import argparse
 import json
 
 from us3l.cli import exit_with
-from us3l.data.datasets import embedded_root
-from us3l.data.synthetic import (CLASSIFICATION_STYLES, POOL_LAYOUTS, DETECTION_STYLES, default_dataset_root,
-                                 generate_classification_dataset, generate_coco_dataset,
-                                 generate_unlabelled_pool)
+from us3l.data.paths import embedded_root
+from us3l.data.synthetic import (
+    CLASSIFICATION_STYLES,
+    DETECTION_STYLES,
+    POOL_LAYOUTS,
+    default_dataset_root,
+    generate_classification_dataset,
+    generate_coco_dataset,
+    generate_unlabelled_pool,
+)
 
 
 def main(argv=None):

@@ -9,7 +9,7 @@
 
 Tools wrap their ``main`` with :func:`run_tool` (or :func:`exit_with` under ``if __name__ == "__main__"``).
 The command lines that are also console scripts (``us3l-pretrain``, ``us3l-eval-ssl``) live here; the
-Detectron2 / MMDetection ones in :mod:`us3l.d2.engine` and :mod:`us3l.mmdet.runner`.
+Detectron2 / MMDetection ones in :mod:`us3l.d2.engine` and :mod:`us3l.mmdet.engine`.
 """
 from __future__ import annotations
 
@@ -18,19 +18,15 @@ import json
 import os
 import sys
 
-from .errors import DatasetFormatError  # re-exported: tools import it from here
+from .errors import BAD_INPUT_ERRORS, DatasetFormatError, US3LError  # re-exported: tools import them from here
 
 BAD_INPUT = 2
 STOPPED = 3
 
 
 def bad_input_errors() -> tuple[type[BaseException], ...]:
-    """Exception types that mean "the user's input is wrong" (imported here, lazily, to keep tools light)."""
-    from .checkpoint.report import CheckpointError
-    from .ops.norm import UncalibratedWidthError
-
-    return (CheckpointError, UncalibratedWidthError, DatasetFormatError, FileNotFoundError, NotADirectoryError,
-            IsADirectoryError, ValueError)
+    """Exception types that mean "the user's input is wrong": :data:`us3l.errors.BAD_INPUT_ERRORS`."""
+    return BAD_INPUT_ERRORS
 
 
 def error_line(e: BaseException) -> str:
@@ -65,7 +61,7 @@ Writes ``last.pth`` (every checkpoint), ``ckpt_XXXXXXXX.pth`` (periodic, keep-la
 
 def pretrain_main(argv=None) -> int:
     from .engine import distributed as du
-    from .engine.config import ConfigError, load_config
+    from .engine.config import load_config
     from .engine.trainer import pretrain
 
     ap = argparse.ArgumentParser(description=PRETRAIN_USAGE, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -79,7 +75,7 @@ def pretrain_main(argv=None) -> int:
     try:
         init = [f"model.init_from={json.dumps(args.init_from)}"] if args.init_from else []  # quoted YAML scalar
         summary = pretrain(load_config(args.config, list(args.overrides) + init), args.output_dir, args.resume)
-    except (ConfigError, *bad_input_errors()) as e:
+    except bad_input_errors() as e:  # ConfigError is a US3LError
         print(error_line(e), file=sys.stderr)
         return BAD_INPUT
     finally:
@@ -103,7 +99,8 @@ def eval_ssl_main(argv=None) -> int:
 
     from .checkpoint.model_io import build_model_from_checkpoint
     from .data import build_dataset, eval_transform
-    from .data.datasets import embedded_root, prepare_embedded
+    from .data.datasets import prepare_embedded
+    from .data.paths import embedded_root
     from .data.synthetic import CLASSIFICATION_STYLES
     from .ssl.evaluation import evaluate_widths, markdown_table
 
@@ -173,5 +170,5 @@ def eval_ssl_cli() -> int:
     return eval_ssl_main()
 
 
-__all__ = ["BAD_INPUT", "STOPPED", "DatasetFormatError", "bad_input_errors", "error_line", "run_tool", "exit_with",
-           "pretrain_main", "eval_ssl_main", "pretrain_cli", "eval_ssl_cli"]
+__all__ = ["BAD_INPUT", "STOPPED", "BAD_INPUT_ERRORS", "DatasetFormatError", "US3LError", "bad_input_errors",
+           "error_line", "run_tool", "exit_with", "pretrain_main", "eval_ssl_main", "pretrain_cli", "eval_ssl_cli"]

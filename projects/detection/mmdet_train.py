@@ -9,7 +9,7 @@ Metrics are named by width (``w0.50/bbox_mAP``) and written to WORK_DIR/metrics_
 """
 import sys
 
-from us3l.mmdet.runner import train_cli
+from us3l.mmdet.engine import train_cli
 
 if __name__ == "__main__":
     sys.exit(train_cli())

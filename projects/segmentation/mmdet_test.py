@@ -7,7 +7,7 @@ The width must be the one the checkpoint was fine-tuned at. Metrics go to WORK_D
 """
 import sys
 
-from us3l.mmdet.runner import test_cli
+from us3l.mmdet.engine import test_cli
 
 if __name__ == "__main__":
     sys.exit(test_cli())

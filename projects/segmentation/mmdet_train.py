@@ -4,7 +4,7 @@ projects/detection/mmdet_train.py (``--width``, ``--work-dir``, ``--cfg-options`
 for the configs in projects/segmentation/mmdet_configs/."""
 import sys
 
-from us3l.mmdet.runner import train_cli
+from us3l.mmdet.engine import train_cli
 
 if __name__ == "__main__":
     sys.exit(train_cli())

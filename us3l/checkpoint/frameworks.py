@@ -16,8 +16,7 @@ from collections.abc import Mapping
 import torch
 
 from .d2_format import D2_PKL_FORMAT, META_FIELDS, META_KEY, read_d2_checkpoint, write_d2_checkpoint
-from .keymaps import (D2_TRUNK_PREFIXES, detect_d2_layout, detect_mmdet_layout, d2_to_mmdet, mmdet_to_d2,
-                      permute_anchors)
+from .keymaps import D2_TRUNK_PREFIXES, d2_to_mmdet, detect_d2_layout, detect_mmdet_layout, mmdet_to_d2, permute_anchors
 from .mmdet_format import read_mmdet_checkpoint, write_mmdet_checkpoint
 from .report import CheckpointError
 

@@ -16,16 +16,16 @@ Formats (all hold only tensors and plain metadata; they load with ``torch.load(w
 from __future__ import annotations
 
 import os
-import re
 import tempfile
 from collections.abc import Mapping
 
 import torch
 
 from ..ops.width_state import DEFAULT_WIDTH_RANGE
+from .arch import infer_arch
+from .keymaps import D2_FPN_TRUNK_PREFIX, d2_to_tv, rename_all
 from .reference import extract_reference, is_reference, width_from_name
 from .report import CheckpointError, LoadReport
-from .keymaps import D2_FPN_TRUNK_PREFIX, d2_to_tv, rename_all
 from .safe_load import is_pickle_file, load_pickle, load_torch
 from .slicing import calibrated_widths_in, has_native_stats
 
@@ -67,21 +67,6 @@ def is_backbone_file(obj) -> bool:
         return True
     inner = next((obj[k] for k in ("state_dict", "model") if isinstance(obj.get(k), Mapping)), obj)
     return "conv1.weight" in inner and any(str(k).startswith("layer1.") for k in inner)
-
-
-def infer_arch(state: Mapping[str, torch.Tensor]) -> tuple[str, bool]:
-    """(architecture name, CIFAR stem?) of a torchvision-named backbone state dict."""
-    if "features.0.0.weight" in state:
-        return "mobilenet_v2", False
-    if "conv1.weight" not in state:
-        raise CheckpointError("not a ResNet/MobileNetV2 backbone state dict (no conv1.weight / features.0.0.weight); "
-                              f"first keys: {list(state)[:5]}")
-    bottleneck = "layer1.0.conv3.weight" in state
-    n3 = len({m.group(1) for k in state for m in [re.match(r"layer3\.(\d+)\.", k)] if m})
-    depth = {(False, 2): 18, (False, 6): 34, (True, 6): 50, (True, 23): 101}.get((bottleneck, n3))
-    if depth is None:
-        raise CheckpointError(f"unrecognised ResNet layout (bottleneck={bottleneck}, {n3} blocks in layer3)")
-    return f"resnet{depth}", state["conv1.weight"].shape[-1] == 3
 
 
 def _strip(state: Mapping, prefix: str) -> dict:

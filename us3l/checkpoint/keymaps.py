@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import re
 
-
-
 # where a Detectron2 FPN detector keeps its ResNet trunk (a C4 detector: ``backbone.`` + ``roi_heads.res5.``)
 D2_FPN_TRUNK_PREFIX = "backbone.bottom_up."
 

@@ -17,8 +17,15 @@ from collections.abc import Mapping
 import torch
 
 from .fit import check_detection_backbone
-from .io import (BACKBONE_FORMAT, PRETRAIN_FORMAT, atomic_save, extract_backbone, load_backbone, read_checkpoint,
-                 read_framework_checkpoint)
+from .io import (
+    BACKBONE_FORMAT,
+    PRETRAIN_FORMAT,
+    atomic_save,
+    extract_backbone,
+    load_backbone,
+    read_checkpoint,
+    read_framework_checkpoint,
+)
 from .report import CheckpointError, LoadReport
 
 MMDET_BACKBONE_FORMAT = "us3l.mmdet-backbone/1"

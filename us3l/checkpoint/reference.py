@@ -22,6 +22,7 @@ from collections.abc import Mapping
 
 import torch
 
+from .arch import infer_arch
 from .report import CheckpointError, LoadReport
 
 # reference ``arch`` names -> (our architecture, CIFAR stem)
@@ -109,8 +110,6 @@ def _unwrap(state: Mapping) -> dict:
 
 
 def _reference_arch(name, backbone) -> tuple[str, bool]:
-    from .io import infer_arch  # (io imports this module)
-
     arch, cifar = infer_arch(backbone)
     if name is None:
         return arch, cifar

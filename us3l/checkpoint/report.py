@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import dataclasses
 
+from ..errors import US3LError
 
-class CheckpointError(RuntimeError):
+
+class CheckpointError(US3LError, RuntimeError):
     """A checkpoint cannot be read or does not fit the model it is loaded into."""
 
 

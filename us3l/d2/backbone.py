@@ -21,7 +21,7 @@ from .config import us3l_width
 from .conventions import check_pretrained_conventions
 
 # what a stock DetectionCheckpointer / DefaultTrainer user is told when a load would skip tensors
-LOADER_FIX = ("Load US3L files with us3l.d2.US3LCheckpointer: train with us3l.d2.engine.US3LTrainer (Detectron2's "
+LOADER_FIX = ("Load US3L files with us3l.d2.US3LCheckpointer: train with us3l.d2.US3LTrainer (Detectron2's "
               "DefaultTrainer with that checkpointer) or us3l-train-net, or set trainer.checkpointer = "
               "us3l.d2.US3LCheckpointer(trainer.model, cfg.OUTPUT_DIR, cfg=cfg) before trainer.resume_or_load(); "
               "for inference, us3l.d2.US3LCheckpointer(model, cfg=cfg).load(path)")

@@ -25,7 +25,7 @@ from detectron2.checkpoint.c2_model_loading import align_and_update_state_dicts
 from detectron2.layers import FrozenBatchNorm2d
 from detectron2.modeling.backbone.resnet import BottleneckBlock
 
-from ..checkpoint import CheckpointError, LoadReport, extract_backbone, fit_backbone
+from ..checkpoint import CheckpointError, LoadReport, atomic_save, extract_backbone, fit_backbone
 from ..checkpoint.d2_format import META_KEY, backbone_to_d2, read_pkl
 from ..checkpoint.io import is_backbone_file, read_framework_checkpoint
 from .backbone import find_us3l_resnet
@@ -74,6 +74,41 @@ class US3LCheckpointer(DetectionCheckpointer):
         super().__init__(model, save_dir, **kwargs)
         self.bn_stats = bn_stats_policy(cfg) if cfg is not None else "calibrated"
         self.last_report: LoadReport | None = None
+
+    # -- writing / finding -----------------------------------------------------------------------------------
+    def save(self, name: str, **kwargs) -> None:
+        """fvcore's ``save``, written atomically (temporary file + rename): a kill or a full disk during a save
+        leaves the previous checkpoints and ``last_checkpoint`` as they were."""
+        if not self.save_dir or not self.save_to_disk:
+            return
+        data = {"model": self.model.state_dict(), **{k: v.state_dict() for k, v in self.checkpointables.items()},
+                **kwargs}
+        basename = f"{name}.pth"
+        path = os.path.join(self.save_dir, basename)
+        self.logger.info("Saving checkpoint to %s", path)
+        atomic_save(data, path)
+        self.tag_last_checkpoint(basename)
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        tmp = os.path.join(self.save_dir, ".last_checkpoint.tmp")
+        with open(tmp, "w") as f:
+            f.write(last_filename_basename)
+        os.replace(tmp, os.path.join(self.save_dir, "last_checkpoint"))
+
+    def get_checkpoint_file(self) -> str:
+        """The checkpoint ``--resume`` continues from: the one ``last_checkpoint`` names, or, if that one does not
+        read (a save cut short by a full disk or a kill, before saves were atomic), the newest intact one."""
+        path = super().get_checkpoint_file()
+        problem = _unreadable(path) if path else None
+        if problem is None:
+            return path
+        intact = newest_intact(self.save_dir, skip=os.path.basename(path))
+        if intact is None:
+            raise CheckpointError(f"--resume: {path} (named in last_checkpoint) is {problem} and no intact "
+                                  "checkpoint is beside it: rerun without --resume to start again")
+        logger.warning("--resume: %s (named in last_checkpoint) is %s; resuming from %s, the newest intact "
+                       "checkpoint beside it", path, problem, intact)
+        return os.path.join(self.save_dir, intact)
 
     # -- reading -------------------------------------------------------------------------------------------
     def _load_file(self, filename: str):
@@ -211,22 +246,25 @@ def _unreadable(path: str) -> str | None:
     return None
 
 
+def newest_intact(output_dir: str, skip: str = "") -> str | None:
+    """The newest ``model_*.pth`` (``model_final.pth`` first) in ``output_dir`` that reads, other than ``skip``."""
+    names = sorted((os.path.basename(p) for p in glob.glob(os.path.join(output_dir, "model_*.pth"))),
+                   key=lambda n: (n == "model_final.pth", n), reverse=True)
+    return next((n for n in names if n != skip and _unreadable(os.path.join(output_dir, n)) is None), None)
+
+
 def check_resumable(output_dir: str) -> None:
-    """Before anything is written: the checkpoint ``--resume`` would continue from reads, or the error names
-    the newest intact one beside it (Detectron2 would rewrite config.yaml and the log, then fail in the load)."""
+    """Before anything is written: ``--resume`` has a checkpoint to continue from. The one ``last_checkpoint`` names,
+    or, when that one is damaged (a save cut short), the newest intact one beside it, which
+    :meth:`US3LCheckpointer.get_checkpoint_file` then takes (saying so); with neither, an error (Detectron2 would
+    rewrite config.yaml and the log, then fail in the load)."""
     last = os.path.join(output_dir, "last_checkpoint")
     if not os.path.isfile(last):
         return  # nothing to resume: training starts from MODEL.WEIGHTS, as in Detectron2
     with open(last) as f:
         name = f.read().strip()
     problem = _unreadable(os.path.join(output_dir, name))
-    if problem is None:
+    if problem is None or newest_intact(output_dir, skip=name):
         return
-    others = sorted((os.path.basename(p) for p in glob.glob(os.path.join(output_dir, "model_*.pth"))),
-                    reverse=True)
-    intact = next((p for p in others if p != name and _unreadable(os.path.join(output_dir, p)) is None), None)
-    hint = (f"the newest intact checkpoint beside it is {intact}: to continue from it, write its name into {last} "
-            f"(echo {intact} > {last}) and rerun with --resume" if intact else
-            "no intact checkpoint is beside it: rerun without --resume to start again")
-    raise CheckpointError(f"--resume: {os.path.join(output_dir, name)} (named in last_checkpoint) is {problem}; "
-                          f"{hint}; nothing was written")
+    raise CheckpointError(f"--resume: {os.path.join(output_dir, name)} (named in last_checkpoint) is {problem} and no "
+                          "intact checkpoint is beside it: rerun without --resume to start again; nothing was written")

@@ -1,6 +1,9 @@
 """``MODEL.US3L`` config keys: the one place the detector's width and BN-statistics choice are declared."""
 from __future__ import annotations
 
+import difflib
+import re
+
 from detectron2.config import CfgNode as CN
 
 from ..checkpoint import BN_STATS_POLICIES
@@ -50,14 +53,38 @@ def add_us3l_config(cfg: CN) -> CN:
 
 
 def load_config(config_file: str, opts=()) -> CN:
-    """Detectron2 defaults + ``MODEL.US3L`` + a YAML file (``_BASE_`` inherited) + ``KEY VALUE`` overrides."""
+    """Detectron2 defaults + ``MODEL.US3L`` + a YAML file (``_BASE_`` inherited) + ``KEY VALUE`` overrides.
+
+    A key Detectron2 does not know is a ``ValueError`` naming it and the closest valid key (yacs raises a bare
+    ``KeyError`` / ``AssertionError``, which the tools would print as a traceback)."""
     from detectron2.config import get_cfg
 
     cfg = get_cfg()
     add_us3l_config(cfg)
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(list(opts))
+    for source, merge in ((config_file, lambda: cfg.merge_from_file(config_file)),
+                          ("the command-line overrides", lambda: cfg.merge_from_list(list(opts)))):
+        try:
+            merge()
+        except (KeyError, AssertionError) as e:
+            raise _config_key_error(cfg, str(e).strip("'\""), source) from None
     return cfg
+
+
+def _config_key_error(cfg: CN, message: str, source: str) -> ValueError:
+    m = re.search(r"Non-existent (?:config )?key: (\S+)", message)
+    if m is None:  # a renamed key, an odd number of overrides...: yacs' own words
+        return ValueError(f"{source}: {message}")
+    key = m.group(1)
+    close = difflib.get_close_matches(key, _dotted_keys(cfg), n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]}?" if close else ""
+    return ValueError(f"{source}: {key} is not a Detectron2 / US3L config key{hint}")
+
+
+def _dotted_keys(node: CN, prefix: str = "") -> list[str]:
+    out = []
+    for k, v in node.items():
+        out += _dotted_keys(v, f"{prefix}{k}.") if isinstance(v, CN) else [f"{prefix}{k}"]
+    return out
 
 
 def us3l_width(cfg: CN) -> float:

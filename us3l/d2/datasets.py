@@ -14,13 +14,15 @@ import os
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 
-from ..data.datasets import check_coco_instances, datasets_root
+from ..data.datasets import check_coco_instances
+from ..data.paths import datasets_root
+from ..errors import DatasetFormatError, US3LError
 
 SHAPES_NAME = "us3l_shapes"
 SPLITS = ("train", "val")
 
 
-class DatasetFilesError(FileNotFoundError):
+class DatasetFilesError(US3LError, FileNotFoundError):
     """A registered dataset's annotation json or image folder is missing."""
 
 
@@ -53,7 +55,7 @@ def register_coco_json(name: str, json_file: str, image_root: str, hint: str = "
 
 
 def register_us3l_datasets(datasets_dir: str | None = None) -> dict[str, str]:
-    """Register ``us3l_shapes_{train,val}`` under ``datasets_dir`` (default: ``us3l.data.datasets.datasets_root()``)."""
+    """Register ``us3l_shapes_{train,val}`` under ``datasets_dir`` (default: ``us3l.data.paths.datasets_root()``)."""
     datasets_dir = datasets_dir or datasets_root()
     root = os.path.join(datasets_dir, SHAPES_NAME)
     hint = (f"The embedded dataset is looked up in $US3L_DATASETS/{SHAPES_NAME} (now {os.path.abspath(root)}); "
@@ -81,9 +83,10 @@ def _class_names(json_file: str) -> dict:
         return {}  # absent or damaged: the loader's own checks report it when the set is used
 
 
-def check_datasets(names) -> None:
+def check_datasets(names, mask_format: str | None = None) -> None:
     """Fail early, with a hint, when a dataset's json or images are missing or its json is not a usable COCO
-    instances file (COCO or ours): before any training starts."""
+    instances file (COCO or ours): before any training starts. ``mask_format``: ``INPUT.MASK_FORMAT`` of a
+    Mask R-CNN trained on these sets ("polygon" cannot take a non-crowd RLE mask: Detectron2 stops mid-training)."""
     for name in names:
         if name not in DatasetCatalog.list():
             raise ValueError(f"dataset {name!r} is not registered; registered: {sorted(DatasetCatalog.list())[:8]}... "
@@ -97,4 +100,12 @@ def check_datasets(names) -> None:
             f"{os.path.abspath(os.environ.get('DETECTRON2_DATASETS', 'datasets'))}/coco) with "
             "annotations/instances_{train,val}2017.json and {train,val}2017/")
         _require(json_file, image_root, name, hint)
-        check_coco_instances(json_file, image_root, name)
+        doc = check_coco_instances(json_file, image_root, name)
+        if mask_format == "polygon":
+            rle = next((a.get("id") for a in doc["annotations"]
+                        if not a.get("iscrowd") and isinstance(a.get("segmentation"), dict)), None)
+            if rle is not None:
+                raise DatasetFormatError(
+                    f"dataset {name!r}: {json_file}: annotation id {rle} is a non-crowd object with an RLE mask, "
+                    "which INPUT.MASK_FORMAT polygon cannot train on (Detectron2 stops mid-training): set "
+                    "INPUT.MASK_FORMAT bitmask")

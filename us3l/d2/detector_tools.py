@@ -13,15 +13,15 @@ import torch
 
 from ..checkpoint import atomic_save
 from ..detection import fvcore_total_gflops, require_calibrated
+from ..detection.backends import export_config_path
 from ..detection.calibration import prepare_widths
 from ..detection.width_rows import add_cost, width_row
-from ..detection.backends import export_config_path
 from ..ops.width_state import canonical_width
 from ..width import get_width, set_width
 from ..width import width as width_ctx
 from .config import load_config
 from .evaluation import width_tag
-from .slimmable import (SlimmableDetectorCheckpointer, export_plain_detector, is_slimmable_detector_cfg, unwrap)
+from .slimmable import SlimmableDetectorCheckpointer, export_plain_detector, is_slimmable_detector_cfg, unwrap
 
 logger = logging.getLogger("detectron2.us3l.detector_tools")
 META = "__us3l_detector__"
@@ -214,3 +214,47 @@ def evaluate(checkpoint: str, config: str, widths, output_dir: str, opts=(), cal
         rows.append(row)
     set_width(model, get_width(model))
     return rows
+
+
+# -------------------------------------------------------------------------------------------------- demo
+def demo(checkpoint: str, config: str, images, widths, opts=(), score_thresh: float = 0.5, runs: int = 3
+         ) -> list[dict]:
+    """Detections of ONE slimmable checkpoint on ``images`` at each width, drawn by Detectron2's ``Visualizer``
+    (class names from the test set's metadata): one panel per (image, width) with ``rgb`` (the drawing),
+    ``boxes`` / ``scores`` / ``classes`` (score >= ``score_thresh``), ``latency_ms`` (median of ``runs`` forward
+    passes, preprocessing excluded) and ``gflops`` (whole detector, fvcore, on that image)."""
+    import time
+
+    from detectron2.data import MetadataCatalog
+    from detectron2.data import transforms as T
+    from detectron2.data.detection_utils import read_image
+    from detectron2.utils.visualizer import Visualizer
+
+    model, cfg = load_slimmable_detector(config, checkpoint, opts)
+    widths = [canonical_width(w) for w in widths]
+    for w in widths:  # every width refused before any image is read
+        set_width(model, w)
+        require_calibrated(model, w)
+    meta = MetadataCatalog.get(cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "__us3l_demo")
+    resize = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
+    panels = []
+    for path in images:
+        rgb = read_image(path, format="RGB")
+        image = rgb if cfg.INPUT.FORMAT == "RGB" else rgb[:, :, ::-1]
+        resized = resize.get_transform(image).apply_image(image)
+        inputs = [{"image": torch.as_tensor(resized.astype("float32").transpose(2, 0, 1)),
+                   "height": rgb.shape[0], "width": rgb.shape[1]}]
+        for w in widths:
+            set_width(model, w)
+            times = []
+            with torch.no_grad():
+                for _ in range(max(1, runs)):
+                    t0 = time.perf_counter()
+                    inst = model(inputs)[0]["instances"].to("cpu")
+                    times.append(1000 * (time.perf_counter() - t0))
+            inst = inst[inst.scores >= score_thresh]
+            drawn = Visualizer(rgb, metadata=meta).draw_instance_predictions(inst).get_image()
+            panels.append({"image": path, "width": w, "rgb": drawn, "latency_ms": sorted(times)[len(times) // 2],
+                           "gflops": detector_gflops(model, inputs), "boxes": inst.pred_boxes.tensor.tolist(),
+                           "scores": inst.scores.tolist(), "classes": inst.pred_classes.tolist()})
+    return panels

@@ -12,7 +12,7 @@ and augmentations and RoI sampling draw from process-global RNGs whose state is 
   so augmentations do not depend on what ran before, in the main process or in any worker;
 - :class:`IterationSeed` seeds the global RNGs before every step from (seed, rank, iteration), so what the
   model draws (RPN / RoI sampling) replays after a restart;
-- the trainer's state (``us3l.d2.engine.US3LTrainer``) carries the optimizer and the data seed.
+- the trainer's state (``us3l.d2.trainer.US3LTrainer``) carries the optimizer and the data seed.
 """
 from __future__ import annotations
 

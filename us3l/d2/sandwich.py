@@ -23,13 +23,21 @@ from detectron2.engine import SimpleTrainer, hooks
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
-from ..detection import (SandwichConfig, box_cls_distill_loss, calibrate_detector, objectness_distill_loss,
-                         resolve_seed, sample_widths, sandwich_step, width_tags)
+from ..detection import (
+    SandwichConfig,
+    box_cls_distill_loss,
+    calibrate_detector,
+    objectness_distill_loss,
+    resolve_seed,
+    sample_widths,
+    sandwich_step,
+    width_tags,
+)
 from ..width import get_width, set_width
 from .config import calibration_widths_checked, us3l_width
-from .engine import US3LTrainer
 from .resumable import is_resumable, mixed_seed, restart
 from .slimmable import SlimmableDetectorCheckpointer, is_slimmable_detector_cfg, prepare_for_width, unwrap
+from .trainer import US3LTrainer
 
 
 def sandwich_config(cfg) -> SandwichConfig:

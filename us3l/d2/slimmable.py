@@ -37,6 +37,8 @@ from detectron2.modeling.roi_heads.box_head import FastRCNNConvFCHead
 from detectron2.modeling.roi_heads.mask_head import MaskRCNNConvUpsampleHead
 
 from ..checkpoint import CheckpointError, LoadReport
+from ..checkpoint.d2_format import META_KEY
+from ..checkpoint.guard import refuse_incomplete_load
 from ..checkpoint.keymaps import D2_FPN_TRUNK_PREFIX, d2_to_tv, tv_to_d2
 from ..detection import neck_head_channels, require_calibrated, slimmify
 from ..models.resnet import ARCH_SETTINGS, us_resnet
@@ -46,8 +48,6 @@ from ..width import set_width, slimmable_modules
 from .checkpoint import US3LCheckpointer
 from .config import us3l_width
 from .conventions import check_pretrained_conventions
-from ..checkpoint.d2_format import META_KEY
-from ..checkpoint.guard import refuse_incomplete_load
 
 logger = logging.getLogger("detectron2.us3l.slimmable")
 
@@ -323,7 +323,8 @@ class SlimmableDetectorCheckpointer(US3LCheckpointer):
                 report.unexpected.append(k)
         self._report(report, "a slimmable Detectron2 detector checkpoint" if full else "slimmable backbone weights")
 
-    def _place_slimmable_trunk(self, state, meta, model_state) -> dict[str, torch.Tensor]:
+    def _slimmable_body_for(self, meta) -> US3LSlimmableResNet:
+        """The model's slimmable trunk, checked against the backbone file's architecture and width range."""
         body = next((m for m in self.model.modules() if isinstance(m, US3LSlimmableResNet)), None)
         if body is None:
             raise CheckpointError(f"the model has no slimmable backbone: set MODEL.BACKBONE.NAME {SLIMMABLE_BACKBONE}")
@@ -335,6 +336,10 @@ class SlimmableDetectorCheckpointer(US3LCheckpointer):
         if mlo < lo - 1e-9 or mhi > hi + 1e-9:
             raise CheckpointError(f"MODEL.US3L.WIDTH_RANGE [{mlo}, {mhi}] exceeds the range [{lo}, {hi}] this "
                                   "backbone was pre-trained for")
+        return body
+
+    def _place_slimmable_trunk(self, state, meta, model_state) -> dict[str, torch.Tensor]:
+        body = self._slimmable_body_for(meta)
         placed, report = {}, LoadReport()
         for k, v in state.items():
             tv = d2_to_tv(k)

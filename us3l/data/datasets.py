@@ -13,87 +13,91 @@ import torch
 import torch.utils.data as tud
 from PIL import Image
 
+from ..errors import DatasetFormatError
+from .paths import embedded_root
 from .transforms import TwoViews
 
 DATASETS = ("embedded", "imagefolder", "images", "cifar10", "cifar100")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
-EMBEDDED_DIRNAME = "us3l_shapes_cls"
-
-
-def datasets_root() -> str:
-    """Where the project's datasets live: ``$US3L_DATASETS``, else ``datasets`` (relative to the current folder).
-    The one rule every tool, config loader and dataset registration uses."""
-    return os.environ.get("US3L_DATASETS") or "datasets"
-
-
-def embedded_root(style: str = "category") -> str:
-    """Default home of the embedded classification set: ``$US3L_DATASETS/us3l_shapes_cls`` (category style)
-    or ``us3l_shapes_cls_<style>``, so that the styles never overwrite each other."""
-    name = EMBEDDED_DIRNAME if style == "category" else f"{EMBEDDED_DIRNAME}_{style}"
-    return os.path.join(datasets_root(), name)
-
-
-def check_coco_instances(json_file: str, image_root: str, name: str = "") -> None:
+def check_coco_instances(json_file: str, image_root: str, name: str = "") -> dict:
     """Fail with one clear line when a COCO instances set cannot be what its loaders expect: a JSON that is not
     COCO, no images, an image file named in the JSON but absent, an annotation whose category or image id is not
     listed, an image or annotation id used twice, a box with a negative side, a segmentation that is neither
     polygons nor RLE. (Detectron2 / pycocotools would stop later with a bare ``KeyError`` or mid-training, or,
-    for repeated ids, silently drop images from the evaluation.)"""
-    from ..errors import DatasetFormatError
-
-    what = f"dataset {name!r}: " if name else ""
+    for repeated ids, silently drop images from the evaluation.) Returns the parsed file."""
+    where = f"dataset {name!r}: " if name else ""
     if not os.path.isfile(json_file):
-        raise FileNotFoundError(f"{what}annotation file not found: {json_file}")
+        raise FileNotFoundError(f"{where}annotation file not found: {json_file}")
     if not os.path.isdir(image_root):
-        raise FileNotFoundError(f"{what}image folder not found: {image_root}")
+        raise FileNotFoundError(f"{where}image folder not found: {image_root}")
+    doc = _read_coco_json(json_file, where)
+    absent = [im.get("file_name") for im in doc["images"]
+              if not os.path.isfile(os.path.join(image_root, str(im.get("file_name"))))]
+    if absent:
+        raise FileNotFoundError(f"{where}{len(absent)} of {len(doc['images'])} images named in {json_file} are not "
+                                f"in {image_root}, e.g. {absent[:3]}")
+    where = f"{where}{json_file}: "
+    _check_unique_ids(doc, where)
+    _check_references(doc, where)
+    for a in doc["annotations"]:
+        _check_annotation(a, where)
+    return doc
+
+
+def _read_coco_json(json_file: str, where: str) -> dict:
     try:
         with open(json_file) as f:
             doc = json.load(f)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DatasetFormatError(f"{what}{json_file} is not a JSON file ({type(e).__name__}: {e})") from e
+        raise DatasetFormatError(f"{where}{json_file} is not a JSON file ({type(e).__name__}: {e})") from e
     missing = [k for k in ("images", "annotations", "categories") if not isinstance(doc, dict) or k not in doc]
     if missing:
-        raise DatasetFormatError(f"{what}{json_file} is not a COCO instances file: no {', '.join(missing)} "
+        raise DatasetFormatError(f"{where}{json_file} is not a COCO instances file: no {', '.join(missing)} "
                                  "(expected {\"images\": [...], \"annotations\": [...], \"categories\": [...]})")
     if not doc["images"]:
-        raise DatasetFormatError(f"{what}{json_file} lists no images (empty dataset)")
+        raise DatasetFormatError(f"{where}{json_file} lists no images (empty dataset)")
     if not doc["categories"]:
-        raise DatasetFormatError(f"{what}{json_file} lists no categories")
-    absent = [im.get("file_name") for im in doc["images"]
-              if not os.path.isfile(os.path.join(image_root, str(im.get("file_name"))))]
-    if absent:
-        raise FileNotFoundError(f"{what}{len(absent)} of {len(doc['images'])} images named in {json_file} are not in "
-                                f"{image_root}, e.g. {absent[:3]}")
+        raise DatasetFormatError(f"{where}{json_file} lists no categories")
+    return doc
+
+
+def _check_unique_ids(doc: dict, where: str) -> None:
+    """pycocotools keeps the last of each repeated id silently: images vanish from the evaluation."""
     for kind, items in (("image", doc["images"]), ("annotation", doc["annotations"])):
         seen, twice = set(), []
         for it in items:
             if it.get("id") in seen:
                 twice.append(it.get("id"))
             seen.add(it.get("id"))
-        if twice:  # pycocotools keeps the last of each silently: images vanish from the evaluation
-            raise DatasetFormatError(f"{what}{json_file}: {kind} ids {sorted(set(twice), key=str)[:5]} appear more "
-                                     f"than once ({len(twice)} repeats); every {kind} needs its own id")
+        if twice:
+            raise DatasetFormatError(f"{where}{kind} ids {sorted(set(twice), key=str)[:5]} appear more than once "
+                                     f"({len(twice)} repeats); every {kind} needs its own id")
+
+
+def _check_references(doc: dict, where: str) -> None:
     cat_ids, image_ids = {c.get("id") for c in doc["categories"]}, {im.get("id") for im in doc["images"]}
     bad_cats = sorted({a.get("category_id") for a in doc["annotations"]} - cat_ids, key=str)
     if bad_cats:
-        raise DatasetFormatError(f"{what}{json_file}: annotations use category ids {bad_cats[:5]} that are not in its "
+        raise DatasetFormatError(f"{where}annotations use category ids {bad_cats[:5]} that are not in its "
                                  f"categories list {sorted(cat_ids, key=str)[:10]}")
     bad_images = sorted({a.get("image_id") for a in doc["annotations"]} - image_ids, key=str)
     if bad_images:
-        raise DatasetFormatError(f"{what}{json_file}: annotations refer to image ids {bad_images[:5]} that are not "
-                                 "in its images list")
-    for a in doc["annotations"]:
-        box = a.get("bbox")
-        if not (isinstance(box, (list, tuple)) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box)
-                and box[2] >= 0 and box[3] >= 0):
-            raise DatasetFormatError(f"{what}{json_file}: annotation id {a.get('id')} has bbox {box!r}; COCO boxes "
-                                     "are [x, y, width, height] with width and height >= 0")
-        seg = a.get("segmentation")
-        if isinstance(seg, str) or (not a.get("iscrowd") and isinstance(seg, dict)
-                                    and isinstance(seg.get("counts"), str) and "size" not in seg):
-            raise DatasetFormatError(f"{what}{json_file}: annotation id {a.get('id')} has a segmentation "
-                                     f"{type(seg).__name__} {str(seg)[:40]!r}: expected polygons [[x1, y1, ...]] or "
-                                     "an RLE {\"size\": [h, w], \"counts\": ...}")
+        raise DatasetFormatError(f"{where}annotations refer to image ids {bad_images[:5]} that are not in its "
+                                 "images list")
+
+
+def _check_annotation(a: dict, where: str) -> None:
+    box = a.get("bbox")
+    if not (isinstance(box, (list, tuple)) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box)
+            and box[2] >= 0 and box[3] >= 0):
+        raise DatasetFormatError(f"{where}annotation id {a.get('id')} has bbox {box!r}; COCO boxes are "
+                                 "[x, y, width, height] with width and height >= 0")
+    seg = a.get("segmentation")
+    if isinstance(seg, str) or (not a.get("iscrowd") and isinstance(seg, dict)
+                                and isinstance(seg.get("counts"), str) and "size" not in seg):
+        raise DatasetFormatError(f"{where}annotation id {a.get('id')} has a segmentation {type(seg).__name__} "
+                                 f"{str(seg)[:40]!r}: expected polygons [[x1, y1, ...]] or an RLE "
+                                 "{\"size\": [h, w], \"counts\": ...}")
 
 
 def prepare_embedded(root: str | None, num_per_class_train: int = 256, num_per_class_val: int = 64,

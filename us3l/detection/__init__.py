@@ -18,8 +18,16 @@ from .calibration import CALIBRATE_HINT, calibrate_detector, require_calibrated,
 from .distill import box_cls_distill_loss, objectness_distill_loss
 from .export_rules import backbone_stage_channels, neck_head_channels
 from .flops import fvcore_total_gflops, gflops_per_width
-from .layers import (SlimmableConv2d, SlimmableFlattenLinear, USConvTranspose2d, slimmable_conv,
-                     slimmable_conv_transpose, slimmable_linear, slimmable_norm, slimmify)
+from .layers import (
+                     SlimmableConv2d,
+                     SlimmableFlattenLinear,
+                     USConvTranspose2d,
+                     slimmable_conv,
+                     slimmable_conv_transpose,
+                     slimmable_linear,
+                     slimmable_norm,
+                     slimmify,
+)
 from .sandwich import SandwichConfig, resolve_seed, sample_widths, sandwich_step, width_tags
 
 __all__ = ["CALIBRATE_HINT", "calibrate_detector", "require_calibrated", "reset_bn_statistics", "slimmable_bns",

@@ -1,5 +1,5 @@
 """Framework backends of the slimmable-detector tools (``tools/export_detector.py``, ``tools/calibrate_detector.py``,
-``tools/eval_widths.py``): the tools are thin front ends, each framework implements the same four functions.
+``tools/eval_widths.py``): the tools are thin front ends, each framework implements the same five functions.
 
 A backend is a module (``us3l.d2.detector_tools`` for Detectron2, ``us3l.mmdet.detector_tools`` for
 MMDetection) with:
@@ -21,6 +21,9 @@ MMDetection) with:
     One row per width: ``width, box_AP, mask_AP, box_AP50, mask_AP50`` (0-100, ``None`` when not applicable),
     ``detector_gflops`` (whole detector, fvcore, one test image of the config's test size) and
     ``gflops`` / ``params_m`` (the backbone at that width, :func:`us3l.profiling.profile_width`).
+``demo(checkpoint, config, images, widths, opts, score_thresh, runs) -> list[dict]``
+    one panel per (image, width): the detections drawn by the framework's own visualizer (``rgb``), ``boxes`` /
+    ``scores`` / ``classes`` above ``score_thresh``, ``latency_ms`` and ``gflops`` (``tools/demo.py``).
 
 Errors a user can fix are raised as ``ValueError`` / ``FileNotFoundError`` / :class:`us3l.checkpoint.CheckpointError`
 / :class:`us3l.UncalibratedWidthError`; the tools print them as one line and exit with code 2.

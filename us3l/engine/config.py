@@ -13,8 +13,10 @@ from typing import Any
 
 import yaml
 
+from ..errors import US3LError
 
-class ConfigError(ValueError):
+
+class ConfigError(US3LError, ValueError):
     """A configuration file or override is invalid."""
 
 
@@ -222,28 +224,41 @@ def _coerce(value, f: dataclasses.Field, where: str):
 
 def validate(cfg: PretrainConfig) -> PretrainConfig:
     """Names and ranges checked before anything is built or written."""
+    _check_names(cfg)
+    _check_widths(cfg)
+    _check_schedule(cfg)
+    _check_method(cfg)
+    if cfg.model.init_from is not None and not isinstance(cfg.model.init_from, str):
+        raise ConfigError(f"model.init_from must be a checkpoint path, got {cfg.model.init_from!r}")
+    if cfg.model.init_from and not os.path.isfile(cfg.model.init_from):
+        raise ConfigError(f"model.init_from: checkpoint not found: {cfg.model.init_from}")
+    if cfg.train.amp and cfg.train.device == "cpu":
+        raise ConfigError("train.amp needs CUDA")
+    return cfg
+
+
+def _check_names(cfg: PretrainConfig) -> None:
     from ..data.datasets import DATASETS
     from ..data.synthetic import CLASSIFICATION_STYLES
     from ..data.transforms import RECIPES
     from ..models import ARCHS
-    from ..ssl.methods import BASE_LOSSES, METHODS, resolve_heads
+    from ..ssl.methods import BASE_LOSSES, METHODS
 
-    def choose(value, options, where):
+    for value, options, where in (
+            (cfg.model.arch, ARCHS, "model.arch"), (cfg.method.name, METHODS, "method.name"),
+            (cfg.method.base_loss, BASE_LOSSES, "method.base_loss"),
+            (cfg.method.ema_schedule, ("constant", "cosine"), "method.ema_schedule"),
+            (cfg.data.dataset, DATASETS, "data.dataset"), (cfg.data.augment, RECIPES, "data.augment"),
+            (cfg.data.embedded_style, CLASSIFICATION_STYLES, "data.embedded_style"),
+            (cfg.sampling.step_mode, ("per_width", "accumulate"), "sampling.step_mode"),
+            (cfg.group_reg.type, ("linear", "exp"), "group_reg.type"), (cfg.optim.name, ("sgd",), "optim.name"),
+            (cfg.optim.schedule, ("cosine", "constant"), "optim.schedule"),
+            (cfg.train.device, ("auto", "cpu", "cuda"), "train.device")):
         if value not in options:
             raise ConfigError(f"unknown {where} {value!r}; choose from {', '.join(options)}")
 
-    choose(cfg.model.arch, ARCHS, "model.arch")
-    choose(cfg.method.name, METHODS, "method.name")
-    choose(cfg.method.base_loss, BASE_LOSSES, "method.base_loss")
-    choose(cfg.method.ema_schedule, ("constant", "cosine"), "method.ema_schedule")
-    choose(cfg.data.dataset, DATASETS, "data.dataset")
-    choose(cfg.data.augment, RECIPES, "data.augment")
-    choose(cfg.data.embedded_style, CLASSIFICATION_STYLES, "data.embedded_style")
-    choose(cfg.sampling.step_mode, ("per_width", "accumulate"), "sampling.step_mode")
-    choose(cfg.group_reg.type, ("linear", "exp"), "group_reg.type")
-    choose(cfg.optim.name, ("sgd",), "optim.name")
-    choose(cfg.optim.schedule, ("cosine", "constant"), "optim.schedule")
-    choose(cfg.train.device, ("auto", "cpu", "cuda"), "train.device")
+
+def _check_widths(cfg: PretrainConfig) -> None:
     wr = cfg.model.width_range
     if len(wr) != 2 or not all(isinstance(v, (int, float)) for v in wr) or not (0.0 < wr[0] <= wr[1] <= 1.0):
         raise ConfigError(f"model.width_range must be [w_min, w_max] with 0 < w_min <= w_max <= 1, got {wr}")
@@ -256,14 +271,22 @@ def validate(cfg: PretrainConfig) -> PretrainConfig:
         raise ConfigError("sampling.num_widths must be >= 1")
     if cfg.sampling.num_stages < 2 and cfg.sampling.dynamic:
         raise ConfigError("sampling.num_stages must be >= 2 for dynamic sampling")
+
+
+def _check_schedule(cfg: PretrainConfig) -> None:
     if cfg.data.batch_size < 2:
         raise ConfigError("data.batch_size must be >= 2 (batch statistics and contrastive losses need 2+)")
-    if cfg.train.iterations is not None and (not isinstance(cfg.train.iterations, int) or cfg.train.iterations < 1):
-        raise ConfigError(f"train.iterations must be a positive integer, got {cfg.train.iterations!r}")
-    if cfg.train.stop_after is not None and (not isinstance(cfg.train.stop_after, int) or cfg.train.stop_after < 1):
-        raise ConfigError(f"train.stop_after must be a positive integer, got {cfg.train.stop_after!r}")
+    for key in ("iterations", "stop_after"):
+        value = getattr(cfg.train, key)
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise ConfigError(f"train.{key} must be a positive integer, got {value!r}")
     if cfg.train.epochs <= 0 and cfg.train.iterations is None:
         raise ConfigError("train.epochs must be > 0")
+
+
+def _check_method(cfg: PretrainConfig) -> None:
+    from ..ssl.methods import resolve_heads
+
     if any(s not in (1, 2, 3, 4) for s in cfg.method.feature_distill_stages):
         raise ConfigError("method.feature_distill_stages must list stages 1..4")
     for key in ("predictor", "aux_head"):
@@ -273,16 +296,9 @@ def validate(cfg: PretrainConfig) -> PretrainConfig:
     if cfg.method.temperature <= 0:
         raise ConfigError(f"method.temperature must be > 0, got {cfg.method.temperature}")
     try:
-        resolve_heads(cfg.method, tuple(wr), cfg.model.arch)
+        resolve_heads(cfg.method, tuple(cfg.model.width_range), cfg.model.arch)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    if cfg.model.init_from is not None and not isinstance(cfg.model.init_from, str):
-        raise ConfigError(f"model.init_from must be a checkpoint path, got {cfg.model.init_from!r}")
-    if cfg.model.init_from and not os.path.isfile(cfg.model.init_from):
-        raise ConfigError(f"model.init_from: checkpoint not found: {cfg.model.init_from}")
-    if cfg.train.amp and cfg.train.device == "cpu":
-        raise ConfigError("train.amp needs CUDA")
-    return cfg
 
 
 def load_config(path: str | None = None, overrides: list[str] | None = None) -> PretrainConfig:

@@ -128,18 +128,26 @@ class Pretrainer:
         du.init_from_env(r.device.type)
         r.main = du.is_main()
         ckpt = self._check_output_dir()  # every process validates before anything is written
-        if r.main:
-            os.makedirs(self.output_dir, exist_ok=True)
-        du.barrier()
-        r.log = log = get_logger(self.output_dir if r.main else None, r.main)
         if cfg.train.num_threads > 0:
             torch.set_num_threads(cfg.train.num_threads)
         seed = cfg.train.seed
         random.seed(seed)
         np.random.seed(seed)
         torch.manual_seed(seed)
-
+        # the data and the model (with model.init_from) before the output folder and its log: a refused dataset or
+        # checkpoint leaves nothing behind
         data = self._build_data(r)
+        r.method = build_method(cfg)
+        r.init_report = None
+        if cfg.model.init_from and ckpt is None:  # a resumed run restores everything from its own checkpoint
+            mc = cfg.model
+            r.init_report = init_from_checkpoint(r.method, mc.init_from, mc.arch, mc.cifar_stem)
+        if r.main:
+            os.makedirs(self.output_dir, exist_ok=True)
+        du.barrier()
+        r.log = log = get_logger(self.output_dir if r.main else None, r.main)
+        if r.init_report is not None:
+            self._record_init(r.init_report, log)
         self._build_model(r, ckpt)
         batches = ResumableBatchSampler(len(data), cfg.data.batch_size, seed, du.rank(), du.world_size(),
                                         start_iteration=r.start, num_iterations=r.total)
@@ -165,13 +173,9 @@ class Pretrainer:
         return data
 
     def _build_model(self, r, ckpt) -> None:
-        """Method (initialised from ``model.init_from`` or restored from ``ckpt``), optimizer, width sampler
-        and group regularizer."""
+        """The method (built, and initialised from ``model.init_from``, by ``_build``; restored from ``ckpt``) on
+        its device, optimizer, width sampler and group regularizer."""
         cfg = self.cfg
-        r.method = build_method(cfg)
-        r.init_report = None
-        if cfg.model.init_from and ckpt is None:  # a resumed run restores everything from its own checkpoint
-            r.init_report = self._init_from(r.method, r.log)
         r.method = r.method.to(r.device)
         du.broadcast_module(r.method)
         r.params = _trainable(r.method)
@@ -191,10 +195,8 @@ class Pretrainer:
         if r.start >= r.total:
             r.log.info(f"nothing to do: checkpoint is at iteration {r.start} of {r.total}")
 
-    def _init_from(self, method, log):
-        """Backbone, heads and teacher from ``model.init_from``; the full key report goes to init_from.json."""
-        mc = self.cfg.model
-        report = init_from_checkpoint(method, mc.init_from, mc.arch, mc.cifar_stem)
+    def _record_init(self, report, log):
+        """The ``model.init_from`` report: logged, and every key in init_from.json."""
         log.info(report.summary())
         if du.is_main():
             with open(os.path.join(self.output_dir, "init_from.json"), "w") as f:

@@ -14,15 +14,22 @@ import torch.nn as nn
 from mmengine.config import DictAction
 from mmengine.logging import print_log
 
-from ..detection import fvcore_total_gflops
+from ..detection import fvcore_total_gflops, require_calibrated
+from ..detection.backends import export_config_path
 from ..detection.calibration import prepare_widths
 from ..detection.width_rows import add_cost, width_row
-from ..detection.backends import export_config_path
 from ..ops.width_state import canonical_width
+from ..width import set_width
 from ..width import width as width_ctx
 from .export import export_detector
-from .slimmable_eval import (calibrate_widths, data_batches, evaluate_widths, load_slimmable_detector,
-                             save_slimmable_detector, slimmable_config)
+from .slimmable_eval import (
+    calibrate_widths,
+    data_batches,
+    evaluate_widths,
+    load_slimmable_detector,
+    save_slimmable_detector,
+    slimmable_config,
+)
 
 
 def parse_opts(opts=()) -> dict:
@@ -123,3 +130,54 @@ def evaluate(checkpoint: str, config: str, widths, output_dir: str, opts=(), cal
             add_cost(row, *gflops, model.data_preprocessor(batch, False)["inputs"].shape)
         rows.append(row)
     return rows
+
+
+# -------------------------------------------------------------------------------------------------- demo
+def demo(checkpoint: str, config: str, images, widths, opts=(), score_thresh: float = 0.5, runs: int = 3
+         ) -> list[dict]:
+    """Detections of ONE slimmable checkpoint on ``images`` at each width (``mmdet.apis.inference_detector``),
+    drawn by MMDetection's ``DetLocalVisualizer``; the panels of :func:`us3l.d2.detector_tools.demo` (latency:
+    median of ``runs`` calls of ``inference_detector``, its preprocessing included)."""
+    import time
+
+    import mmcv
+    from mmdet.apis import inference_detector
+    from mmdet.registry import VISUALIZERS
+    from mmdet.utils import get_test_pipeline_cfg
+    from mmengine.dataset import Compose
+
+    model, cfg = _load(config, checkpoint, opts)
+    widths = [canonical_width(w) for w in widths]
+    for w in widths:  # every width refused before any image is read
+        set_width(model, w)
+        require_calibrated(model, w)
+    visualizer = VISUALIZERS.build(dict(cfg.get("visualizer") or {"type": "DetLocalVisualizer"}, vis_backends=None,
+                                        save_dir=None, name=f"us3l_demo_{id(model)}"))
+    visualizer.dataset_meta = dict(cfg.test_dataloader.dataset.get("metainfo") or {})
+    pipeline = Compose(get_test_pipeline_cfg(cfg))
+    panels = []
+    for path in images:
+        rgb = mmcv.imread(path, channel_order="rgb")
+        data = pipeline(dict(img_path=path, img_id=0))
+        batch = {"inputs": [data["inputs"]], "data_samples": [data["data_samples"]]}
+        for w in widths:
+            set_width(model, w)
+            times = []
+            for _ in range(max(1, runs)):
+                t0 = time.perf_counter()
+                sample = inference_detector(model, path)
+                times.append(1000 * (time.perf_counter() - t0))
+            pred = sample.pred_instances
+            keep = pred.scores >= score_thresh
+            visualizer.add_datasample("panel", rgb, data_sample=sample, draw_gt=False, show=False,
+                                      pred_score_thr=score_thresh)
+            panels.append({"image": path, "width": w, "rgb": visualizer.get_image(),
+                           "latency_ms": sorted(times)[len(times) // 2],
+                           "gflops": _width_gflops(model, w, batch), "boxes": pred.bboxes[keep].tolist(),
+                           "scores": pred.scores[keep].tolist(), "classes": pred.labels[keep].tolist()})
+    return panels
+
+
+def _width_gflops(model, w: float, batch) -> float:
+    with width_ctx(model, w):
+        return detector_gflops(model, batch)

@@ -16,8 +16,8 @@ from mmengine.config import Config, ConfigDict
 from ..checkpoint import select_width_stats, slice_to_shapes
 from ..checkpoint.frameworks import write_mmdet_checkpoint
 from ..detection import backbone_stage_channels, neck_head_channels, require_calibrated
-from ..ops.width_state import check_width
 from ..models.resnet import stage_channels
+from ..ops.width_state import check_width
 from ..width import width_range
 
 PLAIN_TYPES = {"SlimmableMaskRCNN": "MaskRCNN", "SlimmableFasterRCNN": "FasterRCNN", "SlimmableFPN": "FPN",

@@ -10,11 +10,11 @@ from __future__ import annotations
 from mmdet.registry import MODELS
 from mmengine.model import BaseModule
 
+from ..checkpoint.guard import refuse_incomplete_load
 from ..detection import reset_bn_statistics
 from ..models.resnet import stage_channels, us_resnet
 from ..ops import DEFAULT_WIDTH_RANGE
 from ._resnet_parts import adopt_stem_and_stages, check_stage_args, forward_stages
-from ..checkpoint.guard import refuse_incomplete_load
 from .pretrained import LOADER_FIX, load_width_sized, pretrained_cfg
 
 

@@ -21,8 +21,14 @@ from mmengine.logging import MessageHub
 from mmengine.model.wrappers import MMDistributedDataParallel
 from mmengine.registry import MODEL_WRAPPERS
 
-from ..detection import (SandwichConfig, box_cls_distill_loss, objectness_distill_loss, require_calibrated,
-                         sample_widths, sandwich_step)
+from ..detection import (
+    SandwichConfig,
+    box_cls_distill_loss,
+    objectness_distill_loss,
+    require_calibrated,
+    sample_widths,
+    sandwich_step,
+)
 from ..ops import DEFAULT_WIDTH_RANGE
 from ..width import get_width, set_width
 

@@ -12,11 +12,12 @@ from collections.abc import Iterable, Sequence
 import torch
 from mmengine.config import Config
 from mmengine.evaluator import Evaluator
+from mmengine.logging import print_log
 from mmengine.registry import init_default_scope
 from mmengine.runner import Runner
 
-from ..checkpoint.model_io import load_state_dict_checked
 from ..checkpoint.frameworks import read_mmdet_checkpoint, write_mmdet_checkpoint
+from ..checkpoint.model_io import load_state_dict_checked
 from ..detection import calibrate_detector, require_calibrated
 from ..ops.width_state import canonical_width
 from ..width import set_width
@@ -88,6 +89,8 @@ def evaluate_widths(model, cfg: Config, widths: Sequence[float], loader: Iterabl
     for w in widths:
         require_calibrated(model, w)
     loader = loader if loader is not None else Runner.build_dataloader(cfg.test_dataloader)
+    print_log(f"evaluating at widths {widths} on {len(loader.dataset)} images of "
+              f"{getattr(loader.dataset, 'ann_file', 'the test set')}", logger="current")
     results = {}
     for w in widths:
         set_width(model, w)

@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..errors import US3LError
 from .channels import active_channels
 from .weight_slice import SliceCache, grad_free
 from .width_state import DEFAULT_WIDTH_RANGE, SlimmableMixin, width_key
@@ -33,7 +34,7 @@ def _stats_names(width: float) -> tuple[str, str]:
     return f"running_mean_w{k}", f"running_var_w{k}"
 
 
-class UncalibratedWidthError(RuntimeError):
+class UncalibratedWidthError(US3LError, RuntimeError):
     pass
 
 

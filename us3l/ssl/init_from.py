@@ -59,6 +59,28 @@ def _strip_module(state: Mapping) -> dict:
     return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
 
 
+def _sources(ckpt: Mapping, path: str, method, report: InitReport) -> tuple[dict, dict]:
+    """(online keys -> (source key, tensor), teacher keys -> ...) of any of the three formats."""
+    fmt = ckpt.get("format")
+    if fmt == PRETRAIN_FORMAT:
+        src_online = {k: (f"model.{k}", v) for k, v in ckpt["model"].items()}
+        src_teacher = {k: (f"teacher.{k}", v) for k, v in (ckpt.get("teacher") or {}).items()}
+        if method.teacher is None:
+            report.dropped.extend(f"teacher.{k} (this method has no EMA teacher)" for k in src_teacher)
+            src_teacher = {}
+        return src_online, src_teacher
+    if fmt == BACKBONE_FORMAT:
+        return {f"backbone.{k}": (k, v) for k, v in ckpt["state_dict"].items()}, {}
+    state = ckpt.get("state_dict", ckpt)
+    if not isinstance(state, Mapping) or not any(_REFERENCE_RE.match(k) for k in state):
+        raise CheckpointError(f"{path} is neither a US3L reference pre-training checkpoint (module.encoder_q.*) "
+                              f"nor a us3l.pretrain/1 or us3l.backbone/1 file")
+    for key in ckpt:
+        if key != "state_dict":
+            report.dropped.append(f"[{key}] (training state of the reference run: this run starts afresh)")
+    return _reference_sources(_strip_module(state), method, report)
+
+
 def _reference_sources(state: Mapping, method, report: InitReport) -> tuple[dict, dict]:
     """(online keys -> tensor, teacher keys -> tensor) of a reference-code state dict."""
     online, teacher = method.online, method.teacher
@@ -69,33 +91,9 @@ def _reference_sources(state: Mapping, method, report: InitReport) -> tuple[dict
             report.dropped.append(f"{key} (not part of the reference's SSL model)")
             continue
         groups.setdefault(m.group(1), {})[m.group(2)] = value
-    src_online: dict[str, torch.Tensor] = {}
-    src_teacher: dict[str, torch.Tensor] = {}
-
-    def add(dst: dict, prefix: str, tensors: Mapping, src_prefix: str):
-        for k, v in tensors.items():
-            dst[prefix + k] = (f"{src_prefix}{k}", v)
-
-    for branch, dst in (("encoder_q", src_online), ("encoder_k", src_teacher)):
-        tensors = groups.get(branch)
-        if not tensors:
-            continue
-        # the backbone goes through the checkpoint package's reader of reference files (its names -> ours)
-        backbone, _ = extract_backbone({"state_dict": {f"module.encoder_q.{k}": v for k, v in tensors.items()}})
-        add(dst, "backbone.", backbone, f"{branch}.")
-        fc = {k[len("fc."):]: v for k, v in tensors.items() if k.startswith("fc.")}
-        add(dst, "projector.", fc, f"{branch}.fc.")
-    heads = {"predictor": "predictor" if online.predictor is not None else "aux_head",
-             "predictor_new": "aux_head"}
-    for name, target in heads.items():
-        tensors = groups.get(name)
-        if not tensors:
-            continue
-        taken_by_other = name == "predictor_new" and heads["predictor"] == "aux_head" and "predictor" in groups
-        if getattr(online, target) is None or taken_by_other:
-            report.dropped.extend(f"{name}.{k} (this method has no head for it)" for k in tensors)
-            continue
-        add(src_online, f"{target}.", tensors, f"{name}.")
+    src_online = _encoder_sources(groups, "encoder_q")
+    src_teacher = _encoder_sources(groups, "encoder_k")
+    src_online.update(_head_sources(groups, online, report))
     for k in groups.get("proj_conv", {}):
         report.dropped.append(f"proj_conv.{k} (the reference's feature adapters hook layerX.1.bn2, ours the stage "
                               "outputs: not the same layer)")
@@ -104,6 +102,38 @@ def _reference_sources(state: Mapping, method, report: InitReport) -> tuple[dict
             report.dropped.append(f"{src} (this method has no EMA teacher)")
         src_teacher = {}
     return src_online, src_teacher
+
+
+def _named(prefix: str, tensors: Mapping, src_prefix: str) -> dict:
+    """``{our key: (reference key, tensor)}``."""
+    return {prefix + k: (f"{src_prefix}{k}", v) for k, v in tensors.items()}
+
+
+def _encoder_sources(groups: Mapping, branch: str) -> dict:
+    """Backbone and projector of one reference encoder (``encoder_q`` online, ``encoder_k`` EMA teacher)."""
+    tensors = groups.get(branch)
+    if not tensors:
+        return {}
+    # the backbone goes through the checkpoint package's reader of reference files (its names -> ours)
+    backbone, _ = extract_backbone({"state_dict": {f"module.encoder_q.{k}": v for k, v in tensors.items()}})
+    fc = {k[len("fc."):]: v for k, v in tensors.items() if k.startswith("fc.")}
+    return {**_named("backbone.", backbone, f"{branch}."), **_named("projector.", fc, f"{branch}.fc.")}
+
+
+def _head_sources(groups: Mapping, online, report: InitReport) -> dict:
+    """The reference's ``predictor`` / ``predictor_new`` on our predictor or auxiliary distillation head."""
+    heads = {"predictor": "predictor" if online.predictor is not None else "aux_head", "predictor_new": "aux_head"}
+    out = {}
+    for name, target in heads.items():
+        tensors = groups.get(name)
+        if not tensors:
+            continue
+        taken_by_other = name == "predictor_new" and heads["predictor"] == "aux_head" and "predictor" in groups
+        if getattr(online, target) is None or taken_by_other:
+            report.dropped.extend(f"{name}.{k} (this method has no head for it)" for k in tensors)
+            continue
+        out.update(_named(f"{target}.", tensors, f"{name}."))
+    return out
 
 
 def _merged_state(module: torch.nn.Module, sources: Mapping, prefix: str, report: InitReport) -> dict:
@@ -135,25 +165,7 @@ def init_from_checkpoint(method, path: str, arch: str | None = None, cifar_stem:
     if not isinstance(ckpt, Mapping):
         raise CheckpointError(f"{path}: a checkpoint must be a dict, got {type(ckpt).__name__}")
     report = InitReport(source=path)
-    fmt = ckpt.get("format")
-    if fmt == PRETRAIN_FORMAT:
-        src_online = {k: (f"model.{k}", v) for k, v in ckpt["model"].items()}
-        src_teacher = {k: (f"teacher.{k}", v) for k, v in (ckpt.get("teacher") or {}).items()}
-        if method.teacher is None:
-            report.dropped.extend(f"teacher.{k} (this method has no EMA teacher)" for k in src_teacher)
-            src_teacher = {}
-    elif fmt == BACKBONE_FORMAT:
-        src_online = {f"backbone.{k}": (k, v) for k, v in ckpt["state_dict"].items()}
-        src_teacher = {}
-    else:
-        state = ckpt.get("state_dict", ckpt)
-        if not isinstance(state, Mapping) or not any(_REFERENCE_RE.match(k) for k in state):
-            raise CheckpointError(f"{path} is neither a US3L reference pre-training checkpoint (module.encoder_q.*) "
-                                  f"nor a us3l.pretrain/1 or us3l.backbone/1 file")
-        for key in ckpt:
-            if key != "state_dict":
-                report.dropped.append(f"[{key}] (training state of the reference run: this run starts afresh)")
-        src_online, src_teacher = _reference_sources(_strip_module(state), method, report)
+    src_online, src_teacher = _sources(ckpt, path, method, report)
     backbone_src = {k[len("backbone."):]: v for k, (_, v) in src_online.items() if k.startswith("backbone.")}
     if not backbone_src:
         raise CheckpointError(f"{path}: no backbone tensors found")

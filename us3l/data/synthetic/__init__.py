@@ -11,10 +11,25 @@ where detector width shows), :mod:`.masks` turns masks into exact COCO polygons 
 writes and reuses the datasets on disk.
 """
 from .masks import mask_bbox, mask_to_polygons, polygons_to_mask
-from .scenes import (CATEGORIES, CLASS_NAMES, CLASSIFICATION_CLASSES, CLASSIFICATION_STYLES, DETECTION_STYLES,
-                     STYLE_CLASSES, categories)
-from .writers import (DEFAULT_DATASET_NAME, GENERATOR_VERSION, PARAMS_FILE, POOL_LAYOUTS, default_dataset_root,
-                      generate_classification_dataset, generate_coco_dataset, generate_unlabelled_pool)
+from .scenes import (
+                     CATEGORIES,
+                     CLASS_NAMES,
+                     CLASSIFICATION_CLASSES,
+                     CLASSIFICATION_STYLES,
+                     DETECTION_STYLES,
+                     STYLE_CLASSES,
+                     categories,
+)
+from .writers import (
+                     DEFAULT_DATASET_NAME,
+                     GENERATOR_VERSION,
+                     PARAMS_FILE,
+                     POOL_LAYOUTS,
+                     default_dataset_root,
+                     generate_classification_dataset,
+                     generate_coco_dataset,
+                     generate_unlabelled_pool,
+)
 
 __all__ = ["CATEGORIES", "CLASS_NAMES", "CLASSIFICATION_CLASSES", "CLASSIFICATION_STYLES", "DETECTION_STYLES",
            "STYLE_CLASSES", "DEFAULT_DATASET_NAME", "GENERATOR_VERSION", "PARAMS_FILE", "POOL_LAYOUTS", "categories",

@@ -15,9 +15,18 @@ from typing import Optional
 import numpy as np
 from PIL import Image
 
+from ..paths import datasets_root
 from .masks import mask_bbox, mask_to_polygons, polygons_to_mask
-from .scenes import (CLASSIFICATION_CLASSES, CLASSIFICATION_STYLES, DETECTION_STYLES, STYLE_MAX_OBJECTS,
-                     categories, classification_image, detection_image, detection_scene)
+from .scenes import (
+    CLASSIFICATION_CLASSES,
+    CLASSIFICATION_STYLES,
+    DETECTION_STYLES,
+    STYLE_MAX_OBJECTS,
+    categories,
+    classification_image,
+    detection_image,
+    detection_scene,
+)
 
 DEFAULT_DATASET_NAME = "us3l_shapes"
 GENERATOR_VERSION = 1
@@ -26,8 +35,6 @@ PARAMS_FILE = "us3l_dataset.json"
 
 def default_dataset_root() -> str:
     """Where the default dataset lives: ``$US3L_DATASETS/us3l_shapes`` (``datasets/us3l_shapes`` if unset)."""
-    from ..datasets import datasets_root
-
     return os.path.join(datasets_root(), DEFAULT_DATASET_NAME)
 
 

@@ -2,9 +2,9 @@
 
 ``tools/convert_pretrain_to_{d2,mmdet}.py`` write a backbone file (:func:`convert_backbone`);
 ``tools/convert_d2_to_mmdet.py`` and ``tools/convert_mmdet_to_d2.py`` convert whole detectors between the two
-frameworks (:func:`convert_detector`, :mod:`.frameworks`). A file this package refuses (:class:`CheckpointError`)
-is one ``error:`` line on stderr and exit code 2 (:mod:`us3l.cli`), with nothing written. No framework is
-imported here: converting works on a machine that has neither.
+frameworks (:func:`convert_detector`, :mod:`us3l.checkpoint.frameworks`). A file this package refuses
+(:class:`CheckpointError`) is one ``error:`` line on stderr and exit code 2 (:mod:`us3l.cli`), with nothing
+written. No framework is imported here: converting works on a machine that has neither.
 """
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from ..cli import BAD_INPUT, error_line
-from .report import CheckpointError, LoadReport
+from .checkpoint.report import CheckpointError, LoadReport
+from .cli import BAD_INPUT, error_line
 
 
 def converter_parser(description: str, src_help: str, dst_help: str) -> argparse.ArgumentParser:
@@ -54,8 +54,8 @@ def run_conversion(convert: Callable[[], object], describe: Callable[[object], s
 
 
 def convert_backbone(convert: Callable, args: argparse.Namespace, describe: Callable[[object], str]) -> int:
-    """``convert(SRC, DST, width=--src-width, report=...)`` (:func:`.d2_format.convert_backbone_to_d2`,
-    :func:`.mmdet_format.convert_backbone_to_mmdet`); prints the keys left out on purpose (projector, EMA
+    """``convert(SRC, DST, width=--src-width, report=...)`` (:func:`us3l.checkpoint.d2_format.convert_backbone_to_d2`,
+    :func:`us3l.checkpoint.mmdet_format.convert_backbone_to_mmdet`); prints the keys left out on purpose (projector, EMA
     encoder, predictors; not with ``--quiet``), then ``describe(result)``."""
     report = LoadReport()
 
@@ -67,8 +67,8 @@ def convert_backbone(convert: Callable, args: argparse.Namespace, describe: Call
 
 
 def convert_detector(convert: Callable, args: argparse.Namespace, **options) -> int:
-    """``convert(SRC, DST, num_ratios=, skip_unmapped_heads=, **options)`` (:mod:`.frameworks`); prints what was
-    converted (every renamed key unless ``--quiet``) and the file written."""
+    """``convert(SRC, DST, num_ratios=, skip_unmapped_heads=, **options)`` (:mod:`us3l.checkpoint.frameworks`);
+    prints what was converted (every renamed key unless ``--quiet``) and the file written."""
     return run_conversion(
         lambda: convert(args.src, args.dst, num_ratios=args.num_ratios, skip_unmapped_heads=args.skip_unmapped_heads,
                         **options),

@@ -1,0 +1,19 @@
+"""Where the project's datasets live on disk: one rule for every tool, config loader and dataset registration."""
+from __future__ import annotations
+
+import os
+
+EMBEDDED_DIRNAME = "us3l_shapes_cls"
+
+
+def datasets_root() -> str:
+    """Where the project's datasets live: ``$US3L_DATASETS``, else ``datasets`` (relative to the current folder).
+    The one rule every tool, config loader and dataset registration uses."""
+    return os.environ.get("US3L_DATASETS") or "datasets"
+
+
+def embedded_root(style: str = "category") -> str:
+    """Default home of the embedded classification set: ``$US3L_DATASETS/us3l_shapes_cls`` (category style)
+    or ``us3l_shapes_cls_<style>``, so that the styles never overwrite each other."""
+    name = EMBEDDED_DIRNAME if style == "category" else f"{EMBEDDED_DIRNAME}_{style}"
+    return os.path.join(datasets_root(), name)
