@@ -149,18 +149,23 @@ def test_other_architecture_is_refused(tmp_path):
         init_from_checkpoint(m, path, cfg.model.arch, cfg.model.cifar_stem)
 
 
+def _pretrain_from(path, out, tmp_path, proj_dim):
+    """tools/pretrain.py --init-from PATH on a tiny embedded set (one iteration)."""
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1", US3L_DATASETS=str(tmp_path / "datasets"))
+    cmd = [sys.executable, os.path.join(ROOT, "tools", "pretrain.py"), "--config",
+           os.path.join(ROOT, "configs", "us3l_tiny_cpu.yaml"), "--output-dir", str(out), "--init-from", path,
+           "method.base_loss=simclr_momentum", f"method.proj_hidden={HIDDEN}", f"method.proj_dim={proj_dim}",
+           f"method.pred_hidden={PRED_HIDDEN}", "data.image_size=8", "data.batch_size=4",
+           "data.embedded_train_per_class=2", "data.embedded_val_per_class=1", "train.iterations=1",
+           "train.progress=false", "train.tensorboard=false", "train.checkpoint_every=0", "train.num_threads=1"]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+
+
 def test_pretrain_tool_starts_from_a_reference_checkpoint(tmp_path):
     path = str(tmp_path / "checkpoint.pth.tar")
     ref = reference_checkpoint(path)
     out = tmp_path / "run"
-    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1", US3L_DATASETS=str(tmp_path / "datasets"))
-    cmd = [sys.executable, os.path.join(ROOT, "tools", "pretrain.py"), "--config",
-           os.path.join(ROOT, "configs", "us3l_tiny_cpu.yaml"), "--output-dir", str(out), "--init-from", path,
-           "method.base_loss=simclr_momentum", f"method.proj_hidden={HIDDEN}", f"method.proj_dim={DIM}",
-           f"method.pred_hidden={PRED_HIDDEN}", "data.image_size=8", "data.batch_size=4",
-           "data.embedded_train_per_class=2", "data.embedded_val_per_class=1", "train.iterations=1",
-           "train.progress=false", "train.tensorboard=false", "train.checkpoint_every=0", "train.num_threads=1"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    proc = _pretrain_from(path, out, tmp_path, DIM)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "init from" in proc.stderr and "dropped" in proc.stderr
     report = json.loads((out / "init_from.json").read_text())
@@ -208,14 +213,7 @@ def test_a_checkpoint_that_does_not_fit_is_refused_before_anything_is_written(tm
     path = str(tmp_path / "checkpoint.pth.tar")
     reference_checkpoint(path)
     out = tmp_path / "run"
-    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1", US3L_DATASETS=str(tmp_path / "datasets"))
-    cmd = [sys.executable, os.path.join(ROOT, "tools", "pretrain.py"), "--config",
-           os.path.join(ROOT, "configs", "us3l_tiny_cpu.yaml"), "--output-dir", str(out), "--init-from", path,
-           "method.base_loss=simclr_momentum", f"method.proj_hidden={HIDDEN}", f"method.proj_dim={DIM * 2}",
-           f"method.pred_hidden={PRED_HIDDEN}", "data.image_size=8", "data.batch_size=4",
-           "data.embedded_train_per_class=2", "data.embedded_val_per_class=1", "train.iterations=1",
-           "train.progress=false", "train.tensorboard=false"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    proc = _pretrain_from(path, out, tmp_path, DIM * 2)  # a projector of another size
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert proc.stderr.strip().splitlines()[-1].startswith("error: ") and "does not fit" in proc.stderr
     assert not out.exists()

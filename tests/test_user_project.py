@@ -42,8 +42,8 @@ RUN_BY = {
     "train_mine.py": "test_d2_readme_project_trains",
     "my_us3l_mmdet_config.py": "test_mmdet_readme_project_trains",
     "train_mine_mmdet.py": "test_mmdet_readme_project_trains",
-    "d2_widths.py": "test_d2_python_api_example",
-    "mmdet_widths.py": "test_mmdet_python_api_example",
+    "d2_widths.py": "test_python_api_example",
+    "mmdet_widths.py": "test_python_api_example",
 }
 
 
@@ -302,25 +302,24 @@ def _first_val_image(coco) -> str:
     return os.path.join(coco["val_images"], sorted(os.listdir(coco["val_images"]))[0])
 
 
-def test_d2_python_api_example(project, slim_d2):
+API_EXAMPLES = {"d2": ("d2_widths.py", "box AP", ["model_calibrated.pth"]),
+                "mmdet": ("mmdet_widths.py", "box mAP", ["model_calibrated.pth", "plain_w0.50.pth", "plain_w0.50.py"])}
+
+
+@pytest.mark.parametrize("framework", sorted(API_EXAMPLES))
+def test_python_api_example(project, slim_d2, slim_mmdet, framework):
+    """The README's d2_widths.py / mmdet_widths.py on a slimmable checkpoint trained by the repository's entry point:
+    calibration, evaluation at every width, save, export, widths switched in the framework's own predictor."""
     cwd, coco = project
-    r = _run(["d2_widths.py", *slim_d2, _first_val_image(coco)], cwd, coco["datasets_dir"])
+    script, metric, written = API_EXAMPLES[framework]
+    checkpoint = slim_d2 if framework == "d2" else slim_mmdet
+    r = _run([script, *checkpoint, _first_val_image(coco)], cwd, coco["datasets_dir"])
     assert r.returncode == 0, r.stderr[-3000:]
-    assert re.findall(r"^width ([\d.]+): box AP", r.stdout, flags=re.M) == ["1.0", "0.5", "0.25"], r.stdout
+    assert re.findall(rf"^width ([\d.]+): {metric}", r.stdout, flags=re.M) == ["1.0", "0.5", "0.25"], r.stdout
     found = _detections(r.stdout)
     assert sorted(found) == [0.25, 0.5, 1.0] and len(found[0.5]) == 2, r.stdout
     assert found[0.5][0] == found[0.5][1]  # back at a width after other widths: the same detections
-    assert (cwd / "model_calibrated.pth").is_file()
-
-
-def test_mmdet_python_api_example(project, slim_mmdet):
-    cwd, coco = project
-    r = _run(["mmdet_widths.py", *slim_mmdet, _first_val_image(coco)], cwd, coco["datasets_dir"])
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert re.findall(r"^width ([\d.]+): box mAP", r.stdout, flags=re.M) == ["1.0", "0.5", "0.25"], r.stdout
-    found = _detections(r.stdout)
-    assert sorted(found) == [0.25, 0.5, 1.0] and found[0.5][0] == found[0.5][1], r.stdout
-    assert (cwd / "plain_w0.50.pth").is_file() and (cwd / "plain_w0.50.py").is_file()
+    assert all((cwd / name).is_file() for name in written)
 
 
 @pytest.fixture(scope="module")
