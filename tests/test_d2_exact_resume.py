@@ -10,6 +10,8 @@ import pytest
 import torch
 from ckpt_helpers import ROOT
 
+from us3l.checkpoint.io import read_framework_checkpoint
+
 D2_CONFIG = os.path.join(ROOT, "projects", "segmentation", "configs", "mask_rcnn_US-R50_FPN_slimmable_tiny.yaml")
 ITERS, PERIOD = 6, 3  # the interruption comes right after model_0000002.pth (iteration 3 of 6)
 
@@ -82,7 +84,7 @@ def _interrupted(tiny_coco, out):
 
 def test_resume_after_an_interruption_ends_where_the_uninterrupted_run_ends(uninterrupted, tiny_coco, tmp_path):
     cfg = _interrupted(tiny_coco, tmp_path / "resumed")
-    ckpt = torch.load(tmp_path / "resumed" / "model_0000002.pth", map_location="cpu", weights_only=False)
+    ckpt = read_framework_checkpoint(str(tmp_path / "resumed" / "model_0000002.pth"))
     assert ckpt["trainer"]["_trainer"]["optimizer"]["state"]  # the momentum buffers travel
     assert ckpt["trainer"]["data_seed"] == 7 and ckpt["trainer"]["iteration"] == PERIOD - 1
     resumed = _train(cfg, resume=True)
@@ -97,7 +99,7 @@ def test_control_without_optimizer_state_the_resume_ends_elsewhere(uninterrupted
     out = tmp_path / "no_momentum"
     cfg = _interrupted(tiny_coco, out)
     path = out / "model_0000002.pth"
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    ckpt = read_framework_checkpoint(str(path))
     del ckpt["trainer"]["_trainer"]
     torch.save(ckpt, path)
     with caplog.at_level("WARNING"):

@@ -7,6 +7,7 @@ import pytest
 import torch
 from pretrain_helpers import TINY, tiny_overrides
 
+from us3l.checkpoint import read_checkpoint
 from us3l.engine.config import ConfigError, load_config
 from us3l.engine.trainer import pretrain
 from us3l.ops import active_channels
@@ -24,7 +25,7 @@ def test_individual_width_trains_only_its_channels(tiny_cls, tmp_path, method):
     init = build_method(cfg).online.backbone.state_dict()
     out = tmp_path / method
     pretrain(cfg, str(out))
-    ckpt = torch.load(out / "final.pth", weights_only=False)
+    ckpt = read_checkpoint(str(out / "final.pth"))
     assert ckpt["meta"]["individual_width"] == 0.5
     state = {k[len("backbone."):]: v for k, v in ckpt["model"].items() if k.startswith("backbone.")}
     w = state["layer3.0.conv1.weight"]

@@ -279,3 +279,29 @@ def test_mmdetection_user_config_neck_pretrained_is_weights_only_with_the_variab
     _refused([os.path.join(DET, "mmdet_train.py"), config, "--work-dir", out, "--cfg-options",
               "train_cfg.max_epochs=1", "train_dataloader.dataset.indices=2"], marker, [out / "epoch_1.pth"],
              env=dict(_env(US3L_DATASETS=tiny_coco["datasets_dir"]), TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD="1"))
+
+
+def test_detectron2_stock_checkpointer_reads_safely_once_us3l_d2_is_imported(crafted, tmp_path, monkeypatch):
+    """Detectron2's own DetectionCheckpointer (what DefaultTrainer and DefaultPredictor use) unpickles a ``.pkl`` with
+    a bare ``pickle.load`` and a ``.pth`` with a bare ``torch.load``; after ``import us3l.d2`` both go through the
+    safe readers, even with ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1``, and plain files still load."""
+    import numpy as np
+    from detectron2.checkpoint import DetectionCheckpointer
+
+    import us3l.d2  # noqa: F401
+
+    marker, files = crafted
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    model = torch.nn.Linear(2, 2)
+    for kind in ("pkl", "pth"):
+        with pytest.raises(CheckpointError, match=REFUSED):
+            DetectionCheckpointer(model).load(str(files[kind]))
+        assert not marker.exists(), f"the crafted .{kind} ran a command"
+    weight = np.full((2, 2), 0.5, dtype=np.float32)
+    with open(tmp_path / "plain.pkl", "wb") as f:
+        pickle.dump({"model": {"weight": weight, "bias": np.zeros(2, np.float32)}, "__author__": "me"}, f)
+    DetectionCheckpointer(model).load(str(tmp_path / "plain.pkl"))
+    assert torch.equal(model.weight, torch.from_numpy(weight))
+    torch.save({"model": {"weight": torch.ones(2, 2), "bias": torch.ones(2)}}, tmp_path / "plain.pth")
+    DetectionCheckpointer(model).load(str(tmp_path / "plain.pth"))
+    assert torch.equal(model.weight, torch.ones(2, 2))

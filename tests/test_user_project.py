@@ -7,7 +7,7 @@ pre-trained backbone is a real US3L ResNet-50 converted by the README's tools, a
 tiny-data settings, in a second config whose base is the README's. What must hold: the README's trainers load
 every backbone tensor and their loss falls; Detectron2's stock ``DefaultTrainer`` and mmengine's stock
 ``load_from`` stop with an error naming the loader that works (they would skip every narrower tensor); a stock
-Detectron2 input convention stops the build naming the keys.
+Detectron2 input convention stops the run before training, naming the keys.
 """
 import json
 import os
@@ -169,7 +169,7 @@ def test_d2_stock_trainer_stops_naming_the_loader(project):
      ["MODEL.PIXEL_MEAN", "MODEL.PIXEL_STD"]),
     (["MODEL.RESNETS.STRIDE_IN_1X1", "True"], ["MODEL.RESNETS.STRIDE_IN_1X1"]),
 ], ids=["bgr", "msra-normalisation", "stride-in-1x1"])
-def test_d2_stock_input_conventions_stop_the_build(project, override, names):
+def test_d2_stock_input_conventions_stop_before_training(project, override, names):
     """Detectron2's stock values for the MSRA weights, left in a config that loads a US3L backbone."""
     cwd, coco = project
     (cwd / "tiny.yaml").write_text(D2_TINY)
@@ -179,6 +179,7 @@ def test_d2_stock_input_conventions_stop_the_build(project, override, names):
     error = r.stderr.strip().splitlines()[-1]
     for name in names:
         assert re.search(rf"set {re.escape(name)}|and {re.escape(name)}", error), error
+    assert not (cwd / "out_conv" / "model_final.pth").exists()
 
 
 # ---------------------------------------------------------------------------------------------- MMDetection

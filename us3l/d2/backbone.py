@@ -18,7 +18,6 @@ from ..checkpoint.guard import refuse_incomplete_load
 from ..models.resnet import ARCH_SETTINGS
 from ..ops import active_channels
 from .config import us3l_width
-from .conventions import check_pretrained_conventions
 
 # what a stock DetectionCheckpointer / DefaultTrainer user is told when a load would skip tensors
 LOADER_FIX = ("Load US3L files with us3l.d2.US3LCheckpointer: train with us3l.d2.US3LTrainer (Detectron2's "
@@ -104,7 +103,6 @@ def build_us3l_resnet_backbone(cfg, input_shape: ShapeSpec) -> US3LResNet:
     width = us3l_width(cfg)
     r = cfg.MODEL.RESNETS
     _check_resnet_cfg(cfg)
-    check_pretrained_conventions(cfg)
     if r.RES5_DILATION not in (1, 2):
         raise ValueError(f"MODEL.RESNETS.RES5_DILATION must be 1 or 2, got {r.RES5_DILATION}")
     stem_out = active_channels(r.STEM_OUT_CHANNELS, width)

@@ -23,13 +23,13 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.checkpoint.c2_model_loading import align_and_update_state_dicts
 from detectron2.layers import FrozenBatchNorm2d
-from detectron2.modeling.backbone.resnet import BottleneckBlock
 
 from ..checkpoint import CheckpointError, LoadReport, atomic_save, extract_backbone, fit_backbone
 from ..checkpoint.d2_format import META_KEY, backbone_to_d2, read_pkl
 from ..checkpoint.io import is_backbone_file, read_framework_checkpoint
 from .backbone import find_us3l_resnet
 from .config import bn_stats_policy
+from .conventions import check_conventions
 
 logger = logging.getLogger("detectron2.us3l.checkpoint")  # shown by Detectron2's logging set-up
 
@@ -65,6 +65,29 @@ def detectron2_file(filename: str, data) -> dict:
         state = {k: v for k, v in data["model_state"].items() if not k.endswith("num_batches_tracked")}
         return {"model": state, "__author__": "pycls", "matching_heuristics": True}
     return dict(data) if "model" in data else {"model": data}
+
+
+def read_safely(filename: str):
+    """A checkpoint file's contents, read so that nothing in it runs: ``.pkl`` through the plain-data unpickler
+    (Detectron2's own reader calls ``pickle.load``), anything else weights-only with the trainer-state allowlist
+    (Detectron2's calls a bare ``torch.load``)."""
+    return read_pkl(filename) if filename.endswith(".pkl") else read_framework_checkpoint(filename)
+
+
+def _stock_load_file(self, filename: str) -> dict:
+    """``DetectionCheckpointer._load_file``: read safely, interpreted as Detectron2 does; a US3L file is also checked
+    against the model's input conventions (:mod:`.conventions`)."""
+    data = read_safely(filename)
+    if isinstance(data, Mapping) and (META_KEY in data or is_backbone_file(data)):
+        check_conventions(self.model, filename)
+    return detectron2_file(filename, data)
+
+
+# Detectron2's own checkpointer (DefaultTrainer, DefaultPredictor, a user's DetectionCheckpointer) reads through the
+# safe readers once us3l.d2 is imported: a downloaded checkpoint never runs code, whatever
+# TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD says (Detectron2 has no registry for readers; mmengine's twin is
+# us3l.mmdet.safe_checkpoints).
+DetectionCheckpointer._load_file = _stock_load_file
 
 
 class US3LCheckpointer(DetectionCheckpointer):
@@ -115,15 +138,15 @@ class US3LCheckpointer(DetectionCheckpointer):
         """Every file through :mod:`us3l.checkpoint.safe_load` (Detectron2's own reader uses ``pickle.load`` and a
         bare ``torch.load``): a file that would run code is refused with a :class:`CheckpointError`."""
         self._dropped = []
-        if filename.endswith(".pkl"):
-            return detectron2_file(filename, read_pkl(filename))  # plain-data unpickler; torch files named .pkl
-        obj = read_framework_checkpoint(filename)  # weights only, with the trainer-state allowlist
-        if is_backbone_file(obj):
-            report = LoadReport()
-            state, meta = extract_backbone(obj, source=filename, report=report)
-            self._dropped = report.dropped
-            return backbone_to_d2(state, meta, source=filename)
-        return detectron2_file(filename, obj)
+        obj = read_safely(filename)
+        if isinstance(obj, Mapping) and (META_KEY in obj or is_backbone_file(obj)):
+            check_conventions(self.model, filename)  # before any tensor is placed
+        if filename.endswith(".pkl") or not is_backbone_file(obj):
+            return detectron2_file(filename, obj)
+        report = LoadReport()
+        state, meta = extract_backbone(obj, source=filename, report=report)
+        self._dropped = report.dropped
+        return backbone_to_d2(state, meta, source=filename)
 
     # -- loading -------------------------------------------------------------------------------------------
     def _load_model(self, checkpoint):
@@ -180,7 +203,6 @@ class US3LCheckpointer(DetectionCheckpointer):
         if not isinstance(meta, dict) or "arch" not in meta:
             raise CheckpointError(f"the {META_KEY} metadata of this .pkl has no 'arch' entry: {meta!r}")
         width = trunk.us3l_width
-        self._check_stride_in_3x3()
         bad = [k for k in state if not _TRUNK.match(k)]
         if bad:
             raise CheckpointError(f"the US3L .pkl holds keys that are not ResNet trunk keys, e.g. {bad[:5]}")
@@ -219,13 +241,6 @@ class US3LCheckpointer(DetectionCheckpointer):
             raise CheckpointError(f"cannot locate the ResNet trunk in the model (stems found: {stems})")
         return stems[0]
 
-    def _check_stride_in_3x3(self) -> None:
-        for m in self.model.modules():
-            if isinstance(m, BottleneckBlock) and m.stride > 1:
-                if m.conv1.stride != (1, 1):
-                    raise CheckpointError("US3L backbones put the stride in the 3x3 conv: set "
-                                          "MODEL.RESNETS.STRIDE_IN_1X1 False (it silently costs AP otherwise)")
-                return
 
 
 def _unreadable(path: str) -> str | None:

@@ -21,7 +21,13 @@ from ..width import get_width, set_width
 from ..width import width as width_ctx
 from .config import load_config
 from .evaluation import width_tag
-from .slimmable import SlimmableDetectorCheckpointer, export_plain_detector, is_slimmable_detector_cfg, unwrap
+from .slimmable import (
+    SlimmableDetectorCheckpointer,
+    export_plain_detector,
+    is_slimmable_detector_cfg,
+    prepare_for_width,
+    unwrap,
+)
 
 logger = logging.getLogger("detectron2.us3l.detector_tools")
 META = "__us3l_detector__"
@@ -183,8 +189,8 @@ def evaluate_widths(model, cfg, widths, output_dir: str | None = None) -> dict[f
             c = cfg.clone()
             c.defrost()
             c.MODEL.US3L.WIDTH_MULT = w
-            c.OUTPUT_DIR = os.path.join(output_dir or cfg.OUTPUT_DIR, "eval", width_tag(w))
             tag = width_tag(w)
+            c.OUTPUT_DIR = os.path.join(output_dir or cfg.OUTPUT_DIR, "eval", tag)
             out[w] = {k[len(tag) + 1:]: v for k, v in SlimmableDetectorTrainer.test(c, model).items()
                       if k.startswith(tag + "/")}
     finally:
@@ -233,8 +239,7 @@ def demo(checkpoint: str, config: str, images, widths, opts=(), score_thresh: fl
     model, cfg = load_slimmable_detector(config, checkpoint, opts)
     widths = [canonical_width(w) for w in widths]
     for w in widths:  # every width refused before any image is read
-        set_width(model, w)
-        require_calibrated(model, w)
+        prepare_for_width(model, w)
     meta = MetadataCatalog.get(cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "__us3l_demo")
     resize = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
     panels = []

@@ -22,7 +22,8 @@ from detectron2.solver.build import maybe_add_gradient_clipping
 from detectron2.utils import comm
 
 from ..detection.sandwich import SandwichConfig, resolve_seed
-from ..width import get_width, set_width, width_tag
+from ..width import get_width, set_width
+from .evaluation import key_by_width
 from .sandwich import SandwichTrainer, WidthCalibrationHook
 from .slimmable import SlimmableDetectorCheckpointer, prepare_for_width, unwrap
 
@@ -47,7 +48,7 @@ def evaluate_widths(cfg, model) -> dict[str, dict]:
             res = inference_on_dataset(model, instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator))
             logger.info("width %s:", w)
             print_csv_format(res)
-            results.update({f"{width_tag(w)}/{task}": metrics for task, metrics in (res or {}).items()})
+            results.update(key_by_width(w, res or {}))
     finally:
         set_width(net, before)
     if comm.is_main_process():

@@ -47,7 +47,6 @@ from ..ops.norm import WIDTH_STATS_RE
 from ..width import set_width, slimmable_modules
 from .checkpoint import US3LCheckpointer
 from .config import us3l_width
-from .conventions import check_pretrained_conventions
 
 logger = logging.getLogger("detectron2.us3l.slimmable")
 
@@ -187,7 +186,6 @@ def slimmable_resnet_fpn(*, depth: int = 50, out_features=("res2", "res3", "res4
 def build_us3l_slimmable_resnet_fpn_backbone(cfg, input_shape: ShapeSpec) -> FPN:
     """Slimmable US-ResNet + Detectron2 FPN (slimmed unless ``MODEL.US3L.SLIM_NECK_HEADS`` is False)."""
     _check_slimmable_cfg(cfg)
-    check_pretrained_conventions(cfg, stride_in_1x1=False)  # _check_slimmable_cfg checks the stride already
     if input_shape.channels != 3:
         raise ValueError(f"the slimmable ResNet takes RGB input, got {input_shape.channels} channels")
     return slimmable_resnet_fpn(depth=cfg.MODEL.RESNETS.DEPTH, out_features=cfg.MODEL.RESNETS.OUT_FEATURES,

@@ -173,11 +173,6 @@ def demo(checkpoint: str, config: str, images, widths, opts=(), score_thresh: fl
                                       pred_score_thr=score_thresh)
             panels.append({"image": path, "width": w, "rgb": visualizer.get_image(),
                            "latency_ms": sorted(times)[len(times) // 2],
-                           "gflops": _width_gflops(model, w, batch), "boxes": pred.bboxes[keep].tolist(),
+                           "gflops": detector_gflops(model, batch), "boxes": pred.bboxes[keep].tolist(),
                            "scores": pred.scores[keep].tolist(), "classes": pred.labels[keep].tolist()})
     return panels
-
-
-def _width_gflops(model, w: float, batch) -> float:
-    with width_ctx(model, w):
-        return detector_gflops(model, batch)
