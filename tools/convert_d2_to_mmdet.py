@@ -17,7 +17,7 @@ from us3l.convert_cli import convert_detector, detector_converter_parser
 def main(argv=None) -> int:
     p = detector_converter_parser(__doc__, "Detectron2 checkpoint (.pkl numpy / .pth torch)", "output MMDetection .pth",
                                   "MMDetection")
-    return convert_detector(convert_d2_to_mmdet, p.parse_args(argv))
+    return convert_detector(convert_d2_to_mmdet, p.parse_args(argv), source="d2")
 
 
 if __name__ == "__main__":

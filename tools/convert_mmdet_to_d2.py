@@ -18,7 +18,7 @@ def main(argv=None) -> int:
                                   "output Detectron2 checkpoint (.pkl, or .pth)", "Detectron2")
     p.add_argument("--layout", choices=D2_LAYOUTS, help="Detectron2 layout (default: from the keys)")
     args = p.parse_args(argv)
-    return convert_detector(convert_mmdet_to_d2, args, layout=args.layout)
+    return convert_detector(convert_mmdet_to_d2, args, source="mmdet", layout=args.layout)
 
 
 if __name__ == "__main__":

@@ -2,18 +2,22 @@
 
 ``tools/convert_pretrain_to_{d2,mmdet}.py`` write a backbone file (:func:`convert_backbone`);
 ``tools/convert_d2_to_mmdet.py`` and ``tools/convert_mmdet_to_d2.py`` convert whole detectors between the two
-frameworks (:func:`convert_detector`, :mod:`us3l.checkpoint.frameworks`). A file this package refuses
-(:class:`CheckpointError`) is one ``error:`` line on stderr and exit code 2 (:mod:`us3l.cli`), with nothing
-written. No framework is imported here: converting works on a machine that has neither.
+frameworks (:func:`convert_detector`, :mod:`us3l.checkpoint.frameworks`); with ``--config SRC_CONFIG`` they also
+write the target framework's config for the converted weights (:func:`target_config`, through the neutral
+:class:`us3l.detection.spec.DetectorSpec`). A file or config this package refuses is one ``error:`` line on stderr
+and exit code 2 (:mod:`us3l.cli`), with nothing written. Weights alone need no framework (converting works on a
+machine that has neither); ``--config`` imports both plugins, as reading one framework's config and writing the
+other's needs them.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 
 from .checkpoint.report import CheckpointError, LoadReport
-from .cli import BAD_INPUT, error_line
+from .cli import BAD_INPUT, BAD_INPUT_ERRORS, error_line
 
 
 def converter_parser(description: str, src_help: str, dst_help: str) -> argparse.ArgumentParser:
@@ -39,6 +43,9 @@ def detector_converter_parser(description: str, src_help: str, dst_help: str, ta
     p.add_argument("--skip-unmapped-heads", action="store_true",
                    help=f"leave out head parameters that have no {target} counterpart (listed)")
     p.add_argument("--quiet", action="store_true", help="do not list every renamed key")
+    p.add_argument("--config", metavar="SRC_CONFIG", default=None,
+                   help=f"the source detector's config: also write the {target} config that builds the converted "
+                        "detector (DST with the target's config suffix)")
     return p
 
 
@@ -66,10 +73,100 @@ def convert_backbone(convert: Callable, args: argparse.Namespace, describe: Call
     return run_conversion(lambda: convert(args.src, args.dst, width=args.src_width, report=report), _describe)
 
 
-def convert_detector(convert: Callable, args: argparse.Namespace, **options) -> int:
+TARGET = {"mmdet": ("MMDetection", ".py"), "d2": ("Detectron2", ".yaml")}
+
+
+def read_spec(config: str, framework: str):
+    """The :class:`DetectorSpec` of a source config (``framework``: the SOURCE framework)."""
+    if framework == "d2":
+        from . import d2  # noqa: F401  (registers the project's backbones, heads and datasets)
+        from .d2.config import load_config
+        from .d2.spec import spec_from_cfg
+
+        return spec_from_cfg(load_config(config))
+    from mmengine.config import Config
+
+    from . import mmdet  # noqa: F401
+    from .mmdet.spec import spec_from_config
+
+    return spec_from_config(Config.fromfile(config))
+
+
+def target_config(spec, framework: str, weights: str) -> Callable[[str], None]:
+    """A callable that writes the ``framework`` (TARGET) config of ``spec``, loading ``weights``, to a path."""
+    if framework == "mmdet":
+        from .mmdet.spec import config_from_spec
+
+        cfg = config_from_spec(spec, load_from=weights)
+        return cfg.dump
+    from .d2.spec import cfg_from_spec
+
+    cfg = cfg_from_spec(spec, weights=weights)
+
+    def write(path: str) -> None:
+        with open(path, "w") as f:
+            f.write(cfg.dump())
+    return write
+
+
+def _check_spec(spec, src: str, source: str) -> None:
+    """The source config must describe the checkpoint: classes, FPN width, slimmable or not."""
+    from .checkpoint.d2_format import read_d2_checkpoint
+    from .checkpoint.frameworks import is_slimmable_mmdet
+    from .checkpoint.keymaps import detect_d2_layout
+    from .checkpoint.mmdet_format import read_mmdet_checkpoint
+    from .detection.spec import SpecError, check_against_checkpoint
+
+    if source == "d2":
+        state, _ = read_d2_checkpoint(src)
+        slimmable = detect_d2_layout(state) == "slimmable"
+    else:
+        state, meta = read_mmdet_checkpoint(src)
+        slimmable = is_slimmable_mmdet(state, meta) or spec.slimmable
+    check_against_checkpoint(spec, state)
+    if slimmable != spec.slimmable:
+        raise SpecError(f"the checkpoint is {'a slimmable' if slimmable else 'a plain'} detector but --config "
+                        f"describes {'a slimmable' if spec.slimmable else 'a plain'} one")
+
+
+def _prepare_config(args: argparse.Namespace, source: str, target: str, options: dict):
+    try:
+        spec = read_spec(args.config, source)
+        _check_spec(spec, args.src, source)
+        if target == "d2" and spec.slimmable:
+            options["layout"] = "slimmable"
+        return target_config(spec, target, os.path.abspath(args.dst))
+    except ImportError as e:
+        raise CheckpointError(f"--config reads the source framework's config and writes the target's: both "
+                              f"Detectron2 and MMDetection must be installed ({e})") from None
+
+
+def convert_detector(convert: Callable, args: argparse.Namespace, source: str, **options) -> int:
     """``convert(SRC, DST, num_ratios=, skip_unmapped_heads=, **options)`` (:mod:`us3l.checkpoint.frameworks`);
-    prints what was converted (every renamed key unless ``--quiet``) and the file written."""
-    return run_conversion(
-        lambda: convert(args.src, args.dst, num_ratios=args.num_ratios, skip_unmapped_heads=args.skip_unmapped_heads,
-                        **options),
-        lambda conv: f"{conv.summary(verbose=not args.quiet)}\nsaved {args.dst}")
+    prints what was converted (every renamed key unless ``--quiet``) and the files written. With ``--config``
+    the target config is prepared before anything is written and written after the weights were checked."""
+    target = "mmdet" if source == "d2" else "d2"
+    config_path = os.path.splitext(args.dst)[0] + TARGET[target][1] if args.config else None
+    if config_path is not None and os.path.abspath(config_path) == os.path.abspath(args.config):
+        print(error_line(ValueError(f"the written config {config_path} would overwrite --config")), file=sys.stderr)
+        return BAD_INPUT
+    write_config = None
+    try:
+        if args.config:
+            write_config = _prepare_config(args, source, target, options)
+        result = convert(args.src, args.dst, num_ratios=args.num_ratios,
+                         skip_unmapped_heads=args.skip_unmapped_heads, **options)
+        if write_config is not None:
+            try:
+                write_config(config_path)
+            except BaseException:
+                for path in (args.dst, config_path):
+                    if os.path.exists(path):
+                        os.remove(path)
+                raise
+    except (CheckpointError, *BAD_INPUT_ERRORS) as e:
+        print(error_line(e), file=sys.stderr)
+        return BAD_INPUT
+    written = f"saved {args.dst}" + (f"\nwrote {TARGET[target][0]} config {config_path}" if config_path else "")
+    print(f"{result.summary(verbose=not args.quiet)}\n{written}")
+    return 0

@@ -11,6 +11,8 @@ name, and the top-level metadata of the Detectron2 file (kept in the MMDetection
 from __future__ import annotations
 
 import dataclasses
+import os
+import re
 from collections.abc import Mapping
 
 import torch
@@ -116,13 +118,21 @@ def mmdet_to_d2_state(state: Mapping[str, torch.Tensor], num_ratios: int = 3, sk
                          src=1, num_ratios=num_ratios, skip_unmapped_heads=skip_unmapped_heads, conv=conv)
 
 
+DETECTOR_META = "__us3l_detector__"  # what our Detectron2 detector files keep beside the model (widths, source)
+WIDTH_STAT = re.compile(r"^(running_mean|running_var|num_batches_tracked)_w\d{4}$")
+
+
 def d2_meta_to_mmdet(extras: Mapping, layout: str) -> dict:
-    """MMDetection ``meta``: our backbone metadata at top level (read by the US3L backbone loader) and the
-    Detectron2 file's own top-level entries under ``d2`` (restored by the reverse conversion)."""
+    """MMDetection ``meta``: our backbone or detector metadata at top level (read by the US3L loaders:
+    ``arch``, ``calibrated_widths``...) and the Detectron2 file's own top-level entries under ``d2`` (restored by
+    the reverse conversion)."""
     meta = {"d2": {"layout": layout, "extras": dict(extras)}}
     us3l = extras.get(META_KEY)
     if isinstance(us3l, Mapping):
         meta.update({k: us3l[k] for k in META_FIELDS if k in us3l})
+    detector = extras.get(DETECTOR_META)
+    if isinstance(detector, Mapping):
+        meta.update({k: v for k, v in detector.items() if k != "d2"})
     return meta
 
 
@@ -133,24 +143,74 @@ def mmdet_meta_to_d2(meta: Mapping, layout: str) -> dict:
         return dict(d2["extras"])
     # a bare trunk is matched into detectors by Detectron2's name heuristics (as MoCo's converted weights)
     extras = {"__author__": "US3L", "matching_heuristics": layout == "trunk"}
-    if "arch" in meta:  # what the Detectron2 plugin's loader checks (us3l.checkpoint.d2_format)
+    if layout == "trunk" and "arch" in meta:  # what the Detectron2 plugin's loader checks (d2_format)
         extras[META_KEY] = {"format": D2_PKL_FORMAT, **{k: meta[k] for k in META_FIELDS if k in meta}}
+    elif layout != "trunk":
+        kept = {k: meta[k] for k in ("calibrated_widths", "width", "plain", "source") if k in meta}
+        if kept:
+            extras[DETECTOR_META] = kept
     return extras
 
 
+def is_slimmable_mmdet(state: Mapping, meta: Mapping) -> bool:
+    """Whether an MMDetection detector file is a slimmable one (its trunk names are those of a plain one): it
+    came from a slimmable Detectron2 file, holds per-width BN statistics, or says so in mmengine's saved config."""
+    d2 = meta.get("d2")
+    if isinstance(d2, Mapping) and d2.get("layout") == "slimmable":
+        return True
+    if not any(k.startswith(("neck.", "rpn_head.")) for k in state):
+        return False
+    if any(WIDTH_STAT.match(k.rsplit(".", 1)[-1]) for k in state):
+        return True
+    return "Slimmable" in str(meta.get("cfg", ""))
+
+
+def _verify_written(dst: str, read, back, source: Mapping[str, torch.Tensor], direction: str) -> None:
+    """Read the written file back with the target reader and convert it back: every source tensor must come back
+    bit for bit under its name, or the file is removed and the conversion fails (never exit 0 on a bad file)."""
+    try:
+        state, _ = read(dst)
+        again = back(state)
+        if set(again) != set(source):
+            diff = sorted(set(again) ^ set(source))
+            raise CheckpointError(f"{direction}: the written file does not map back to the source ({len(diff)} "
+                                  f"keys differ, e.g. {diff[:3]})")
+        bad = [k for k, v in source.items() if v.dtype != again[k].dtype or v.shape != again[k].shape
+               or not torch.equal(v, again[k])]
+        if bad:
+            raise CheckpointError(f"{direction}: {len(bad)} tensors of the written file differ from the source, "
+                                  f"e.g. {bad[:3]}")
+    except BaseException:
+        if os.path.exists(dst):
+            os.remove(dst)
+        raise
+
+
 def convert_d2_to_mmdet(src: str, dst: str, num_ratios: int = 3, skip_unmapped_heads: bool = False) -> Conversion:
-    """Read a Detectron2 checkpoint, write its MMDetection counterpart; returns what was converted."""
+    """Read a Detectron2 checkpoint, write its MMDetection counterpart (checked by reading it back); returns what
+    was converted."""
     state, extras = read_d2_checkpoint(src)
     out, conv = d2_to_mmdet_state(state, num_ratios=num_ratios, skip_unmapped_heads=skip_unmapped_heads)
     write_mmdet_checkpoint(out, d2_meta_to_mmdet(extras, conv.layout), dst)
+    kept = {k: v for k, v in state.items() if k not in conv.skipped}
+    _verify_written(dst, read_mmdet_checkpoint,
+                    lambda s: mmdet_to_d2_state(s, num_ratios=num_ratios, layout=conv.layout)[0], kept,
+                    "Detectron2 -> MMDetection")
     return conv
 
 
 def convert_mmdet_to_d2(src: str, dst: str, layout: str | None = None, num_ratios: int = 3,
                         skip_unmapped_heads: bool = False) -> Conversion:
-    """Read an MMDetection checkpoint, write its Detectron2 counterpart; returns what was converted."""
+    """Read an MMDetection checkpoint, write its Detectron2 counterpart (checked by reading it back); a slimmable
+    detector (:func:`is_slimmable_mmdet`) becomes a slimmable Detectron2 one. Returns what was converted."""
     state, meta = read_mmdet_checkpoint(src)
+    if layout is None and is_slimmable_mmdet(state, meta):
+        layout = "slimmable"
     out, conv = mmdet_to_d2_state(state, num_ratios=num_ratios, skip_unmapped_heads=skip_unmapped_heads,
                                   layout=layout)
     write_d2_checkpoint(out, mmdet_meta_to_d2(meta, conv.layout), dst)
+    kept = {k: v for k, v in state.items() if k not in conv.skipped}
+    _verify_written(dst, read_d2_checkpoint,
+                    lambda s: d2_to_mmdet_state(s, num_ratios=num_ratios, layout=conv.layout)[0], kept,
+                    "MMDetection -> Detectron2")
     return conv

@@ -85,6 +85,9 @@ def rename_all(state: dict, fn, context: str) -> dict:
 #   "trunk": a bare ResNet as MoCo / tools/convert_pretrain_to_d2.py write it (``stem.*``, ``res2.*``, ...)
 #   "fpn":   a ResNet-FPN detector (trunk under ``backbone.bottom_up.``)
 #   "c4":    a C4 detector (res2-res4 under ``backbone.``, res5 in ``roi_heads.res5.``)
+#   "slimmable": the slimmable ResNet-FPN detector of ``us3l.d2.slimmable``: the trunk keeps its TORCHVISION
+#            names under ``backbone.bottom_up.`` (``conv1.weight``, ``layer1.0.bn1.running_mean_w0500``...), the
+#            FPN and heads are named as in "fpn"
 # MMDetection always keeps the trunk under ``backbone.``; a C4 model's res5 is ``roi_head.shared_head.layer4``.
 #
 # Parts that correspond one-to-one (same tensors, same layout; see ``docs`` of the converters):
@@ -101,9 +104,10 @@ def rename_all(state: dict, fn, context: str) -> dict:
 #            roi_head.mask_head.convs.{0..3}.conv / upsample / conv_logits
 # Anything else (cascade stages, GN conv box heads, RetinaNet, keypoints) has no counterpart here.
 # ---------------------------------------------------------------------------------------------------------
-D2_LAYOUTS = ("trunk", "fpn", "c4")
+D2_LAYOUTS = ("trunk", "fpn", "c4", "slimmable")
+FPN_LAYOUTS = ("fpn", "slimmable")
 # where each Detectron2 layout keeps its ResNet trunk
-D2_TRUNK_PREFIXES = {"trunk": "", "fpn": D2_FPN_TRUNK_PREFIX, "c4": "backbone."}
+D2_TRUNK_PREFIXES = {"trunk": "", "fpn": D2_FPN_TRUNK_PREFIX, "c4": "backbone.", "slimmable": D2_FPN_TRUNK_PREFIX}
 _HEAD_PAIRS = (  # (d2 prefix, mmdet prefix) of modules whose parameters keep their own names
     ("proposal_generator.rpn_head.conv.", "rpn_head.rpn_conv."),
     ("proposal_generator.rpn_head.objectness_logits.", "rpn_head.rpn_cls."),
@@ -121,6 +125,8 @@ _FPN_KINDS = (("lateral", "lateral_convs"), ("output", "fpn_convs"))
 def detect_d2_layout(keys) -> str:
     """Layout (``trunk``/``fpn``/``c4``) of a Detectron2 state dict, from its key names."""
     keys = list(keys)
+    if any(k.startswith(("backbone.bottom_up.conv1.", "backbone.bottom_up.layer1.")) for k in keys):
+        return "slimmable"
     if any(k.startswith("backbone.bottom_up.") for k in keys):
         return "fpn"
     if any(k.startswith("roi_heads.res5.") for k in keys) or any(k.startswith("backbone.stem.") for k in keys):
@@ -149,9 +155,13 @@ def d2_to_mmdet(name: str, layout: str, fpn_norm: str = "bn") -> str | None:
     if layout == "c4" and name.startswith("roi_heads.res5."):
         tv = d2_to_tv("res5." + name[len("roi_heads.res5."):])
         return None if tv is None else "roi_head.shared_head." + tv
-    if name.startswith(prefix) and (tv := d2_to_tv(name[len(prefix):])) is not None:
+    if layout == "slimmable":
+        if name.startswith(prefix):
+            rest = name[len(prefix):]
+            return "backbone." + rest if tv_to_d2(rest) is not None else None
+    elif name.startswith(prefix) and (tv := d2_to_tv(name[len(prefix):])) is not None:
         return "backbone." + tv
-    if layout == "fpn":
+    if layout in FPN_LAYOUTS:
         m = re.match(r"^backbone\.fpn_(lateral|output)([2-5])\.(weight|bias|norm\.(.+))$", name)
         if m:
             kind = dict(_FPN_KINDS)[m.group(1)]
@@ -171,11 +181,11 @@ def mmdet_to_d2(name: str, layout: str) -> str | None:
         d2 = tv_to_d2(name[len("backbone."):])
         if d2 is None or (layout == "c4" and d2.startswith("res5.")):
             return None
-        return D2_TRUNK_PREFIXES[layout] + d2
+        return D2_TRUNK_PREFIXES[layout] + (name[len("backbone."):] if layout == "slimmable" else d2)
     if layout == "c4" and name.startswith("roi_head.shared_head.layer4."):
         d2 = tv_to_d2(name[len("roi_head.shared_head."):])
         return None if d2 is None else "roi_heads." + d2
-    if layout == "fpn":
+    if layout in FPN_LAYOUTS:
         m = re.match(r"^neck\.(lateral_convs|fpn_convs)\.([0-3])\.(conv\.(weight|bias)|(bn|gn)\.(.+))$", name)
         if m:
             kind = {v: k for k, v in _FPN_KINDS}[m.group(1)]
