@@ -93,20 +93,62 @@ def read_spec(config: str, framework: str):
 
 
 def target_config(spec, framework: str, weights: str) -> Callable[[str], None]:
-    """A callable that writes the ``framework`` (TARGET) config of ``spec``, loading ``weights``, to a path."""
+    """A callable that writes the ``framework`` (TARGET) config of ``spec``, loading ``weights``, to a path and
+    loads the weights into the detector it builds (:func:`load_in_target`)."""
     if framework == "mmdet":
         from .mmdet.spec import config_from_spec
 
         cfg = config_from_spec(spec, load_from=weights)
-        return cfg.dump
-    from .d2.spec import cfg_from_spec
+        dump = cfg.dump
+    else:
+        from .d2.spec import cfg_from_spec
 
-    cfg = cfg_from_spec(spec, weights=weights)
+        cfg = cfg_from_spec(spec, weights=weights)
+
+        def dump(path: str) -> None:
+            with open(path, "w") as f:
+                f.write(cfg.dump())
 
     def write(path: str) -> None:
-        with open(path, "w") as f:
-            f.write(cfg.dump())
+        dump(path)
+        load_in_target(framework, path, weights, spec.slimmable)
     return write
+
+
+def load_in_target(framework: str, config: str, weights: str, slimmable: bool) -> None:
+    """Build the detector of the written ``config`` with the TARGET framework and load ``weights`` into it with
+    the loader a user's tools use (every key and shape checked): a file that loader refuses is never reported as
+    converted."""
+    from .checkpoint.model_io import load_state_dict_checked
+
+    if framework == "d2":
+        from detectron2.modeling import build_model
+
+        from .checkpoint.d2_format import read_d2_checkpoint
+        from .d2.config import load_config
+        from .d2.detector_tools import load_slimmable_detector
+
+        if slimmable:
+            load_slimmable_detector(config, weights)
+            return
+        model = build_model(load_config(config, ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", ""]))
+        state = {k: v for k, v in read_d2_checkpoint(weights)[0].items() if "cell_anchors" not in k}
+    else:
+        from mmdet.registry import MODELS
+        from mmengine.config import Config
+        from mmengine.registry import init_default_scope
+
+        from .checkpoint.mmdet_format import read_mmdet_checkpoint
+        from .mmdet.slimmable_eval import load_slimmable_detector
+
+        if slimmable:
+            load_slimmable_detector(config, weights)
+            return
+        cfg = Config.fromfile(config)
+        init_default_scope(cfg.get("default_scope", "mmdet"))
+        model = MODELS.build(cfg.model)
+        state = read_mmdet_checkpoint(weights)[0]
+    load_state_dict_checked(model, state, f"loading the converted {weights} into the detector of {config}")
 
 
 def _check_spec(spec, src: str, source: str) -> None:

@@ -23,7 +23,7 @@ def tv_to_d2(name: str) -> str | None:
     m = re.match(r"^bn1\.(.+)$", name)
     if m:
         return f"stem.conv1.norm.{m.group(1)}"
-    m = re.match(r"^layer(\d)\.(\d+)\.(.+)$", name)
+    m = re.match(r"^layer([1-4])\.(\d+)\.(.+)$", name)  # a ResNet has 4 stages
     if not m:
         return None
     stage, block, rest = int(m.group(1)) + 1, m.group(2), m.group(3)
@@ -46,7 +46,7 @@ def d2_to_tv(name: str) -> str | None:
     m = re.match(r"^stem\.conv1\.norm\.(.+)$", name)
     if m:
         return f"bn1.{m.group(1)}"
-    m = re.match(r"^res(\d)\.(\d+)\.(.+)$", name)
+    m = re.match(r"^res([2-5])\.(\d+)\.(.+)$", name)
     if not m:
         return None
     stage, block, rest = int(m.group(1)) - 1, m.group(2), m.group(3)
