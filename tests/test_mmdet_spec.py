@@ -94,7 +94,7 @@ def test_changed_values_carry(tmp_path):
         rpn_bbox_weights=(2.0, 2.0, 1.0, 1.0), box_bbox_weights=(20.0, 20.0, 10.0, 10.0),
         box_pooler=Pooler(5, 2, False), mask_pooler=Pooler(12, 1, False), rpn_pre_nms_topk=500,
         rpn_post_nms_topk=300, rpn_nms_thresh=0.6, score_thresh=0.3, nms_thresh=0.4, detections_per_image=50,
-        mask_thresh=0.4)
+        mask_thresh=0.4, resize_backend="pillow" if spec.resize_backend == "cv2" else "cv2")
     unchanged = [f for f in spec.__dataclass_fields__ if getattr(changed, f) == getattr(spec, f)]
     assert set(unchanged) == FIXED  # the test changes every field the writer sets
     cfg = _written(changed, tmp_path)
@@ -110,6 +110,7 @@ def test_changed_values_carry(tmp_path):
     for loader in (cfg.val_dataloader, cfg.test_dataloader):
         resize = [s for s in loader.dataset.pipeline if s.type == "Resize"]
         assert [tuple(r.scale) for r in resize] == [(200, 100)] and resize[0].keep_ratio is True
+        assert resize[0].backend == changed.resize_backend
     assert m.roi_head.bbox_head.num_classes == 7 and m.roi_head.mask_head.num_classes == 7
     for loader in (cfg.train_dataloader, cfg.val_dataloader, cfg.test_dataloader):
         assert list(loader.dataset.metainfo.classes) == names

@@ -20,6 +20,7 @@ from ..errors import US3LError
 TASKS = ("faster", "mask")
 LAYOUTS = ("fpn", "c4")
 INPUT_FORMATS = ("RGB", "BGR")
+RESIZE_BACKENDS = ("pillow", "cv2")
 
 
 class SpecError(US3LError, ValueError):
@@ -61,6 +62,7 @@ class DetectorSpec:
     size_divisibility: int = 32
     test_min_size: int = 800       # shorter side at test time ...
     test_max_size: int = 1333      # ... unless the longer one would exceed this
+    resize_backend: str = "pillow"  # bilinear resize by PIL (antialiased when shrinking, Detectron2's only one) or cv2
     # anchors and box coders
     anchor_strides: tuple = (4, 8, 16, 32, 64)
     anchor_sizes: tuple = ((32,), (64,), (128,), (256,), (512,))  # per level, in pixels
@@ -82,7 +84,8 @@ class DetectorSpec:
 
     def __post_init__(self):
         for name, value, allowed in (("task", self.task, TASKS), ("layout", self.layout, LAYOUTS),
-                                     ("input_format", self.input_format, INPUT_FORMATS)):
+                                     ("input_format", self.input_format, INPUT_FORMATS),
+                                     ("resize_backend", self.resize_backend, RESIZE_BACKENDS)):
             if value not in allowed:
                 raise SpecError(f"{name} {value!r} is not one of {allowed}")
         if len(self.anchor_sizes) != len(self.anchor_strides):

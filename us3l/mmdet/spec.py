@@ -302,7 +302,10 @@ def _test_size(ds: _Node) -> dict:
     scale = step.get("scale")
     if not isinstance(scale, (list, tuple)) or len(scale) != 2:
         raise SpecError(f"{step.key('scale')} = {scale!r}: a pair (long side, short side) is what can be expressed")
-    return dict(test_max_size=int(max(scale)), test_min_size=int(min(scale)))
+    backend = step.get("backend", "cv2")  # mmcv's default
+    if backend not in ("cv2", "pillow"):
+        raise SpecError(f"{step.key('backend')} = {backend!r}: only cv2 and pillow bilinear resizing can be expressed")
+    return dict(test_max_size=int(max(scale)), test_min_size=int(min(scale)), resize_backend=backend)
 
 
 def _anchor_fields(ag: _Node) -> dict:
@@ -562,7 +565,8 @@ def _write_test_cfg(test, spec: DetectorSpec) -> None:
 def _set_test_resize(pipeline, spec: DetectorSpec) -> None:
     for step in pipeline:
         if str(step.get("type")).split(".")[-1] == "Resize":
-            step.update(scale=(int(spec.test_max_size), int(spec.test_min_size)), keep_ratio=True)
+            step.update(scale=(int(spec.test_max_size), int(spec.test_min_size)), keep_ratio=True,
+                        backend=spec.resize_backend)
 
 
 def _write_data(cfg: Config, spec: DetectorSpec) -> None:
