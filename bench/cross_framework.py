@@ -50,6 +50,8 @@ def eval_rows(weights: str, config: str, framework: str, out: str, env: dict, wi
 
 
 def train_d2(out: str, iters: int, env: dict) -> tuple[str, str]:
+    if os.path.isfile(os.path.join(out, "model_final.pth")):  # a rerun keeps the trained detector
+        return os.path.join(out, "model_final.pth"), os.path.join(out, "config.yaml")
     run(["projects/segmentation/train_net.py", "--config-file", D2_CFG, *D2_R18, "SOLVER.MAX_ITER", str(iters),
          "SOLVER.STEPS", f"({max(1, int(iters * 0.8))},)", "SOLVER.CHECKPOINT_PERIOD", str(iters),
          "OUTPUT_DIR", out], env, out + ".log")
@@ -57,8 +59,9 @@ def train_d2(out: str, iters: int, env: dict) -> tuple[str, str]:
 
 
 def train_mmdet(out: str, epochs: int, env: dict) -> tuple[str, str]:
-    run(["projects/segmentation/mmdet_train.py", MM_CFG, "--work-dir", out, "--cfg-options", *MM_R18,
-         f"train_cfg.max_epochs={epochs}", f"default_hooks.checkpoint.interval={epochs}"], env, out + ".log")
+    if not os.path.isfile(os.path.join(out, f"epoch_{epochs}.pth")):  # a rerun keeps the trained detector
+        run(["projects/segmentation/mmdet_train.py", MM_CFG, "--work-dir", out, "--cfg-options", *MM_R18,
+             f"train_cfg.max_epochs={epochs}", f"default_hooks.checkpoint.interval={epochs}"], env, out + ".log")
     config = os.path.join(out, os.path.basename(MM_CFG))
     calibrated = os.path.join(out, "calibrated.pth")
     run(["tools/calibrate_detector.py", os.path.join(out, f"epoch_{epochs}.pth"), calibrated, "--config", config,
@@ -87,6 +90,8 @@ def pillow_config(config: str, dst: str) -> str:
 
     cfg = Config.fromfile(config)
     for name in ("val_dataloader", "test_dataloader"):
+        if cfg.get(name) is None:
+            continue
         for step in cfg[name].dataset.pipeline:
             if step["type"].split(".")[-1] == "Resize":
                 step["backend"] = "pillow"
@@ -112,6 +117,10 @@ def direction(out: str, src: str, args, env: dict) -> dict:
         os.path.join(out, "export.log"))
     plain_cfg = os.path.splitext(plain)[0] + (".yaml" if src == "d2" else ".py")
     plain_row = convert_and_evaluate(plain, plain_cfg, src, "plain", out, env, widths=["0.5"])
+    exported = os.path.join(out, f"exported_in_{dst}_w0.50.pth")  # the converted slimmable detector exports too
+    run(["tools/export_detector.py", converted, exported, "--width", "0.5", "--config", slim["written_config"]], env,
+        os.path.join(out, f"export_in_{dst}.log"))
+    slim["exported_in_target"] = exported
     back_tool = "tools/convert_mmdet_to_d2.py" if src == "d2" else "tools/convert_d2_to_mmdet.py"
     back = os.path.join(out, f"back_{src}.pth")
     run([back_tool, converted, back, "--quiet"], env, os.path.join(out, "convert_back.log"))

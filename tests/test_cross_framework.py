@@ -53,6 +53,7 @@ def test_both_directions_convert_evaluate_and_round_trip(crossed):
         for w in r["source_AP"]:  # AP of the converted detector, measured in the other framework
             for m in ("box_AP", "mask_AP"):  # (undertrained: near 0; equality is the next test's, parity the bench's)
                 assert 0.0 <= r["target_AP"][w][m] <= 100.0, (r["source"], w, m)
+        assert os.path.isfile(r["exported_in_target"])  # the converted slimmable detector exports in the target
         plain = r["plain"]  # the exported plain detector at 0.5, crossed with its exported config
         assert sorted(plain["source_AP"]) == sorted(plain["target_AP"]) == ["0.5"]
         assert os.path.isfile(plain["converted"]) and os.path.isfile(plain["written_config"])
