@@ -126,7 +126,9 @@ def test_every_other_field_carries_into_its_key():
                         backbone_norm="FrozenBN", stride_in_1x1=True, anchor_ratios=(1.0,), anchor_offset=0.5,
                         rpn_bbox_weights=(2.0, 2.0, 1.0, 1.0), rpn_pre_nms_topk=300, rpn_post_nms_topk=50,
                         rpn_nms_thresh=0.6, nms_thresh=0.4, detections_per_image=33, mask_pooler=Pooler(28, 1, False),
-                        anchor_strides=(8, 16, 32, 64), anchor_sizes=((16,), (32,), (64,), (128,)))
+                        anchor_strides=(8, 16, 32, 64), anchor_sizes=((16,), (32,), (64,), (128,)),
+                        resize_backend="cv2")
+    assert cfg_from_spec(spec).INPUT.RESIZE_BACKEND == "cv2"
     m = cfg_from_spec(spec).MODEL
     assert (m.RESNETS.DEPTH, m.RESNETS.NORM, m.RESNETS.STRIDE_IN_1X1) == (101, "FrozenBN", True)
     assert (m.FPN.OUT_CHANNELS, m.FPN.NORM, m.ROI_BOX_HEAD.FC_DIM, m.ROI_MASK_HEAD.CONV_DIM) == (32, "", 128, 32)
@@ -236,3 +238,25 @@ def test_unbuildable_spec_is_refused():
                          ({"stride_in_1x1": True}, r"STRIDE_IN_1X1")):
         with pytest.raises(SpecError, match=key):
             cfg_from_spec(slim.replace(**changes))
+
+
+def test_cv2_test_resize_is_detectron2s_size_rule_with_cv2_pixels():
+    """INPUT.RESIZE_BACKEND cv2 (what a converted MMDetection detector was evaluated with): Detectron2's output
+    size, mmcv's pixels (cv2 INTER_LINEAR, no antialiasing), which PIL's shrinking does not give."""
+    import cv2
+    import numpy as np
+
+    from us3l.d2.resize import test_resize
+
+    cfg = load_config(MASK_FPN_TINY)
+    img = np.random.default_rng(0).integers(0, 256, (96, 120, 3), dtype=np.uint8)
+    pil = test_resize(cfg).get_transform(img).apply_image(img)
+    cfg.INPUT.RESIZE_BACKEND = "cv2"
+    t = test_resize(cfg).get_transform(img)
+    out = t.apply_image(img)
+    assert out.shape == pil.shape == (64, 80, 3)
+    assert np.array_equal(out, cv2.resize(img, (80, 64), interpolation=cv2.INTER_LINEAR))
+    assert not np.array_equal(out, pil)
+    cfg.INPUT.RESIZE_BACKEND = "opencv"
+    with pytest.raises(ValueError, match="INPUT.RESIZE_BACKEND"):
+        test_resize(cfg)

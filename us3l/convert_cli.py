@@ -177,11 +177,6 @@ def _prepare_config(args: argparse.Namespace, source: str, target: str, options:
         _check_spec(spec, args.src, source)
         if target == "d2" and spec.slimmable:
             options["layout"] = "slimmable"
-        if target == "d2" and spec.resize_backend != "pillow":
-            print(f"note: {args.config} resizes test images with {spec.resize_backend}; Detectron2 resizes with PIL "
-                  "(antialiased when shrinking), so images resized at test time give slightly different detections "
-                  "(docs/cross_framework.md; backend='pillow' in the MMDetection pipeline makes both the same)",
-                  file=sys.stderr)
         return target_config(spec, target, os.path.abspath(args.dst))
     except ImportError as e:
         raise CheckpointError(f"--config reads the source framework's config and writes the target's: both "

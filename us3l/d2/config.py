@@ -30,7 +30,8 @@ def add_us3l_config(cfg: CN) -> CN:
       after training (before the final evaluation and ``model_final.pth``; empty = ``WIDTH_MULT``).
 
     And ``TEST.IMS_PER_BATCH`` (default 1): images per inference batch in evaluation
-    (:func:`us3l.d2.evaluation.build_test_loader`).
+    (:func:`us3l.d2.evaluation.build_test_loader`); ``INPUT.RESIZE_BACKEND`` ("pillow", Detectron2's, or "cv2",
+    mmcv's default): the library of the test-time resize (:mod:`us3l.d2.resize`).
     """
     if "US3L" not in cfg.MODEL:
         cfg.MODEL.US3L = CN()
@@ -49,6 +50,8 @@ def add_us3l_config(cfg: CN) -> CN:
         cfg.MODEL.US3L.CALIBRATION.NUM_BATCHES = 200
     if "IMS_PER_BATCH" not in cfg.TEST:
         cfg.TEST.IMS_PER_BATCH = 1
+    if "RESIZE_BACKEND" not in cfg.INPUT:
+        cfg.INPUT.RESIZE_BACKEND = "pillow"
     return cfg
 
 

@@ -127,7 +127,9 @@ def calibrate(src: str, dst: str, config: str, widths, num_batches: int, opts=()
 def _first_test_image(cfg):
     from detectron2.data import build_detection_test_loader
 
-    loader = build_detection_test_loader(cfg, cfg.DATASETS.TEST[0])
+    from .resize import test_mapper
+
+    loader = build_detection_test_loader(cfg, cfg.DATASETS.TEST[0], mapper=test_mapper(cfg))
     return next(iter(loader))
 
 
@@ -232,16 +234,17 @@ def demo(checkpoint: str, config: str, images, widths, opts=(), score_thresh: fl
     import time
 
     from detectron2.data import MetadataCatalog
-    from detectron2.data import transforms as T
     from detectron2.data.detection_utils import read_image
     from detectron2.utils.visualizer import Visualizer
+
+    from .resize import test_resize
 
     model, cfg = load_slimmable_detector(config, checkpoint, opts)
     widths = [canonical_width(w) for w in widths]
     for w in widths:  # every width refused before any image is read
         prepare_for_width(model, w)
     meta = MetadataCatalog.get(cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "__us3l_demo")
-    resize = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
+    resize = test_resize(cfg)
     panels = []
     for path in images:
         rgb = read_image(path, format="RGB")

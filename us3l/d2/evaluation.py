@@ -21,6 +21,7 @@ from detectron2.utils import comm
 
 from ..width import width_tag
 from .config import us3l_width
+from .resize import test_mapper
 
 
 def build_coco_evaluator(cfg, dataset_name: str, output_folder: str | None = None) -> COCOEvaluator:
@@ -36,7 +37,7 @@ def build_test_loader(cfg, dataset_name: str):
     batch = int(cfg.TEST.get("IMS_PER_BATCH", 1))
     if batch < 1:
         raise ValueError(f"TEST.IMS_PER_BATCH must be a positive number of images, got {batch}")
-    loader = build_detection_test_loader(cfg, dataset_name)
+    loader = build_detection_test_loader(cfg, dataset_name, mapper=test_mapper(cfg))
     if batch == 1:
         return loader
     return torch.utils.data.DataLoader(loader.dataset, batch_size=batch, sampler=loader.sampler,

@@ -24,6 +24,7 @@ from ..detection.spec import DetectorSpec, Pooler, SpecError
 from ..models.resnet import ARCH_SETTINGS
 from ..ops import check_width
 from .config import add_us3l_config, us3l_width
+from .resize import resize_backend
 from .slimmable import SLIMMABLE_BACKBONE
 
 FPN_BACKBONES = ("build_us3l_resnet_fpn_backbone", SLIMMABLE_BACKBONE, "build_resnet_fpn_backbone")
@@ -251,7 +252,7 @@ def spec_from_cfg(cfg: CfgNode) -> DetectorSpec:
         stride_in_1x1=bool(m.RESNETS.STRIDE_IN_1X1),
         input_format=cfg.INPUT.FORMAT, pixel_mean=_floats(m.PIXEL_MEAN), pixel_std=_floats(m.PIXEL_STD),
         size_divisibility=_size_divisibility(cfg, layout), test_min_size=int(cfg.INPUT.MIN_SIZE_TEST),
-        test_max_size=int(cfg.INPUT.MAX_SIZE_TEST), **_anchors(cfg, layout),
+        test_max_size=int(cfg.INPUT.MAX_SIZE_TEST), resize_backend=resize_backend(cfg), **_anchors(cfg, layout),
         rpn_bbox_weights=_floats(m.RPN.BBOX_REG_WEIGHTS), box_bbox_weights=_floats(m.ROI_BOX_HEAD.BBOX_REG_WEIGHTS),
         **_poolers(cfg, layout),
         rpn_pre_nms_topk=int(m.RPN.PRE_NMS_TOPK_TEST), rpn_post_nms_topk=int(m.RPN.POST_NMS_TOPK_TEST),
@@ -349,6 +350,7 @@ def _write_input(cfg: CfgNode, spec: DetectorSpec) -> None:
     cfg.INPUT.FORMAT = spec.input_format
     cfg.MODEL.PIXEL_MEAN, cfg.MODEL.PIXEL_STD = list(_floats(spec.pixel_mean)), list(_floats(spec.pixel_std))
     cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST = int(spec.test_min_size), int(spec.test_max_size)
+    cfg.INPUT.RESIZE_BACKEND = spec.resize_backend
 
 
 def _rpn_features(spec: DetectorSpec) -> list[str]:
