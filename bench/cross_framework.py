@@ -58,14 +58,14 @@ def train_d2(out: str, iters: int, env: dict) -> tuple[str, str]:
     return os.path.join(out, "model_final.pth"), os.path.join(out, "config.yaml")
 
 
-def train_mmdet(out: str, epochs: int, env: dict) -> tuple[str, str]:
+def train_mmdet(out: str, epochs: int, env: dict, calib_batches: int = 4) -> tuple[str, str]:
     if not os.path.isfile(os.path.join(out, f"epoch_{epochs}.pth")):  # a rerun keeps the trained detector
         run(["projects/segmentation/mmdet_train.py", MM_CFG, "--work-dir", out, "--cfg-options", *MM_R18,
              f"train_cfg.max_epochs={epochs}", f"default_hooks.checkpoint.interval={epochs}"], env, out + ".log")
     config = os.path.join(out, os.path.basename(MM_CFG))
     calibrated = os.path.join(out, "calibrated.pth")
     run(["tools/calibrate_detector.py", os.path.join(out, f"epoch_{epochs}.pth"), calibrated, "--config", config,
-         "--widths", *WIDTHS, "--num-batches", "4"], env, out + "_calibrate.log")
+         "--widths", *WIDTHS, "--num-batches", str(calib_batches)], env, out + "_calibrate.log")
     return calibrated, config
 
 
@@ -106,7 +106,7 @@ def direction(out: str, src: str, args, env: dict) -> dict:
     if src == "d2":
         weights, config = train_d2(os.path.join(out, "train"), args.d2_iters, env)
     else:
-        weights, config = train_mmdet(os.path.join(out, "train"), args.mmdet_epochs, env)
+        weights, config = train_mmdet(os.path.join(out, "train"), args.mmdet_epochs, env, 1 if args.quick else 4)
     slim = convert_and_evaluate(weights, config, src, "slimmable", out, env)
     if src == "mmdet":
         slim["source_AP_pillow_resize"] = eval_rows(weights, pillow_config(config, os.path.join(out, "pillow.py")),

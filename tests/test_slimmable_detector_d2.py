@@ -153,6 +153,11 @@ def test_uncalibrated_width_is_refused_and_calibrated_on_request(trained, tmp_pa
         rows = json.load(f)["rows"]
     assert [r["width"] for r in rows] == [0.75, 0.5] and all(r["detector_gflops"] > 0 for r in rows)
     assert (tmp_path / "c" / "ap_vs_gflops.png").is_file()
+    # more batches than one pass over the training set holds: refused at once, nothing written
+    run = _tool("calibrate_detector.py", trained["final"], str(tmp_path / "never.pth"), "--config", CONFIG,
+                "--widths", "0.75", "--num-batches", "1000000", "--opts", *R18, tiny=trained["tiny"])
+    assert run.returncode == 2 and "exceeds the" in run.stderr.splitlines()[-1], run.stderr[-2000:]
+    assert not (tmp_path / "never.pth").exists()
 
 
 def _outputs(model, images):

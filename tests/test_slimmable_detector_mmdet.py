@@ -268,6 +268,15 @@ def test_one_checkpoint_evaluates_at_three_widths(calibrated, tmp_path):
     assert all(r["detector_gflops"] > r["backbone_gflops"] for r in rows)
 
 
+def test_calibration_refuses_more_batches_than_the_training_set_holds(trained, tmp_path):
+    from us3l.mmdet import detector_tools
+
+    with pytest.raises(ValueError, match=r"--num-batches 1000000 exceeds the \d+ batches of one pass"):
+        detector_tools.calibrate(trained["ckpt"], str(tmp_path / "never.pth"), MASK_CFG, [1.0], 1000000,
+                                 opts=_cli(MODEL_OPTS))
+    assert not (tmp_path / "never.pth").exists()
+
+
 def test_uncalibrated_width_is_refused_before_anything_runs(trained, calibrated):
     from us3l.mmdet.export import export_detector
     from us3l.mmdet.slimmable_eval import evaluate_widths, load_slimmable_detector

@@ -118,6 +118,13 @@ def calibrate(src: str, dst: str, config: str, widths, num_batches: int, opts=()
     for w in widths:  # a bad width fails before any image is read
         with width_ctx(model, w):
             pass
+    from detectron2.data import get_detection_dataset_dicts
+
+    from ..detection.calibration import check_calibration_batches
+
+    images = get_detection_dataset_dicts(cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
+    check_calibration_batches(num_batches, len(images), cfg.SOLVER.IMS_PER_BATCH,
+                              f"DATASETS.TRAIN {list(cfg.DATASETS.TRAIN)}")
     used = calibrate_widths(model, cfg, widths, num_batches)
     _save_detector(model, dst, {"source": os.path.abspath(src), "calibrated_widths": calibrated_widths(model)})
     return {"weights": dst, "widths": used}

@@ -74,6 +74,13 @@ def calibrate(src: str, dst: str, config: str, widths, num_batches: int, opts=()
     for w in widths:  # a bad width fails before any image is read
         with width_ctx(model, w):
             pass
+    from mmengine.registry import DATASETS
+
+    from ..detection.calibration import check_calibration_batches
+
+    loader = cfg.train_dataloader
+    check_calibration_batches(num_batches, len(DATASETS.build(loader.dataset)), int(loader.batch_size),
+                              "train_dataloader")
     used = calibrate_widths(model, cfg, widths, num_batches)
     save_slimmable_detector(model, dst, {"source": os.path.abspath(src)})
     return {"weights": dst, "widths": used}
