@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 from .checkpoint.report import CheckpointError, LoadReport
 from .cli import BAD_INPUT, BAD_INPUT_ERRORS, error_line
+from .detection.backends import export_config_path
 
 
 def converter_parser(description: str, src_help: str, dst_help: str) -> argparse.ArgumentParser:
@@ -73,7 +74,7 @@ def convert_backbone(convert: Callable, args: argparse.Namespace, describe: Call
     return run_conversion(lambda: convert(args.src, args.dst, width=args.src_width, report=report), _describe)
 
 
-TARGET = {"mmdet": ("MMDetection", ".py"), "d2": ("Detectron2", ".yaml")}
+FRAMEWORK_NAMES = {"mmdet": "MMDetection", "d2": "Detectron2"}
 
 
 def read_spec(config: str, framework: str):
@@ -151,30 +152,31 @@ def load_in_target(framework: str, config: str, weights: str, slimmable: bool) -
     load_state_dict_checked(model, state, f"loading the converted {weights} into the detector of {config}")
 
 
-def _check_spec(spec, src: str, source: str) -> None:
-    """The source config must describe the checkpoint: classes, FPN width, slimmable or not."""
-    from .checkpoint.d2_format import read_d2_checkpoint
+def spec_check(spec, source: str):
+    """``check(state, meta)`` for :mod:`us3l.checkpoint.frameworks`: the source config must describe the checkpoint
+    it is read for (classes, FPN width, slimmable or not), checked on the one read of the source."""
     from .checkpoint.frameworks import is_slimmable_mmdet
     from .checkpoint.keymaps import detect_d2_layout
-    from .checkpoint.mmdet_format import read_mmdet_checkpoint
     from .detection.spec import SpecError, check_against_checkpoint
 
-    if source == "d2":
-        state, _ = read_d2_checkpoint(src)
-        slimmable = detect_d2_layout(state) == "slimmable"
-    else:
-        state, meta = read_mmdet_checkpoint(src)
-        slimmable = is_slimmable_mmdet(state, meta) or spec.slimmable
-    check_against_checkpoint(spec, state)
-    if slimmable != spec.slimmable:
-        raise SpecError(f"the checkpoint is {'a slimmable' if slimmable else 'a plain'} detector but --config "
-                        f"describes {'a slimmable' if spec.slimmable else 'a plain'} one")
+    def check(state, meta) -> None:
+        check_against_checkpoint(spec, state)
+        if source == "d2":
+            slimmable = detect_d2_layout(state) == "slimmable"
+        else:  # an MMDetection slimmable file before calibration has a plain one's names: only "slimmable" shows
+            slimmable = is_slimmable_mmdet(state, meta) or spec.slimmable
+        if slimmable != spec.slimmable:
+            raise SpecError(f"the checkpoint is {'a slimmable' if slimmable else 'a plain'} detector but --config "
+                            f"describes {'a slimmable' if spec.slimmable else 'a plain'} one")
+    return check
 
 
 def _prepare_config(args: argparse.Namespace, source: str, target: str, options: dict):
+    """Read the source config (before anything is written); returns the target config's writer and sets the
+    converter's ``check`` and layout."""
     try:
         spec = read_spec(args.config, source)
-        _check_spec(spec, args.src, source)
+        options["check"] = spec_check(spec, source)
         if target == "d2" and spec.slimmable:
             options["layout"] = "slimmable"
         return target_config(spec, target, os.path.abspath(args.dst))
@@ -188,7 +190,7 @@ def convert_detector(convert: Callable, args: argparse.Namespace, source: str, *
     prints what was converted (every renamed key unless ``--quiet``) and the files written. With ``--config``
     the target config is prepared before anything is written and written after the weights were checked."""
     target = "mmdet" if source == "d2" else "d2"
-    config_path = os.path.splitext(args.dst)[0] + TARGET[target][1] if args.config else None
+    config_path = export_config_path(args.dst, target) if args.config else None
     if config_path is not None and os.path.abspath(config_path) == os.path.abspath(args.config):
         print(error_line(ValueError(f"the written config {config_path} would overwrite --config")), file=sys.stderr)
         return BAD_INPUT
@@ -209,6 +211,6 @@ def convert_detector(convert: Callable, args: argparse.Namespace, source: str, *
     except (CheckpointError, *BAD_INPUT_ERRORS) as e:
         print(error_line(e), file=sys.stderr)
         return BAD_INPUT
-    written = f"saved {args.dst}" + (f"\nwrote {TARGET[target][0]} config {config_path}" if config_path else "")
+    written = f"saved {args.dst}" + (f"\nwrote {FRAMEWORK_NAMES[target]} config {config_path}" if config_path else "")
     print(f"{result.summary(verbose=not args.quiet)}\n{written}")
     return 0

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 
+from ..ops.norm import WIDTH_STATS_RE
 from .d2_format import D2_PKL_FORMAT, META_FIELDS, META_KEY, read_d2_checkpoint, write_d2_checkpoint
 from .keymaps import D2_TRUNK_PREFIXES, d2_to_mmdet, detect_d2_layout, detect_mmdet_layout, mmdet_to_d2, permute_anchors
 from .mmdet_format import read_mmdet_checkpoint, write_mmdet_checkpoint
@@ -119,7 +119,6 @@ def mmdet_to_d2_state(state: Mapping[str, torch.Tensor], num_ratios: int = 3, sk
 
 
 DETECTOR_META = "__us3l_detector__"  # what our Detectron2 detector files keep beside the model (widths, source)
-WIDTH_STAT = re.compile(r"^(running_mean|running_var|num_batches_tracked)_w\d{4}$")
 
 
 def d2_meta_to_mmdet(extras: Mapping, layout: str) -> dict:
@@ -160,7 +159,7 @@ def is_slimmable_mmdet(state: Mapping, meta: Mapping) -> bool:
         return True
     if not any(k.startswith(("neck.", "rpn_head.")) for k in state):
         return False
-    if any(WIDTH_STAT.match(k.rsplit(".", 1)[-1]) for k in state):
+    if any(WIDTH_STATS_RE.match(k.rsplit(".", 1)[-1]) for k in state):
         return True
     return "Slimmable" in str(meta.get("cfg", ""))
 
@@ -186,10 +185,17 @@ def _verify_written(dst: str, read, back, source: Mapping[str, torch.Tensor], di
         raise
 
 
-def convert_d2_to_mmdet(src: str, dst: str, num_ratios: int = 3, skip_unmapped_heads: bool = False) -> Conversion:
+# ``check(state, meta)``: called on the source before anything is written (e.g. the source config against it)
+Check = Callable[[Mapping[str, torch.Tensor], Mapping], None]
+
+
+def convert_d2_to_mmdet(src: str, dst: str, num_ratios: int = 3, skip_unmapped_heads: bool = False,
+                        check: Check | None = None) -> Conversion:
     """Read a Detectron2 checkpoint, write its MMDetection counterpart (checked by reading it back); returns what
     was converted."""
     state, extras = read_d2_checkpoint(src)
+    if check is not None:
+        check(state, extras)
     out, conv = d2_to_mmdet_state(state, num_ratios=num_ratios, skip_unmapped_heads=skip_unmapped_heads)
     write_mmdet_checkpoint(out, d2_meta_to_mmdet(extras, conv.layout), dst)
     kept = {k: v for k, v in state.items() if k not in conv.skipped}
@@ -200,10 +206,12 @@ def convert_d2_to_mmdet(src: str, dst: str, num_ratios: int = 3, skip_unmapped_h
 
 
 def convert_mmdet_to_d2(src: str, dst: str, layout: str | None = None, num_ratios: int = 3,
-                        skip_unmapped_heads: bool = False) -> Conversion:
+                        skip_unmapped_heads: bool = False, check: Check | None = None) -> Conversion:
     """Read an MMDetection checkpoint, write its Detectron2 counterpart (checked by reading it back); a slimmable
     detector (:func:`is_slimmable_mmdet`) becomes a slimmable Detectron2 one. Returns what was converted."""
     state, meta = read_mmdet_checkpoint(src)
+    if check is not None:
+        check(state, meta)
     if layout is None and is_slimmable_mmdet(state, meta):
         layout = "slimmable"
     out, conv = mmdet_to_d2_state(state, num_ratios=num_ratios, skip_unmapped_heads=skip_unmapped_heads,

@@ -88,13 +88,14 @@ def export(src: str, dst: str, width: float, config: str, opts=()) -> dict:
 
 
 # ------------------------------------------------------------------------------------------- calibration
-def _train_loader(cfg):
+def _train_loader(cfg, dataset=None):
+    """The config's training loader in this process (``dataset``: its records, when already read)."""
     from detectron2.data import build_detection_train_loader
 
     c = cfg.clone()
     c.defrost()
     c.DATALOADER.NUM_WORKERS = 0
-    return build_detection_train_loader(c)
+    return build_detection_train_loader(c) if dataset is None else build_detection_train_loader(c, dataset=dataset)
 
 
 def calibrate_widths(model, cfg, widths, num_batches: int, loader=None) -> dict[float, int]:
@@ -125,7 +126,7 @@ def calibrate(src: str, dst: str, config: str, widths, num_batches: int, opts=()
     images = get_detection_dataset_dicts(cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
     check_calibration_batches(num_batches, len(images), cfg.SOLVER.IMS_PER_BATCH,
                               f"DATASETS.TRAIN {list(cfg.DATASETS.TRAIN)}")
-    used = calibrate_widths(model, cfg, widths, num_batches)
+    used = calibrate_widths(model, cfg, widths, num_batches, loader=_train_loader(cfg, images))  # read once
     _save_detector(model, dst, {"source": os.path.abspath(src), "calibrated_widths": calibrated_widths(model)})
     return {"weights": dst, "widths": used}
 

@@ -20,6 +20,7 @@ import os
 from detectron2.config import CfgNode, get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
+from ..data.paths import checkout_root
 from ..detection.spec import DetectorSpec, Pooler, SpecError
 from ..models.resnet import ARCH_SETTINGS
 from ..ops import check_width
@@ -264,7 +265,7 @@ def spec_from_cfg(cfg: CfgNode) -> DetectorSpec:
 # ------------------------------------------------------------------------------------- spec -> config
 def _repo_root() -> str:
     """The checkout holding ``projects/`` (its template configs), as ``us3l.pipeline.main_job.repo_root``."""
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    root = checkout_root()
     if not os.path.isdir(os.path.join(root, "projects")):
         raise FileNotFoundError(f"the Detectron2 template configs (projects/*/configs) are not under {root}: "
                                 "install with `pip install -e .` from a checkout")

@@ -6,6 +6,12 @@ import os
 EMBEDDED_DIRNAME = "us3l_shapes_cls"
 
 
+def checkout_root() -> str:
+    """The folder above the ``us3l`` package: in a checkout (an editable install) it holds ``tools/`` and
+    ``projects/``, whose configs and command lines the pipeline and the config writers use."""
+    return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
 def datasets_root() -> str:
     """Where the project's datasets live: ``$US3L_DATASETS``, else ``datasets`` (relative to the current folder).
     The one rule every tool, config loader and dataset registration uses."""

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 
 from mmengine.config import Config
 
+from ..data.paths import checkout_root
 from ..data.synthetic import CLASS_NAMES
 from ..detection import backbone_stage_channels
 from ..detection.spec import DetectorSpec, Pooler, SpecError, target_stds, weights_from_stds
@@ -431,11 +432,6 @@ def _test_cfg_fields(test: _Node, task: str) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------------ writing
-def repo_root() -> str:
-    """The checkout holding ``projects/`` (the template configs)."""
-    return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
 def template_path(spec: DetectorSpec) -> str:
     """This project's config of the spec's kind (dataset, task, layout, slimmable or not)."""
     name = TEMPLATE_NAMES.get((spec.dataset, spec.layout, spec.slimmable))
@@ -443,8 +439,8 @@ def template_path(spec: DetectorSpec) -> str:
         raise SpecError(f"no MMDetection config of this project builds a {'slimmable ' if spec.slimmable else ''}"
                         f"{spec.layout.upper()} detector on {spec.dataset!r} (datasets: coco, us3l_shapes; slimmable "
                         "detectors: FPN only)")
-    path = os.path.join(repo_root(), TEMPLATE_DIRS[spec.task], ("mask-rcnn" if spec.task == "mask" else "faster-rcnn")
-                        + name)
+    stem = "mask-rcnn" if spec.task == "mask" else "faster-rcnn"
+    path = os.path.join(checkout_root(), TEMPLATE_DIRS[spec.task], stem + name)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"the template config {path} is missing (us3l.mmdet.spec writes configs from a "
                                 "checkout's projects/)")

@@ -23,6 +23,7 @@ import sys
 import time
 from typing import List, Optional
 
+from ..data.paths import checkout_root
 from . import commands as C
 from .results_table import load_results
 from .stages import StageRunner
@@ -39,7 +40,7 @@ QUICK = {"widths": [1.0, 0.5], "seeds": [0, 1], "num_train": 8, "num_val": 4, "i
 
 def repo_root() -> str:
     """The checkout holding ``tools/`` and ``projects/`` (the stages are its command-line tools)."""
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    root = checkout_root()
     if not os.path.isfile(os.path.join(root, "tools", "pretrain.py")):
         raise SystemExit(f"[us3l-main] the main job runs the repository's tools; none found under {root} "
                          "(install with `pip install -e .` from a checkout)")
