@@ -233,7 +233,9 @@ def main(argv: Optional[List[str]] = None) -> dict:
              f"{args.widths}, seeds {args.seeds}, {args.pretrain_iters} pre-training iterations, output {out}")
     for i, st in enumerate(data, 1):
         pipe.run(st.name, st.cmd, st.outputs, f"[{i}/{total}]")
-    pipe.run_parallel(pre_chains, jobs, len(data) + 1, total)
+    # pre-training one run at a time on every core: two side by side ran about ten times slower in sum on 2 cores
+    # (docs/transfer_benchmark.md, "Cost"), while the small detectors gain from running side by side
+    pipe.run_parallel(pre_chains, 1 if args.num_gpus == 0 else jobs, len(data) + 1, total)
     pipe.run_parallel(det_chains, jobs, len(data) + sum(map(len, pre_chains)) + 1, total)
     if args.dry_run:
         return {}
