@@ -2,6 +2,8 @@
 
 ``tools/export_detector.py``, ``tools/calibrate_detector.py`` and ``tools/eval_widths.py`` call these four
 functions for ``.py`` configs. Overrides (``opts``) are mmengine ``key=value`` pairs, as ``--cfg-options``.
+The exported plain detector goes on to ONNX with ``export_onnx`` / ``evaluate_onnx`` (:mod:`.onnx_export`,
+onnxruntime on CPU, standard operators only).
 Files written here hold tensors and plain metadata only (``torch.load(weights_only=True)`` reads them).
 """
 from __future__ import annotations
@@ -184,3 +186,20 @@ def demo(checkpoint: str, config: str, images, widths, opts=(), score_thresh: fl
                            "gflops": detector_gflops(model, batch), "boxes": pred.bboxes[keep].tolist(),
                            "scores": pred.scores[keep].tolist(), "classes": pred.labels[keep].tolist()})
     return panels
+
+
+# -------------------------------------------------------------------------------------------------- ONNX
+def export_onnx(weights: str, config: str, dst: str, opts=(), opset: int = 17) -> dict:
+    """The plain detector ``export`` wrote (``weights`` + its ``config``) as an ONNX graph that onnxruntime's CPU
+    provider runs with standard operators only (:mod:`us3l.mmdet.onnx_export`)."""
+    from . import onnx_export
+
+    return onnx_export.export_onnx(weights, config, dst, parse_opts(opts), opset=opset)
+
+
+def evaluate_onnx(onnx_path: str, config: str, opts=(), threads: int | None = None) -> dict:
+    """COCO box / mask AP of an exported ONNX graph in onnxruntime on the plain ``config``'s test set, through the
+    test loader and ``CocoMetric`` of :func:`evaluate`."""
+    from . import onnx_export
+
+    return onnx_export.evaluate_onnx(onnx_path, config, parse_opts(opts), threads=threads)
