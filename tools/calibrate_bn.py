@@ -21,6 +21,7 @@ from us3l import calibrate_bn, calibrated_widths
 from us3l.checkpoint import CheckpointError, LoadReport
 from us3l.checkpoint.model_io import build_model_from_checkpoint, save_model_backbone
 from us3l.data import build_dataset, detect_kind, eval_transform
+from us3l.output_paths import check_output_file
 
 
 def main(argv=None) -> int:
@@ -40,8 +41,7 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=0)
     args = ap.parse_args(argv)
     try:
-        if os.path.abspath(args.src) == os.path.abspath(args.dst):
-            raise ValueError("DST must differ from SRC (the source checkpoint is never overwritten)")
+        check_output_file(args.dst, "DST", inputs=[args.src])  # the source checkpoint is never overwritten
         report = LoadReport()
         model, meta = build_model_from_checkpoint(args.src, width=args.src_width, report=report)
         if report.dropped:

@@ -17,6 +17,7 @@ import sys
 from us3l.checkpoint import CheckpointError
 from us3l.detection.backends import USER_ERRORS, framework_of, load_backend
 from us3l.ops import UncalibratedWidthError
+from us3l.output_paths import check_output_file
 
 
 def main(argv=None) -> int:
@@ -31,9 +32,10 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.num_batches < 1:
         p.error(f"--num-batches must be >= 1, got {args.num_batches}")
-    logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s] %(message)s", datefmt="%H:%M:%S")
-    print(f"calibrating widths {args.widths} on {args.num_batches} training batches each", file=sys.stderr)
     try:
+        check_output_file(args.dst, "DST", inputs=[args.src, args.config])  # before the framework reads anything
+        logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s] %(message)s", datefmt="%H:%M:%S")
+        print(f"calibrating widths {args.widths} on {args.num_batches} training batches each", file=sys.stderr)
         backend = load_backend(framework_of(args.config, args.framework))
         out = backend.calibrate(args.src, args.dst, args.config, args.widths, args.num_batches, args.opts)
     except (CheckpointError, UncalibratedWidthError, *USER_ERRORS) as e:

@@ -13,6 +13,7 @@ import sys
 
 from us3l.checkpoint import CheckpointError, LoadReport
 from us3l.checkpoint.combine import combine_calibrated_files
+from us3l.output_paths import OutputPathError, check_output_file
 
 
 def main(argv=None) -> int:
@@ -23,8 +24,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     report = LoadReport()
     try:
+        check_output_file(args.dst, "DST", inputs=args.src)
         meta = combine_calibrated_files(args.src, args.dst, report)
-    except CheckpointError as e:
+    except (CheckpointError, OutputPathError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if not args.quiet:

@@ -16,6 +16,7 @@ import json
 import os
 
 from us3l.cli import exit_with
+from us3l.output_paths import check_output_file
 
 
 def draw_grid(panels: list[dict], widths: list[float], output: str, title: str = "") -> None:
@@ -55,6 +56,10 @@ def main(argv=None) -> int:
     p.add_argument("--opts", nargs=argparse.REMAINDER, default=[],
                    help="config overrides (Detectron2 KEY VALUE / MMDetection key=value)")
     args = p.parse_args(argv)
+    side = os.path.splitext(args.output)[0] + ".json"
+    inputs = [args.checkpoint, args.config, *args.images]
+    check_output_file(args.output, "--output", inputs)
+    check_output_file(side, "the .json beside --output", [*inputs, args.output])
     from us3l.detection.backends import framework_of, load_backend
 
     missing = [path for path in [args.checkpoint, args.config, *args.images] if not os.path.isfile(path)]
@@ -66,7 +71,6 @@ def main(argv=None) -> int:
     widths = list(dict.fromkeys(p["width"] for p in panels))
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     draw_grid(panels, widths, args.output, args.title)
-    side = os.path.splitext(args.output)[0] + ".json"
     with open(side, "w") as f:
         json.dump({"checkpoint": os.path.abspath(args.checkpoint), "config": os.path.abspath(args.config),
                    "framework": framework, "score_thresh": args.score_thresh, "runs": args.runs,

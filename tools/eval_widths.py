@@ -40,7 +40,9 @@ import shutil
 import sys
 import time
 
+from us3l.cli import exit_with
 from us3l.errors import BAD_INPUT_ERRORS
+from us3l.output_paths import check_output_dir
 from us3l.pipeline.live_log import tee_process
 from us3l.pipeline.results_table import render_markdown, write_results
 from us3l.width import width_tag, width_text
@@ -232,6 +234,7 @@ def main(argv=None) -> dict:
     p.add_argument("--opts", nargs=argparse.REMAINDER, default=[],
                    help="passed to the framework's test entry point (Detectron2 KEY VALUE / MMDetection key=value)")
     args = p.parse_args(argv)
+    check_output_dir(args.output_dir, "--output-dir")  # before any input is read or evaluation runs
     if args.dataset:
         try:
             args.opts = [*args.opts, *dataset_opts(args.framework, args.dataset)]
@@ -247,17 +250,17 @@ def main(argv=None) -> dict:
         slim = slimmable_main(args, config, out)
         if slim is not None:
             return slim
+    widths = sorted({float(w) for w in args.widths}, reverse=True)
+    weights = {w: os.path.abspath(resolve_weights(weights_for(args.weights, w), args.framework)) for w in widths}
+    missing = [p for p in weights.values() if not os.path.exists(p)]
+    if missing:  # before the output folder is made: a refused run leaves nothing behind
+        raise FileNotFoundError(f"weights not found: {missing}")
     created = not os.path.exists(out)
     os.makedirs(os.path.join(out, "logs"), exist_ok=True)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     if args.datasets:
         env["US3L_DATASETS"] = os.path.abspath(args.datasets)
     env["PYTHONPATH"] = REPO + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    widths = sorted({float(w) for w in args.widths}, reverse=True)
-    weights = {w: os.path.abspath(resolve_weights(weights_for(args.weights, w), args.framework)) for w in widths}
-    missing = [p for p in weights.values() if not os.path.exists(p)]
-    if missing:
-        raise SystemExit(f"[eval_widths] weights not found: {missing}")
 
     rows = evaluate_each_width(args, config, out, widths, weights, env, created)
     arch = args.arch or rows[0].get("arch") or arch_of_config(config)
@@ -338,4 +341,4 @@ def slimmable_main(args, config: str, out: str):
 
 
 if __name__ == "__main__":
-    main()
+    exit_with(main)

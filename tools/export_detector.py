@@ -16,8 +16,9 @@ import argparse
 import sys
 
 from us3l.checkpoint import CheckpointError
-from us3l.detection.backends import USER_ERRORS, framework_of, load_backend
+from us3l.detection.backends import USER_ERRORS, export_config_path, framework_of, load_backend
 from us3l.ops import UncalibratedWidthError
+from us3l.output_paths import check_output_file
 
 
 def main(argv=None) -> int:
@@ -32,6 +33,10 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     try:
         framework = framework_of(args.config, args.framework)
+        # both files it writes, before the framework reads anything (the backend refuses DST == its config)
+        check_output_file(args.dst, "DST", inputs=[args.src, args.config])
+        check_output_file(export_config_path(args.dst, framework), "the config written beside DST",
+                          inputs=[args.src, args.config])
         out = load_backend(framework).export(args.src, args.dst, args.width, args.config, args.opts)
     except (CheckpointError, UncalibratedWidthError, *USER_ERRORS) as e:
         print(f"error: {e}".splitlines()[0], file=sys.stderr)

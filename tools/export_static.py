@@ -10,6 +10,7 @@ import argparse
 
 from us3l.cli import exit_with
 from us3l.export import export_checkpoint, write_onnx
+from us3l.output_paths import check_output_file
 
 
 def main(argv=None) -> int:
@@ -20,6 +21,9 @@ def main(argv=None) -> int:
     p.add_argument("--onnx", help="also write an ONNX graph here")
     p.add_argument("--image-size", type=int, default=224)
     args = p.parse_args(argv)
+    check_output_file(args.dst, "DST", inputs=[args.src])
+    if args.onnx:
+        check_output_file(args.onnx, "--onnx", inputs=[args.src, args.dst])
     static, meta = export_checkpoint(args.src, args.dst, args.width)  # bad input: exit 2 through exit_with
     n = sum(p.numel() for p in static.parameters()) / 1e6
     print(f"exported {meta['arch']} at width {args.width}: {n:.2f}M parameters -> {args.dst}")

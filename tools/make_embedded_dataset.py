@@ -19,6 +19,7 @@ from us3l.data.synthetic import (
     generate_coco_dataset,
     generate_unlabelled_pool,
 )
+from us3l.output_paths import check_output_dir
 
 
 def main(argv=None):
@@ -55,17 +56,17 @@ def main(argv=None):
     if args.style not in styles:
         p.error(f"--style {args.style} is not a {'classification' if args.classification else 'detection'} "
                 f"style; choose from {styles}")
+    root = args.root or (embedded_root(args.style) if args.classification else default_dataset_root())
+    check_output_dir(root, "--root" if args.root else "the dataset folder (--root, $US3L_DATASETS)")
     if args.unlabelled:
-        info = generate_unlabelled_pool(args.root, args.num_train, args.image_size or 96, args.seed, args.style,
+        info = generate_unlabelled_pool(root, args.num_train, args.image_size or 96, args.seed, args.style,
                                         args.pool_layout)
     elif args.classification:
-        root = args.root or embedded_root(args.style)
         info = generate_classification_dataset(root, args.num_train, args.num_val, args.image_size or 64, args.seed,
                                                args.style)
     else:
-        info = generate_coco_dataset(args.root or default_dataset_root(), num_train=args.num_train,
-                                     num_val=args.num_val, image_size=args.image_size or 96, seed=args.seed,
-                                     style=args.style)
+        info = generate_coco_dataset(root, num_train=args.num_train, num_val=args.num_val,
+                                     image_size=args.image_size or 96, seed=args.seed, style=args.style)
     print(json.dumps({k: v for k, v in info.items() if k != "categories"}, indent=2))
     return info
 

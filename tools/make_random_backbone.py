@@ -11,6 +11,7 @@ import argparse
 import os
 
 from us3l.cli import exit_with
+from us3l.output_paths import check_output_file
 
 
 def main(argv=None):
@@ -20,16 +21,14 @@ def main(argv=None):
     p.add_argument("--cifar-stem", action="store_true")
     p.add_argument("--seed", type=int, default=0, help="initialisation seed (several give the floor's spread)")
     args = p.parse_args(argv)
+    check_output_file(args.dst, "DST")
     import torch
 
     from us3l.checkpoint.model_io import save_model_backbone
     from us3l.models import build_us_model
 
     torch.manual_seed(args.seed)
-    try:
-        model = build_us_model(args.arch, 0, args.cifar_stem)
-    except ValueError as e:
-        p.error(str(e))
+    model = build_us_model(args.arch, 0, args.cifar_stem)  # an unknown --arch: one error line (exit_with)
     os.makedirs(os.path.dirname(os.path.abspath(args.dst)), exist_ok=True)
     save_model_backbone(model, args.dst, method="random_init", seed=args.seed)
     print(f"random {args.arch} (seed {args.seed}) -> {args.dst}")

@@ -5,7 +5,8 @@
 
 The logic lives in :mod:`us3l.pipeline.results_table`.
 """
+from us3l.cli import exit_with
 from us3l.pipeline.results_table import main
 
 if __name__ == "__main__":
-    main()
+    exit_with(main)

@@ -7,7 +7,8 @@
 
 The logic lives in :mod:`us3l.pipeline.main_job`; ``bash scripts/main.sh`` installs first, then runs this.
 """
+from us3l.cli import exit_with
 from us3l.pipeline.main_job import main
 
 if __name__ == "__main__":
-    main()
+    exit_with(main)

@@ -17,6 +17,9 @@ import os
 import re
 import sys
 
+from us3l.cli import exit_with
+from us3l.output_paths import check_output_file
+
 WIDTHS = (1.0, 0.75, 0.5, 0.25)
 _LOG_LINE = re.compile(r"\bit (\d+)/\d+ .*?collapse/max=([0-9.]+).*collapse/min=([0-9.]+)")
 
@@ -33,8 +36,11 @@ def load_run(out: str, method: str) -> dict | None:
     path = os.path.join(out, f"{method}.eval.json")
     if not os.path.exists(path):
         return None
-    with open(path) as f:
-        rows = {r["width"]: r for r in json.load(f)["rows"]}
+    try:
+        with open(path) as f:
+            rows = {r["width"]: r for r in json.load(f)["rows"]}
+    except (ValueError, KeyError, TypeError) as e:  # not JSON, or not tools/eval_ssl.py's
+        raise ValueError(f"{path} is not a tools/eval_ssl.py result ({type(e).__name__}: {e})") from None
     summary = {}
     summary_path = os.path.join(out, method, "summary.json")
     if os.path.exists(summary_path):
@@ -96,6 +102,10 @@ def main(argv=None) -> int:
     ap.add_argument("methods", nargs="+")
     ap.add_argument("--no-plot", action="store_true")
     args = ap.parse_args(argv)
+    # OUT is read and written: both outputs checked before any method's files are read
+    check_output_file(os.path.join(args.out, "table1.md"), "OUT/table1.md")
+    if not args.no_plot:
+        check_output_file(os.path.join(args.out, "table1.png"), "OUT/table1.png")
     runs = {m: load_run(args.out, m) for m in args.methods}
     if all(r is None for r in runs.values()):
         print(f"error: no <method>.eval.json for {args.methods} in {args.out}", file=sys.stderr)
@@ -110,4 +120,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main)

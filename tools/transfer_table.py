@@ -7,7 +7,8 @@ R-CNN at every width, frozen and fine-tuned, over seeds (issue 22).
 
 The logic lives in :mod:`us3l.pipeline.transfer_table`; ``bash scripts/transfer_table.sh`` installs first.
 """
+from us3l.cli import exit_with
 from us3l.pipeline.transfer_table import main
 
 if __name__ == "__main__":
-    main()
+    exit_with(main)

@@ -4,6 +4,7 @@
 * ``2``: bad input -- a file, folder, dataset, config value, width or checkpoint the user gave is missing,
   malformed or refused. One line on stderr, ``error: <what and where>``, and nothing written. The same code
   argparse uses for a usage error, so a caller tells "fix your command" (2) from "the program failed" (1).
+  Output paths are checked first, before any input is read (:mod:`us3l.output_paths`).
 * ``1``: an unexpected failure (a bug): Python's traceback.
 * ``3``: pre-training stopped by a signal after saving a checkpoint (``--resume`` continues it).
 
@@ -19,6 +20,7 @@ import os
 import sys
 
 from .errors import BAD_INPUT_ERRORS, DatasetFormatError, US3LError  # re-exported: tools import them from here
+from .output_paths import check_output_dir, check_output_file
 
 BAD_INPUT = 2
 STOPPED = 3
@@ -73,6 +75,7 @@ def pretrain_main(argv=None) -> int:
     ap.add_argument("overrides", nargs="*", help="section.key=value")
     args = ap.parse_args(argv)
     try:
+        check_output_dir(args.output_dir, "--output-dir", inputs=[args.config, args.init_from])
         init = [f"model.init_from={json.dumps(args.init_from)}"] if args.init_from else []  # quoted YAML scalar
         summary = pretrain(load_config(args.config, list(args.overrides) + init), args.output_dir, args.resume)
     except bad_input_errors() as e:  # ConfigError is a US3LError
@@ -124,7 +127,10 @@ def eval_ssl_main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    md = os.path.splitext(args.output)[0] + ".md"
     try:
+        for path, what in ((args.output, "--output"), (md, "the markdown table beside --output")):
+            check_output_file(path, what, inputs=[args.checkpoint])
         model, meta = build_model_from_checkpoint(args.checkpoint)
         recipe = args.recipe or ("cifar" if meta["cifar_stem"] or args.dataset != "imagefolder" else "imagenet")
         size = args.image_size or (32 if recipe == "cifar" else 224)
@@ -153,7 +159,6 @@ def eval_ssl_main(argv=None) -> int:
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     with open(args.output, "w") as f:
         json.dump(result, f, indent=1)
-    md = os.path.splitext(args.output)[0] + ".md"
     with open(md, "w") as f:
         f.write(markdown_table(rows, args.title or f"{meta.get('method') or 'backbone'} ({meta['arch']})"))
     print(f"wrote {args.output} and {md}")

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from .checkpoint.report import CheckpointError, LoadReport
 from .cli import BAD_INPUT, BAD_INPUT_ERRORS, error_line
 from .detection.backends import export_config_path
+from .output_paths import check_output_file
 
 
 def converter_parser(description: str, src_help: str, dst_help: str) -> argparse.ArgumentParser:
@@ -54,7 +55,7 @@ def run_conversion(convert: Callable[[], object], describe: Callable[[object], s
     """``convert()`` and print ``describe(result)``: 0; a refused input: one ``error:`` line on stderr, 2."""
     try:
         result = convert()
-    except CheckpointError as e:
+    except (CheckpointError, *BAD_INPUT_ERRORS) as e:
         print(error_line(e), file=sys.stderr)
         return BAD_INPUT
     print(describe(result))
@@ -71,7 +72,11 @@ def convert_backbone(convert: Callable, args: argparse.Namespace, describe: Call
         dropped = [] if getattr(args, "quiet", False) else ["\n".join(f"  dropped: {k}" for k in report.dropped)]
         return "\n".join([*dropped, describe(result)])
 
-    return run_conversion(lambda: convert(args.src, args.dst, width=args.src_width, report=report), _describe)
+    def _convert():
+        check_output_file(args.dst, "DST", inputs=[args.src])  # before SRC is read
+        return convert(args.src, args.dst, width=args.src_width, report=report)
+
+    return run_conversion(_convert, _describe)
 
 
 FRAMEWORK_NAMES = {"mmdet": "MMDetection", "d2": "Detectron2"}
@@ -191,11 +196,13 @@ def convert_detector(convert: Callable, args: argparse.Namespace, source: str, *
     the target config is prepared before anything is written and written after the weights were checked."""
     target = "mmdet" if source == "d2" else "d2"
     config_path = export_config_path(args.dst, target) if args.config else None
-    if config_path is not None and os.path.abspath(config_path) == os.path.abspath(args.config):
-        print(error_line(ValueError(f"the written config {config_path} would overwrite --config")), file=sys.stderr)
-        return BAD_INPUT
     write_config = None
-    try:
+    try:  # every output checked before SRC or --config is read
+        check_output_file(args.dst, "DST", inputs=[args.src, args.config])
+        if config_path is not None:
+            if os.path.abspath(config_path) == os.path.abspath(args.dst):
+                raise ValueError(f"DST {args.dst} would be overwritten by its own config: give DST a weights suffix")
+            check_output_file(config_path, "the config written beside DST", inputs=[args.src, args.config])
         if args.config:
             write_config = _prepare_config(args, source, target, options)
         result = convert(args.src, args.dst, num_ratios=args.num_ratios,

@@ -17,6 +17,12 @@ class DatasetFormatError(US3LError, ValueError):
     that does not decode)."""
 
 
+class OutputPathError(US3LError, ValueError):
+    """An output path a tool cannot write (its parent is a file, it is a folder where a file goes or the reverse,
+    its folder is not writable, or it is the tool's own input), found before anything is read or written
+    (:mod:`us3l.output_paths`)."""
+
+
 # what the tools report as bad input: ours, and the builtins that library code (and argparse-free helpers) raise
 # for a path or value the user gave
 BAD_INPUT_ERRORS: tuple[type[BaseException], ...] = (US3LError, FileNotFoundError, NotADirectoryError,

@@ -20,6 +20,7 @@ import collections
 import os
 import pickle
 import re
+import zipfile
 
 import numpy as np
 import torch
@@ -158,10 +159,28 @@ def load_any(path: str, extra_globals=()):
     return load_pickle(path) if is_pickle_file(path) else load_torch(path, extra_globals)
 
 
+def check_checkpoint_file(path: str, what: str = "checkpoint", torch_only: bool = False) -> None:
+    """Refuse, without loading it, a checkpoint that is missing, empty or a zip file whose directory does not read
+    (a save or a download cut short); with ``torch_only`` also a file that is neither a torch zip file nor a legacy
+    torch (pickle protocol 2+) file. Cheap (a few bytes and the zip directory): the framework command lines call it
+    before their framework writes a work folder, a log or a config for a run that would then fail in the load."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{what} not found: {path}")
+    with open(path, "rb") as f:
+        head = f.read(2)
+    if head == b"PK":
+        try:
+            zipfile.ZipFile(path).close()
+        except (zipfile.BadZipFile, OSError) as e:
+            raise CheckpointError(f"cannot read {what} {path} (corrupt or truncated: {e})") from None
+    elif not head or (torch_only and head[:1] != b"\x80"):
+        raise CheckpointError(f"cannot read {what} {path} (corrupt, truncated or not a torch file)")
+
+
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
 
 
-__all__ = ["PICKLE_GLOBALS", "ForeignState", "is_pickle_file", "load_any", "load_pickle", "load_torch",
-           "trainer_state_globals"]
+__all__ = ["PICKLE_GLOBALS", "ForeignState", "check_checkpoint_file", "is_pickle_file", "load_any", "load_pickle",
+           "load_torch", "trainer_state_globals"]

@@ -6,10 +6,14 @@ Detectron2's ``launch`` (``--num-gpus``/``--num-machines``/``--dist-url``), with
 """
 from __future__ import annotations
 
+import os
+
 import torch
 from detectron2.engine import default_argument_parser, default_setup, launch
 
+from ..checkpoint.safe_load import check_checkpoint_file
 from ..cli import run_tool
+from ..output_paths import check_output_dir
 from .checkpoint import US3LCheckpointer, check_resumable
 from .config import calibration_widths_checked, load_config, us3l_width
 from .datasets import check_datasets, register_coco_json, register_us3l_datasets
@@ -28,14 +32,33 @@ def argument_parser():
 
 
 def setup(args):
+    """The config, every refusal before Detectron2's ``default_setup`` writes ``config.yaml`` and ``log.txt`` into
+    OUTPUT_DIR (a refused run leaves nothing behind), then ``default_setup``."""
     cfg = load_config(args.config_file, args.opts)
     cfg.freeze()
+    check_output_dir(cfg.OUTPUT_DIR, "OUTPUT_DIR")
     us3l_width(cfg)  # a bad width fails here, before any data is read
     calibration_widths_checked(cfg)  # and so does a bad calibration width (it would fail after the training)
-    if getattr(args, "resume", False) and not getattr(args, "eval_only", False):
+    resume = getattr(args, "resume", False)
+    if resume and not getattr(args, "eval_only", False):
         check_resumable(cfg.OUTPUT_DIR)  # a truncated last checkpoint: refused before config / log are written
+    check_weights(cfg, resume)
+    check_datasets(list(cfg.DATASETS.TEST))
+    if not getattr(args, "eval_only", False):
+        check_datasets(list(cfg.DATASETS.TRAIN), mask_format=cfg.INPUT.MASK_FORMAT if cfg.MODEL.MASK_ON else None)
     default_setup(cfg, args)
     return cfg
+
+
+def check_weights(cfg, resume: bool) -> None:
+    """A local ``MODEL.WEIGHTS`` exists and is not a cut-short zip (URLs and catalog names are Detectron2's to fetch),
+    unless ``--resume`` continues from OUTPUT_DIR's own last checkpoint instead."""
+    weights = cfg.MODEL.WEIGHTS
+    if not weights or "://" in weights:
+        return
+    if resume and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint")):
+        return
+    check_checkpoint_file(weights, "MODEL.WEIGHTS checkpoint")
 
 
 def register_datasets(args) -> None:
@@ -47,10 +70,7 @@ def register_datasets(args) -> None:
 def main(args):
     """Runs in every process that ``launch`` starts."""
     register_datasets(args)
-    cfg = setup(args)
-    check_datasets(list(cfg.DATASETS.TEST))
-    if not args.eval_only:
-        check_datasets(list(cfg.DATASETS.TRAIN), mask_format=cfg.INPUT.MASK_FORMAT if cfg.MODEL.MASK_ON else None)
+    cfg = setup(args)  # datasets and weights checked there, before anything is written
     trainer_cls = trainer_class(cfg)  # slimmable detectors (us3l.d2.slimmable) train with sandwich steps
     if args.eval_only:
         model = trainer_cls.build_model(cfg)
@@ -84,4 +104,4 @@ def cli() -> int:
     return run_tool(run)
 
 
-__all__ = ["US3LTrainer", "argument_parser", "setup", "main", "run", "cli"]
+__all__ = ["US3LTrainer", "argument_parser", "setup", "check_weights", "main", "run", "cli"]

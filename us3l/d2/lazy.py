@@ -21,7 +21,9 @@ from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.solver.build import maybe_add_gradient_clipping
 from detectron2.utils import comm
 
+from ..checkpoint.safe_load import check_checkpoint_file
 from ..detection.sandwich import SandwichConfig, resolve_seed
+from ..output_paths import check_output_dir
 from ..width import get_width, set_width
 from .evaluation import key_by_width
 from .sandwich import SandwichTrainer, WidthCalibrationHook
@@ -99,8 +101,25 @@ def do_train(cfg, resume: bool = False):
     trainer.train(start_iter, cfg.train.max_iter)
 
 
+def check_before_setup(cfg, args) -> None:
+    """The output folder, the checkpoint to start from and the datasets, before ``default_setup`` writes
+    ``config.yaml`` and the log into ``train.output_dir`` (a refused run leaves nothing behind)."""
+    from .datasets import check_datasets
+
+    check_output_dir(cfg.train.output_dir, "train.output_dir")
+    init = cfg.train.get("init_checkpoint", "")
+    resuming = args.resume and os.path.isfile(os.path.join(cfg.train.output_dir, "last_checkpoint"))
+    if init and "://" not in init and (args.eval_only or not resuming):
+        check_checkpoint_file(init, "train.init_checkpoint")
+    loaders = ["test"] if args.eval_only else ["test", "train"]
+    for loader in loaders:
+        names = cfg.dataloader[loader].dataset.get("names", ())
+        check_datasets([names] if isinstance(names, str) else list(names))
+
+
 def main(args):
     cfg = LazyConfig.apply_overrides(LazyConfig.load(args.config_file), args.opts)
+    check_before_setup(cfg, args)
     default_setup(cfg, args)
     if args.eval_only:
         model = create_ddp_model(build_model(cfg))

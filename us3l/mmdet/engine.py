@@ -13,9 +13,10 @@ import os.path as osp
 
 from mmengine.config import Config, DictAction
 
-from ..checkpoint import CheckpointError
+from ..checkpoint.safe_load import check_checkpoint_file
 from ..cli import run_tool
 from ..engine.distributed import cleanup
+from ..output_paths import check_output_dir
 from .runner import US3LRunner, cpu_distributed
 from .width_config import apply_width, width_tag
 
@@ -43,6 +44,7 @@ def build_cfg(args) -> Config:
         cfg.work_dir = args.work_dir
     elif not cfg.get("work_dir"):
         cfg.work_dir = osp.join("work_dirs", f"{osp.splitext(osp.basename(args.config))[0]}_{width_tag(width)}")
+    check_output_dir(cfg.work_dir, "--work-dir" if args.work_dir else "work_dir")
     hooks = list(cfg.get("custom_hooks") or [])
     for hook in ("WidthMetricsHook", "RNGStateHook"):  # per-width metrics; RNG states in checkpoints (exact resume)
         if not any(h.get("type") == hook for h in hooks):
@@ -59,6 +61,7 @@ def train_main(argv=None):
     args = p.parse_args(argv)
     cfg = build_cfg(args)
     cfg.resume = args.resume
+    check_before_runner(cfg, ["train_dataloader", *(["val_dataloader"] if cfg.get("val_cfg") else [])])
     runner = US3LRunner.from_cfg(cfg)
     runner.train()
     cleanup()  # mmengine leaves the process group to the exit
@@ -71,18 +74,63 @@ def test_main(argv=None):
     p.add_argument("checkpoint")
     _common_args(p)
     args = p.parse_args(argv)
-    if not osp.isfile(args.checkpoint):
-        raise CheckpointError(f"checkpoint not found: {args.checkpoint}")
     cfg = build_cfg(args)
     cfg.load_from = args.checkpoint
     # the detector's weights come from the checkpoint: do not read the pre-trained backbone file again
     _drop_pretrained(cfg.model)
+    check_before_runner(cfg, ["test_dataloader"])
     runner = US3LRunner.from_cfg(cfg)
     metrics = runner.test()
     cleanup()  # mmengine leaves the process group to the exit
     print(json.dumps({k: (float(v) if isinstance(v, (int, float)) else str(v)) for k, v in metrics.items()},
                      indent=1))
     return metrics
+
+
+def check_before_runner(cfg: Config, loaders: list[str]) -> None:
+    """The checkpoints a run loads (``load_from``, every ``Pretrained`` init_cfg) and the datasets of ``loaders``,
+    before mmengine's ``Runner`` makes the work dir and its log: a refused run leaves nothing behind."""
+    if cfg.get("load_from"):
+        check_checkpoint_file(cfg.load_from, "checkpoint", torch_only=True)
+    for path in _pretrained_paths(cfg.model):
+        if "://" not in path:  # a URL is mmengine's to fetch
+            check_checkpoint_file(path, "init_cfg Pretrained checkpoint (model...init_cfg.checkpoint)", torch_only=True)
+    for name in loaders:
+        dataset = (cfg.get(name) or {}).get("dataset")
+        while isinstance(dataset, dict) and "ann_file" not in dataset and isinstance(dataset.get("dataset"), dict):
+            dataset = dataset["dataset"]  # RepeatDataset, ClassBalancedDataset...
+        if isinstance(dataset, dict):
+            _check_dataset_files(name, dataset)
+
+
+def _check_dataset_files(loader: str, dataset: dict) -> None:
+    root = dataset.get("data_root") or ""
+    ann = dataset.get("ann_file")
+    if "://" in root or "://" in (ann or ""):
+        return  # remote storage (petrel, s3...): mmengine's file backends read it
+    hint = ("the embedded set is written by tools/make_embedded_dataset.py under $US3L_DATASETS/us3l_shapes "
+            f"(now {osp.abspath(os.environ.get('US3L_DATASETS', 'datasets'))})")
+    if ann and not osp.isfile(osp.join(root, ann)):
+        raise FileNotFoundError(f"{loader}.dataset.ann_file: {osp.join(root, ann)} not found; {hint}")
+    img = (dataset.get("data_prefix") or {}).get("img")
+    if img is not None and not osp.isdir(osp.join(root, img)):
+        raise FileNotFoundError(f"{loader}.dataset.data_prefix.img: image folder {osp.join(root, img)} not found; "
+                                f"{hint}")
+
+
+def _pretrained_paths(node) -> list[str]:
+    found = []
+    if isinstance(node, dict):
+        init = node.get("init_cfg")
+        for entry in init if isinstance(init, list) else [init]:
+            if isinstance(entry, dict) and entry.get("type") == "Pretrained" and entry.get("checkpoint"):
+                found.append(entry["checkpoint"])
+        for v in node.values():
+            found += _pretrained_paths(v)
+    elif isinstance(node, list):
+        for v in node:
+            found += _pretrained_paths(v)
+    return found
 
 
 def _drop_pretrained(node) -> None:

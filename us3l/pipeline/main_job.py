@@ -24,6 +24,7 @@ import time
 from typing import List, Optional
 
 from ..data.paths import checkout_root
+from ..output_paths import check_output_dir
 from . import commands as C
 from .results_table import load_results
 from .stages import StageRunner
@@ -133,14 +134,32 @@ def resolve_recipe(recipe: str, framework: str, repo: str) -> str:
     return "slimmable" if os.path.isfile(os.path.join(repo, C.FRAMEWORKS[framework]["slimmable"])) else "per-width"
 
 
+def check_inputs(args: argparse.Namespace, repo: str) -> None:
+    """The output folders and the files the stages will read, before anything is written: a refused job (exit 2,
+    :mod:`us3l.cli`) leaves no stages.json, logs or dataset behind."""
+    from us3l.data.synthetic import STYLE_CLASSES
+
+    check_output_dir(args.output, "--output")
+    if args.datasets:
+        check_output_dir(args.datasets, "--datasets")
+    if args.dataset_style not in STYLE_CLASSES:
+        raise ValueError(f"unknown --dataset-style {args.dataset_style!r}; choose from {sorted(STYLE_CLASSES)}")
+    pretrain_config = os.path.join(repo, args.pretrain_config)  # stages run in the checkout (an absolute path stays)
+    pretraining = "us3l" in args.inits and not args.pretrained
+    given = [("--pretrained", args.pretrained if "us3l" in args.inits else None),
+             ("--pretrain-config", pretrain_config if pretraining else None),
+             ("--detector-config", args.detector_config)]
+    for option, path in given:
+        if path and not os.path.isfile(path):
+            raise FileNotFoundError(f"{option} {path}: no such file")
+
+
 def main(argv: Optional[List[str]] = None) -> dict:
     args = parse_args(argv)
     repo = repo_root()
+    check_inputs(args, repo)
     from us3l.data.synthetic import STYLE_CLASSES
 
-    if args.dataset_style not in STYLE_CLASSES:
-        raise SystemExit(f"[us3l-main] unknown --dataset-style {args.dataset_style!r}; "
-                         f"choose from {sorted(STYLE_CLASSES)}")
     framework = "mmdet" if args.mmdet else "d2"
     out = os.path.abspath(args.output)
     os.makedirs(out, exist_ok=True)

@@ -13,6 +13,7 @@ import math
 import os
 from typing import Dict, Iterable, List, Optional
 
+from ..output_paths import check_output_dir
 from ..width import width_text
 from . import table_files
 
@@ -122,6 +123,7 @@ def main(argv=None):
     p.add_argument("--out-dir", required=True)
     p.add_argument("--title", default=None)
     args = p.parse_args(argv)
+    check_output_dir(args.out_dir, "--out-dir")  # before the inputs are read
     docs = [load_results(x) for x in args.inputs]
     rows: Dict[float, Dict] = {}
     for d in docs:  # a later file wins for a width present in several

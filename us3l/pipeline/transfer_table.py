@@ -28,6 +28,7 @@ import sys
 import time
 from typing import List, Optional
 
+from ..output_paths import check_output_dir
 from ..width import width_tag
 from . import commands as C
 from .main_job import add_stage_options, default_jobs, repo_root
@@ -105,8 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     """Explicit options win, then --quick, then the defaults (times --scale for the budgets)."""
     args = build_parser().parse_args(argv)
+    check_output_dir(args.output, "OUTPUT")  # first: a refused run leaves nothing behind
     if args.scale < 1:
-        raise SystemExit("[us3l-transfer] --scale must be >= 1")
+        raise ValueError("--scale must be >= 1")
     preset = dict(DEFAULTS, **(QUICK if args.quick else {}))
     given = {k for k, v in vars(args).items() if v is not None}
     for k, v in preset.items():
@@ -122,7 +124,7 @@ def _pretrained_entry(entry: str, widths) -> tuple:
     key, sep, path = entry.partition("=")
     method, at, width = key.partition("@")
     if not sep or not path or method not in METHODS or method == "random" or bool(at) != (method == "individual"):
-        raise SystemExit(f"[us3l-transfer] --pretrained {entry!r}: expected METHOD=CHECKPOINT with METHOD one of "
+        raise ValueError(f"--pretrained {entry!r}: expected METHOD=CHECKPOINT with METHOD one of "
                          f"{', '.join(PRETRAINED)}, or individual@WIDTH=CHECKPOINT")
     w = None
     if at:
@@ -131,9 +133,9 @@ def _pretrained_entry(entry: str, widths) -> tuple:
         except ValueError:
             w = None
         if w not in widths:
-            raise SystemExit(f"[us3l-transfer] --pretrained {entry!r}: width {width} is not one of {widths}")
+            raise ValueError(f"--pretrained {entry!r}: width {width} is not one of {widths}")
     if not os.path.isfile(path):
-        raise SystemExit(f"[us3l-transfer] --pretrained {entry!r}: no such file")
+        raise FileNotFoundError(f"--pretrained {entry!r}: no such file")
     return (method, w), os.path.abspath(path)
 
 
@@ -144,6 +146,8 @@ def _named(stages, prefix: str):
 
 
 def main(argv: Optional[List[str]] = None) -> dict:
+    """The whole table; bad input (a refused option, OUTPUT not a writable folder) raises before anything is
+    written (exit 2 through ``tools/transfer_table.py``)."""
     args = parse_args(argv)
     repo = repo_root()
     framework = "mmdet" if args.mmdet else "d2"
