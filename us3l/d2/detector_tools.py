@@ -1,8 +1,7 @@
 """Detectron2 backend of the slimmable-detector tools (contract: :mod:`us3l.detection.backends`).
 
 Build the slimmable detector from a config, load ONE checkpoint with :class:`SlimmableDetectorCheckpointer`,
-then export a plain detector at a width, calibrate BN at widths, or COCO-evaluate at each width; the exported
-plain detector goes on to ONNX with ``export_onnx`` / ``evaluate_onnx`` (:mod:`.onnx_export`, onnxruntime on CPU).
+then export a plain detector at a width, calibrate BN at widths, or COCO-evaluate at each width.
 Files written here hold tensors and plain metadata only (``torch.load(weights_only=True)`` reads them).
 """
 from __future__ import annotations
@@ -86,22 +85,6 @@ def export(src: str, dst: str, width: float, config: str, opts=()) -> dict:
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     return {"weights": dst, "config": cfg_path, "width": w, "params_slimmable": count(model),
             "params_plain": count(plain)}
-
-
-def export_onnx(weights: str, config: str, dst: str, opts=()) -> dict:
-    """The plain detector ``export`` wrote (``weights`` + its ``config``) as an ONNX graph that onnxruntime's CPU
-    provider runs with standard operators (:mod:`us3l.d2.onnx_export`)."""
-    from . import onnx_export
-
-    return onnx_export.export_onnx(weights, config, dst, opts)
-
-
-def evaluate_onnx(onnx_path: str, config: str, opts=(), output_dir: str | None = None, threads: int | None = None
-                  ) -> dict:
-    """COCO box / mask AP of an exported ONNX graph in onnxruntime on the plain ``config``'s test set."""
-    from . import onnx_export
-
-    return onnx_export.evaluate_onnx(onnx_path, config, opts, output_dir=output_dir, threads=threads)
 
 
 # ------------------------------------------------------------------------------------------- calibration
