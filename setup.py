@@ -10,7 +10,7 @@ setup(
     extras_require={
         "detectron2": ["detectron2"],
         "mmdet": ["mmengine==0.10.7", "mmcv==2.1.0", "mmdet==3.3.0"],
-        "export": ["onnx"],
+        "export": ["onnx", "onnxruntime"],
         "dev": ["pytest", "matplotlib", "tensorboard"],
     },
     entry_points={"console_scripts": [

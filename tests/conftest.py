@@ -66,3 +66,15 @@ def _no_visualizer_across_tests():
     if vis is not None:
         for cls in (vis.Visualizer, *_subclasses(vis.Visualizer)):
             cls._instance_dict.clear()
+
+
+@pytest.fixture(scope="module")
+def datasets(tiny_coco):
+    """``US3L_DATASETS`` pointing at the session's tiny COCO set for the module's tests, restored after."""
+    old = os.environ.get("US3L_DATASETS")
+    os.environ["US3L_DATASETS"] = tiny_coco["datasets_dir"]
+    yield tiny_coco
+    if old is None:
+        os.environ.pop("US3L_DATASETS")
+    else:
+        os.environ["US3L_DATASETS"] = old

@@ -2,7 +2,6 @@
 trained one iteration, calibrated at 0.5 and exported by tools/export_detector.py (as a user runs it), then written
 as ONNX and run in onnxruntime's CPU provider; compared with the plain detector's own ``test_step`` (mmcv's
 RoIAlign and nms) on the tiny val set with ``score_thr=0`` (100 detections per image)."""
-import json
 import os
 import subprocess
 import sys
@@ -14,6 +13,8 @@ import onnx
 import pytest
 import torch
 from ckpt_helpers import ROOT
+from mmdet_helpers import MODEL_OPTS
+from mmdet_helpers import cli_options as _cli
 from scipy.optimize import linear_sum_assignment
 
 CONFIGS = {"faster": os.path.join(ROOT, "projects", "detection", "mmdet_configs",
@@ -21,29 +22,10 @@ CONFIGS = {"faster": os.path.join(ROOT, "projects", "detection", "mmdet_configs"
            "mask": os.path.join(ROOT, "projects", "segmentation", "mmdet_configs",
                                 "mask-rcnn_us-r50_fpn_slimmable_tiny.py")}
 # US-ResNet-18 (no pre-trained file), few RoIs; one iteration of batch 2
-MODEL_OPTS = {"model.backbone.depth": 18, "model.backbone.init_cfg": None,
-              "model.neck.in_channels": [64, 128, 256, 512],
-              "model.train_cfg.rpn_proposal.max_per_img": 100, "model.train_cfg.rcnn.sampler.num": 64,
-              "model.test_cfg.rpn.nms_pre": 200, "model.test_cfg.rpn.max_per_img": 50}
 RUN_OPTS = {"train_cfg.max_epochs": 1, "train_dataloader.batch_size": 2, "train_dataloader.dataset.indices": 2,
             "default_hooks.checkpoint.interval": 1, "default_hooks.logger.interval": 1, "randomness.seed": 0}
 ALL_DETECTIONS = ["model.test_cfg.rcnn.score_thr=0.0"]  # every (RoI, class) pair enters the class-wise NMS
 TOL = 1e-3
-
-
-def _cli(opts: dict) -> list:
-    return [f"{k}={json.dumps(v) if isinstance(v, list) else ('None' if v is None else v)}" for k, v in opts.items()]
-
-
-@pytest.fixture(scope="module")
-def datasets(tiny_coco):
-    old = os.environ.get("US3L_DATASETS")
-    os.environ["US3L_DATASETS"] = tiny_coco["datasets_dir"]
-    yield tiny_coco
-    if old is None:
-        os.environ.pop("US3L_DATASETS")
-    else:
-        os.environ["US3L_DATASETS"] = old
 
 
 @pytest.fixture(scope="module", params=sorted(CONFIGS))
@@ -288,7 +270,7 @@ def test_export_refuses_what_it_cannot_deploy_with_one_line(plain, tmp_path):
         backend.export_onnx(plain["weights"], str(tmp_path / "missing.py"), dst)
     with pytest.raises(USER_ERRORS, match="opset 11: RoiAlign drops MMDetection's half-pixel shift"):
         backend.export_onnx(plain["weights"], plain["config"], dst, opset=11)
-    with pytest.raises(USER_ERRORS, match="would overwrite its own input"):
+    with pytest.raises(USER_ERRORS, match="would overwrite the input"):
         backend.export_onnx(plain["weights"], plain["config"], plain["weights"])
     with pytest.raises(USER_ERRORS, match="not plain nms"):
         backend.export_onnx(plain["weights"], plain["config"], dst, opts=["model.test_cfg.rcnn.nms.type=soft_nms"])

@@ -1,7 +1,6 @@
 """The universally slimmable Mask R-CNN in real MMDetection: sandwich training through mmengine's Runner,
 evaluation at three widths from one checkpoint, the uncalibrated-width rule, export to a plain detector,
 and a 2-process gloo sandwich run (tiny images, US-ResNet-18, few iterations)."""
-import json
 import os
 import re
 import subprocess
@@ -13,6 +12,8 @@ import mmdet  # noqa: F401
 import pytest
 import torch
 from ckpt_helpers import ROOT
+from mmdet_helpers import MODEL_OPTS
+from mmdet_helpers import cli_options as _cli
 from ports import free_port
 
 SEG = os.path.join(ROOT, "projects", "segmentation", "mmdet_configs")
@@ -20,27 +21,8 @@ DET = os.path.join(ROOT, "projects", "detection", "mmdet_configs")
 MASK_CFG = os.path.join(SEG, "mask-rcnn_us-r50_fpn_slimmable_tiny.py")
 FASTER_CFG = os.path.join(DET, "faster-rcnn_us-r50_fpn_slimmable_tiny.py")
 # US-ResNet-18 (no pre-trained file), few RoIs; 2 iterations of batch 2
-MODEL_OPTS = {"model.backbone.depth": 18, "model.backbone.init_cfg": None,
-              "model.neck.in_channels": [64, 128, 256, 512],
-              "model.train_cfg.rpn_proposal.max_per_img": 100, "model.train_cfg.rcnn.sampler.num": 64,
-              "model.test_cfg.rpn.nms_pre": 200, "model.test_cfg.rpn.max_per_img": 50}
 RUN_OPTS = {"train_cfg.max_epochs": 1, "train_dataloader.batch_size": 2, "train_dataloader.dataset.indices": 4,
             "default_hooks.checkpoint.interval": 1, "default_hooks.logger.interval": 1, "randomness.seed": 0}
-
-
-def _cli(opts: dict) -> list:
-    return [f"{k}={json.dumps(v) if isinstance(v, list) else ('None' if v is None else v)}" for k, v in opts.items()]
-
-
-@pytest.fixture(scope="module")
-def datasets(tiny_coco):
-    old = os.environ.get("US3L_DATASETS")
-    os.environ["US3L_DATASETS"] = tiny_coco["datasets_dir"]
-    yield tiny_coco
-    if old is None:
-        os.environ.pop("US3L_DATASETS")
-    else:
-        os.environ["US3L_DATASETS"] = old
 
 
 @pytest.fixture(scope="module")

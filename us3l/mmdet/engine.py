@@ -118,28 +118,34 @@ def _check_dataset_files(loader: str, dataset: dict) -> None:
                                 f"{hint}")
 
 
-def _pretrained_paths(node) -> list[str]:
-    found = []
+def _config_nodes(node):
+    """Every dict of a config tree (``node`` first), each yielded before its values are visited."""
     if isinstance(node, dict):
-        init = node.get("init_cfg")
-        for entry in init if isinstance(init, list) else [init]:
-            if isinstance(entry, dict) and entry.get("type") == "Pretrained" and entry.get("checkpoint"):
-                found.append(entry["checkpoint"])
+        yield node
         for v in node.values():
-            found += _pretrained_paths(v)
+            yield from _config_nodes(v)
     elif isinstance(node, list):
         for v in node:
-            found += _pretrained_paths(v)
+            yield from _config_nodes(v)
+
+
+def _is_pretrained(init) -> bool:
+    return isinstance(init, dict) and init.get("type") == "Pretrained"
+
+
+def _pretrained_paths(node) -> list[str]:
+    found = []
+    for n in _config_nodes(node):
+        init = n.get("init_cfg")
+        found += [e["checkpoint"] for e in (init if isinstance(init, list) else [init])
+                  if _is_pretrained(e) and e.get("checkpoint")]
     return found
 
 
 def _drop_pretrained(node) -> None:
-    if isinstance(node, dict):
-        init = node.get("init_cfg")
-        if isinstance(init, dict) and init.get("type") == "Pretrained":
-            node["init_cfg"] = None
-        for v in node.values():
-            _drop_pretrained(v)
+    for n in _config_nodes(node):
+        if _is_pretrained(n.get("init_cfg")):
+            n["init_cfg"] = None
 
 
 def train_cli() -> int:

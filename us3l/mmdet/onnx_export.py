@@ -42,6 +42,7 @@ from torchvision.ops import nms, roi_align
 
 from ..checkpoint.frameworks import read_mmdet_checkpoint
 from ..checkpoint.model_io import load_state_dict_checked
+from ..output_paths import check_output_file
 from .slimmable_eval import coco_metrics, slimmable_config
 
 MIN_OPSET = 16  # RoiAlign's coordinate_transformation_mode (half_pixel = mmcv's aligned=True) exists from 16 on
@@ -384,8 +385,7 @@ def export_onnx(weights: str, config: str, dst: str, cfg_options: Mapping | None
     if int(opset) < MIN_OPSET:
         raise ValueError(f"opset {opset}: RoiAlign drops MMDetection's half-pixel shift below opset {MIN_OPSET}; "
                          f"use --opset {MIN_OPSET} or later (default 17)")
-    if os.path.abspath(dst) in (os.path.abspath(weights), os.path.abspath(config)):
-        raise ValueError(f"DST {dst} would overwrite its own input; give it an .onnx name")
+    check_output_file(dst, "DST", inputs=[weights, config])  # not an input, not under a file
     if not os.path.isdir(os.path.dirname(os.path.abspath(dst))):
         raise FileNotFoundError(f"the folder of DST {dst} does not exist")
     import onnx
