@@ -12,11 +12,9 @@ Every file is read through :mod:`us3l.checkpoint.safe_load` (plain data only; no
 """
 from __future__ import annotations
 
-import glob
 import logging
 import os
 import re
-import zipfile
 from collections.abc import Mapping
 
 import torch
@@ -24,7 +22,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.checkpoint.c2_model_loading import align_and_update_state_dicts
 from detectron2.layers import FrozenBatchNorm2d
 
-from ..checkpoint import CheckpointError, LoadReport, atomic_save, extract_backbone, fit_backbone
+from ..checkpoint import CheckpointError, LoadReport, atomic_save, extract_backbone, fit_backbone, resume_files
 from ..checkpoint.d2_format import META_KEY, backbone_to_d2, read_pkl
 from ..checkpoint.io import is_backbone_file, read_framework_checkpoint
 from .backbone import find_us3l_resnet
@@ -122,7 +120,7 @@ class US3LCheckpointer(DetectionCheckpointer):
         """The checkpoint ``--resume`` continues from: the one ``last_checkpoint`` names, or, if that one does not
         read (a save cut short by a full disk or a kill, before saves were atomic), the newest intact one."""
         path = super().get_checkpoint_file()
-        problem = _unreadable(path) if path else None
+        problem = resume_files.why_unreadable(path) if path else None
         if problem is None:
             return path
         intact = newest_intact(self.save_dir, skip=os.path.basename(path))
@@ -242,30 +240,11 @@ class US3LCheckpointer(DetectionCheckpointer):
         return stems[0]
 
 
-
-def _unreadable(path: str) -> str | None:
-    """Why ``path`` cannot be resumed from (None: it reads). A torch zip file is checked by its CRCs, which a
-    save cut short (a full disk, a kill) never completes; anything else goes through the safe loader."""
-    if not os.path.isfile(path):
-        return "missing"
-    if zipfile.is_zipfile(path):
-        try:
-            with zipfile.ZipFile(path) as z:
-                return None if z.testzip() is None else "corrupt (a CRC does not match)"
-        except (zipfile.BadZipFile, OSError, EOFError) as e:
-            return f"corrupt ({e})"
-    try:
-        read_framework_checkpoint(path)
-    except CheckpointError:
-        return "truncated or corrupt"
-    return None
-
-
 def newest_intact(output_dir: str, skip: str = "") -> str | None:
     """The newest ``model_*.pth`` (``model_final.pth`` first) in ``output_dir`` that reads, other than ``skip``."""
-    names = sorted((os.path.basename(p) for p in glob.glob(os.path.join(output_dir, "model_*.pth"))),
-                   key=lambda n: (n == "model_final.pth", n), reverse=True)
-    return next((n for n in names if n != skip and _unreadable(os.path.join(output_dir, n)) is None), None)
+    path = resume_files.newest_intact(output_dir, ["model_*.pth"], skip=os.path.join(output_dir, skip) if skip else "",
+                                      order=lambda p: (os.path.basename(p) == "model_final.pth", os.path.basename(p)))
+    return os.path.basename(path) if path else None
 
 
 def check_resumable(output_dir: str) -> None:
@@ -278,7 +257,7 @@ def check_resumable(output_dir: str) -> None:
         return  # nothing to resume: training starts from MODEL.WEIGHTS, as in Detectron2
     with open(last) as f:
         name = f.read().strip()
-    problem = _unreadable(os.path.join(output_dir, name))
+    problem = resume_files.why_unreadable(os.path.join(output_dir, name))
     if problem is None or newest_intact(output_dir, skip=name):
         return
     raise CheckpointError(f"--resume: {os.path.join(output_dir, name)} (named in last_checkpoint) is {problem} and no "

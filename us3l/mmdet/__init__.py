@@ -16,6 +16,7 @@ from . import safe_checkpoints  # noqa: F401  (mmengine's local checkpoint readi
 from .backbone import US3LResNet
 from .export import export_detector
 from .hooks import RNGStateHook, WidthMetricsHook
+from .loops import US3LEpochBasedTrainLoop
 from .shared_head import US3LResLayer
 from .slimmable_backbone import US3LSlimmableResNet
 from .slimmable_detector import SandwichDistributedDataParallel, SlimmableFasterRCNN, SlimmableMaskRCNN
@@ -29,8 +30,8 @@ from .slimmable_heads import (
 )
 from .width_config import apply_width, check_width_consistency, detector_width, width_tag
 
-__all__ = ["US3LResNet", "US3LResLayer", "WidthMetricsHook", "RNGStateHook", "apply_width", "check_width_consistency",
-           "detector_width", "width_tag",
+__all__ = ["US3LResNet", "US3LResLayer", "WidthMetricsHook", "RNGStateHook", "US3LEpochBasedTrainLoop", "apply_width",
+           "check_width_consistency", "detector_width", "width_tag",
            # the universally slimmable detector (one model, any width)
            "US3LSlimmableResNet", "SlimmableFPN", "SlimmableRPNHead", "SlimmableSingleRoIExtractor",
            "SlimmableShared2FCBBoxHead", "SlimmableFCNMaskHead", "SlimmableFasterRCNN", "SlimmableMaskRCNN",

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import os.path as osp
 
 from mmengine.config import Config, DictAction
+from mmengine.logging import print_log
 
+from ..checkpoint import CheckpointError, resume_files
 from ..checkpoint.safe_load import check_checkpoint_file
 from ..cli import run_tool
 from ..engine.distributed import cleanup
@@ -50,17 +53,27 @@ def build_cfg(args) -> Config:
         if not any(h.get("type") == hook for h in hooks):
             hooks.append(dict(type=hook))
     cfg.custom_hooks = hooks
+    train_cfg = cfg.get("train_cfg")
+    if isinstance(train_cfg, dict) and (train_cfg.get("type") == "EpochBasedTrainLoop"
+                                        or ("type" not in train_cfg and train_cfg.get("by_epoch"))):
+        train_cfg.pop("by_epoch", None)
+        train_cfg["type"] = "US3LEpochBasedTrainLoop"  # resumes in mid-epoch exactly (us3l.mmdet.loops)
     return cfg
 
 
 def train_main(argv=None):
     p = argparse.ArgumentParser(description="Fine-tune a US3L detector at one width (MMDetection 3.x)")
     p.add_argument("config")
-    p.add_argument("--resume", action="store_true", help="resume from the latest checkpoint in the work dir")
+    p.add_argument("--resume", nargs="?", const="auto", metavar="CHECKPOINT",
+                   help="resume from CHECKPOINT, or without it from the latest checkpoint in the work dir (a damaged "
+                        "one: the newest intact one beside it)")
     _common_args(p)
     args = p.parse_args(argv)
     cfg = build_cfg(args)
-    cfg.resume = args.resume
+    cfg.resume = bool(args.resume)
+    if args.resume not in (None, "auto"):
+        cfg.load_from = args.resume  # as MMDetection's tools/train.py
+    resolve_resume(cfg, explicit=args.resume not in (None, "auto"))
     check_before_runner(cfg, ["train_dataloader", *(["val_dataloader"] if cfg.get("val_cfg") else [])])
     runner = US3LRunner.from_cfg(cfg)
     runner.train()
@@ -85,6 +98,36 @@ def test_main(argv=None):
     print(json.dumps({k: (float(v) if isinstance(v, (int, float)) else str(v)) for k, v in metrics.items()},
                      indent=1))
     return metrics
+
+
+def resolve_resume(cfg: Config, explicit: bool) -> None:
+    """Before the runner writes anything: the checkpoint ``--resume`` continues from. A damaged file the user named
+    is an error; a damaged latest one (``last_checkpoint``) gives way to the newest intact checkpoint beside it, and
+    the log says so; with none intact, an error."""
+    if not cfg.resume:
+        return
+    if explicit:
+        problem = resume_files.why_unreadable(cfg.load_from)
+        if problem:
+            raise CheckpointError(f"--resume {cfg.load_from}: the checkpoint is {problem}")
+        return
+    last = osp.join(cfg.work_dir, "last_checkpoint")
+    if not osp.isfile(last):
+        return  # nothing to resume: mmengine starts from the beginning
+    with open(last) as f:
+        named = f.read().strip()
+    named = named if osp.isabs(named) else osp.join(cfg.work_dir, named)
+    problem = resume_files.why_unreadable(named)
+    if problem is None:
+        cfg.load_from = named
+        return
+    intact = resume_files.newest_intact(cfg.work_dir, ["epoch_*.pth", "iter_*.pth"], order=osp.getmtime, skip=named)
+    if intact is None:
+        raise CheckpointError(f"--resume: {named} (named in last_checkpoint) is {problem} and no intact checkpoint "
+                              "is beside it: rerun without --resume to start again; nothing was written")
+    print_log(f"--resume: {named} (named in last_checkpoint) is {problem}; resuming from {intact}, the newest "
+              "intact checkpoint beside it", logger="current", level=logging.WARNING)
+    cfg.load_from = intact
 
 
 def check_before_runner(cfg: Config, loaders: list[str]) -> None:

@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import time
 
-import numpy as np
-import torch
 from mmdet.registry import HOOKS
 from mmengine.dist import is_main_process
 from mmengine.hooks import Hook
 
+from ..engine.checkpointing import rng_state, set_rng_state
 from .width_config import check_width_consistency, detector_width, width_tag
 
 
@@ -78,37 +76,25 @@ class RNGStateHook(Hook):
     """Saves the Python, NumPy and torch RNG states in every checkpoint and restores them on resume.
 
     mmengine seeds once at start-up and saves none of them, so a resumed run draws other random flips, RoI samples
-    and anchor samples than the uninterrupted run did after the same epoch (its data order is already a function
-    of seed and epoch, the sandwich widths of seed and iteration). With this hook ``--resume`` continues exactly.
-    Plain tensors and tuples only: the checkpoint still reads weights-only.
+    and anchor samples than the uninterrupted run did after the same iteration (its data order is already a
+    function of seed and epoch, the sandwich widths of seed and iteration). With this hook ``--resume`` continues
+    exactly; with :class:`us3l.mmdet.loops.US3LEpochBasedTrainLoop` also from the middle of an epoch (the states
+    at the epoch's start are saved too). Plain tensors and tuples only: the checkpoint still reads weights-only.
     """
 
     priority = "VERY_LOW"  # after the checkpoint hook has collected everything else
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
-        checkpoint.setdefault("meta", {})["rng_states"] = {
-            "python": random.getstate(), "numpy": _numpy_state(), "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        }
+        states = {"current": rng_state()}
+        epoch_start = getattr(runner.train_loop, "epoch_start_rng", None)
+        if epoch_start is not None:
+            states["epoch_start"] = epoch_start
+        checkpoint.setdefault("meta", {})["rng_states"] = states
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         states = (checkpoint.get("meta") or {}).get("rng_states")
         if not states or not runner._resume:  # a checkpoint loaded as weights (load_from) keeps this run's seeds
             return
-        random.setstate(_as_python_state(states["python"]))
-        kind, keys, pos, has_gauss, cached = states["numpy"]
-        np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), int(pos), int(has_gauss), float(cached)))
-        torch.set_rng_state(states["torch"])
-        if states.get("cuda") and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(states["cuda"])
-
-
-def _numpy_state() -> tuple:
-    """NumPy's state as a tuple of plain values and one tensor (readable with ``weights_only=True``)."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    return kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)
-
-
-def _as_python_state(state) -> tuple:
-    version, internal, gauss = state
-    return version, tuple(int(v) for v in internal), gauss
+        set_rng_state(states["current"])
+        if hasattr(runner.train_loop, "resume_rng"):
+            runner.train_loop.resume_rng = states

@@ -5,12 +5,14 @@ It loads checkpoints safely and exactly, names an unreadable training image, and
 """
 from __future__ import annotations
 
+import os
 import os.path as osp
 import re
 
 import torch
 import torch.distributed as dist
 from mmengine.config import Config
+from mmengine.dist import is_main_process
 from mmengine.logging import HistoryBuffer
 from mmengine.model import is_model_wrapper
 from mmengine.registry import RUNNERS
@@ -49,6 +51,16 @@ class US3LRunner(Runner):
         self._has_loaded = True
         self.logger.info(f"Load checkpoint from {filename} (every key and shape matched)")
         return checkpoint
+
+    def save_checkpoint(self, out_dir: str, filename: str, file_client_args=None, **kwargs) -> None:
+        """mmengine's save, written atomically (temporary file + rename): a kill or a full disk during a save
+        leaves the previous checkpoints as they were, and ``--resume`` finds only complete files."""
+        if kwargs.get("backend_args") or file_client_args or "://" in out_dir:
+            return super().save_checkpoint(out_dir, filename, file_client_args, **kwargs)  # remote: its own rules
+        tmp = f".{filename}.tmp"
+        super().save_checkpoint(out_dir, tmp, **kwargs)
+        if is_main_process():  # mmengine writes on the main process only
+            os.replace(osp.join(out_dir, tmp), osp.join(out_dir, filename))
 
     def train(self):
         try:
