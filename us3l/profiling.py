@@ -6,6 +6,7 @@ FLOPs follow fvcore's convention (one fused multiply-add counts as one flop).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import statistics
@@ -27,14 +28,31 @@ def count_gflops(model: torch.nn.Module, inputs: torch.Tensor) -> float:
 @torch.no_grad()
 def measure_latency_ms(model: torch.nn.Module, inputs: torch.Tensor, runs: int = 10, warmup: int = 2) -> float:
     """Median wall time of a forward pass in milliseconds."""
+    return median_call_ms(lambda: model(inputs), runs, warmup)
+
+
+def median_call_ms(fn, runs: int = 10, warmup: int = 2) -> float:
+    """Median wall time of ``fn()`` in milliseconds (after ``warmup`` untimed calls)."""
     for _ in range(warmup):
-        model(inputs)
+        fn()
     times = []
-    for _ in range(runs):
+    for _ in range(max(1, runs)):
         t0 = time.perf_counter()
-        model(inputs)
+        fn()
         times.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(times)
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None):
+    """torch's intra-op thread count set to ``threads`` inside (None: left as it is)."""
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(int(threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _timed(fn) -> tuple[float, float]:

@@ -274,3 +274,32 @@ def demo(checkpoint: str, config: str, images, widths, opts=(), score_thresh: fl
                            "gflops": detector_gflops(model, inputs), "boxes": inst.pred_boxes.tensor.tolist(),
                            "scores": inst.scores.tolist(), "classes": inst.pred_classes.tolist()})
     return panels
+
+
+def deployed_latency_ms(weights: str, config: str, runtime: str = "torch", threads: int | None = None, runs: int = 10,
+                        opts=(), onnx_path: str | None = None) -> float:
+    """Median wall time of one test image through the deployed plain detector (``export``'s files; with
+    ``runtime='onnxruntime'`` the ONNX graph of ``export_onnx``): the model's call on the first test-loader input
+    (Detectron2's test mapper has resized it), normalisation, padding and mask pasting included, in this process
+    with ``threads`` CPU threads."""
+    from detectron2.modeling import build_model
+
+    from ..profiling import median_call_ms, torch_threads
+    from .checkpoint import US3LCheckpointer
+
+    for path, what in ((weights, "weights"), (config, "config")):
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{what} not found: {path}")
+    cfg = load_config(config, list(opts))
+    inputs = _first_test_image(cfg)
+    if runtime == "onnxruntime":
+        from .onnx_export import OnnxDetector
+
+        detector = OnnxDetector(onnx_path, threads)
+        return median_call_ms(lambda: detector(inputs), runs)
+    if runtime != "torch":
+        raise ValueError(f"runtime {runtime!r}: choose torch or onnxruntime")
+    model = build_model(cfg).eval()
+    US3LCheckpointer(model, cfg=cfg).load(weights)
+    with torch_threads(threads), torch.no_grad():
+        return median_call_ms(lambda: model(inputs), runs)

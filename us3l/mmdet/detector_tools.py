@@ -203,3 +203,22 @@ def evaluate_onnx(onnx_path: str, config: str, opts=(), threads: int | None = No
     from . import onnx_export
 
     return onnx_export.evaluate_onnx(onnx_path, config, parse_opts(opts), threads=threads)
+
+
+def deployed_latency_ms(weights: str, config: str, runtime: str = "torch", threads: int | None = None, runs: int = 10,
+                        opts=(), onnx_path: str | None = None) -> float:
+    """Median wall time of one test image through the deployed plain detector (``export``'s files; with
+    ``runtime='onnxruntime'`` the ONNX graph of ``export_onnx``): ``test_step`` on the first test-loader batch,
+    preprocessing and mask pasting included, in this process with ``threads`` CPU threads."""
+    from ..profiling import median_call_ms, torch_threads
+    from . import onnx_export
+
+    model, cfg = onnx_export.load_plain_detector(weights, config, parse_opts(opts))
+    batch = next(data_batches(cfg.test_dataloader, batch_size=1))
+    if runtime == "onnxruntime":
+        detector = onnx_export.OnnxDetector(onnx_path, threads)
+        return median_call_ms(lambda: detector.test_step(batch), runs)
+    if runtime != "torch":
+        raise ValueError(f"runtime {runtime!r}: choose torch or onnxruntime")
+    with torch_threads(threads), torch.no_grad():
+        return median_call_ms(lambda: model.test_step(batch), runs)
