@@ -47,14 +47,19 @@ TRAINED = {"d2": ["MODEL.BACKBONE.FREEZE_AT", 0], "mmdet": ["model.backbone.froz
 DEFAULTS = {"widths": [1.0, 0.75, 0.5, 0.25], "seeds": [0, 1, 2], "num_train": 64, "num_val": 64, "image_size": 96,
             "pool_size": 4096, "pool_image_size": 64, "probe_per_class": 128, "probe_val_per_class": 200,
             "pretrain_iters": 1500, "pretrain_batch": 64, "pretrain_size": 32, "finetune_iters": 170,
-            "finetune_epochs": 3, "calib_batches": 4, "calib_batch_size": 64, "probe_epochs": 30,
+            "finetune_epochs": 3, "frozen_iters": 1000, "frozen_epochs": 18, "frozen_lr": 0.02,
+            "calib_batches": 4, "calib_batch_size": 64, "probe_epochs": 30,
             "finetune_methods": ["random", "simsiam_naive", "us3l"]}
 # --quick: the whole road in minutes (the end-to-end test), not a measurement
 QUICK = {"widths": [1.0, 0.5], "seeds": [0, 1], "num_train": 6, "num_val": 4, "image_size": 64, "pool_size": 32,
          "pool_image_size": 32, "probe_per_class": 4, "probe_val_per_class": 4, "pretrain_iters": 2,
-         "pretrain_batch": 8, "pretrain_size": 32, "finetune_iters": 2, "finetune_epochs": 1, "calib_batches": 1,
+         "pretrain_batch": 8, "pretrain_size": 32, "finetune_iters": 2, "finetune_epochs": 1, "frozen_iters": 2,
+         "frozen_epochs": 1, "calib_batches": 1,
          "calib_batch_size": 8, "probe_epochs": 1, "finetune_methods": ["random", "us3l"]}
-SCALED = ("pretrain_iters", "pool_size", "finetune_iters", "finetune_epochs")  # what --scale multiplies
+SCALED = ("pretrain_iters", "pool_size", "finetune_iters", "finetune_epochs", "frozen_iters", "frozen_epochs")
+# frozen detectors: only the neck and heads learn, from scratch, so they get a longer schedule and twice the LR
+# (measured: at 170 iterations of LR 0.01 every row was at box AP 1-3 and within noise; docs/transfer_benchmark.md)
+FROZEN_LR = {"d2": "SOLVER.BASE_LR", "mmdet": "optim_wrapper.optimizer.lr"}  # what --scale multiplies
 
 
 def one_width(framework: str, w: float) -> list:
@@ -88,9 +93,14 @@ def build_parser() -> argparse.ArgumentParser:
                       ("pretrain_iters", "pre-training iterations"), ("pretrain_batch", "pre-training batch"),
                       ("pretrain_size", "pre-training / probe input side"),
                       ("finetune_iters", "Detectron2 detector iterations"),
-                      ("finetune_epochs", "MMDetection detector epochs"), ("calib_batches", "BN calibration batches"),
+                      ("finetune_epochs", "MMDetection detector epochs"),
+                      ("frozen_iters", "Detectron2 detector iterations, frozen protocol"),
+                      ("frozen_epochs", "MMDetection detector epochs, frozen protocol"),
+                      ("calib_batches", "BN calibration batches"),
                       ("calib_batch_size", "BN calibration batch"), ("probe_epochs", "linear-probe epochs")):
         p.add_argument("--" + key.replace("_", "-"), type=int, default=None, help=f"{what} (default {DEFAULTS[key]})")
+    p.add_argument("--frozen-lr", type=float, default=None,
+                   help=f"detector learning rate, frozen protocol (default {DEFAULTS['frozen_lr']})")
     p.add_argument("--pretrained", nargs="+", default=[], metavar="METHOD=CHECKPOINT",
                    help="skip a row's pre-training and use this checkpoint (e.g. us3l=runs/x/final.pth; individual "
                         "rows: individual@0.5=PATH)")
@@ -211,9 +221,15 @@ def main(argv: Optional[List[str]] = None) -> dict:
     # ---- detector chains: one per (protocol, method, seed); individual: one fixed-width detector per width
     det_chains, results = [], {}
     for protocol in args.protocols:
-        pjob = dataclasses.replace(job, out=os.path.join(out, protocol),
-                                   finetune_opts=[*(FROZEN if protocol == "frozen" else TRAINED)[framework],
-                                                  *args.finetune_opts])
+        if protocol == "frozen":
+            lr = [FROZEN_LR[framework], args.frozen_lr] if framework == "d2" else [
+                f"{FROZEN_LR[framework]}={args.frozen_lr}"]
+            pjob = dataclasses.replace(job, out=os.path.join(out, protocol), finetune_iters=args.frozen_iters,
+                                       finetune_epochs=args.frozen_epochs,
+                                       finetune_opts=[*FROZEN[framework], *lr, *args.finetune_opts])
+        else:
+            pjob = dataclasses.replace(job, out=os.path.join(out, protocol),
+                                       finetune_opts=[*TRAINED[framework], *args.finetune_opts])
         methods = args.methods if protocol == "frozen" else [m for m in args.methods if m in args.finetune_methods]
         for method in methods:
             for s in args.seeds:
@@ -256,7 +272,8 @@ def main(argv: Optional[List[str]] = None) -> dict:
             "data": {"style": "silhouette", "num_train": args.num_train, "num_val": args.num_val,
                      "image_size": args.image_size, "pool_size": args.pool_size, "pool_layout": args.pool_layout,
                      "pool_image_size": args.pool_image_size},
-            "finetune_iters": args.finetune_iters, "jobs": jobs, "stage_seconds": pipe.stage_meta("seconds"),
+            "finetune_iters": args.finetune_iters, "frozen_iters": args.frozen_iters, "frozen_lr": args.frozen_lr,
+            "jobs": jobs, "stage_seconds": pipe.stage_meta("seconds"),
             "total_seconds": round(time.time() - pipe.t0, 1), "command": command}
     title = f"Transfer by pre-training method: {args.arch} Mask R-CNN ({framework}) on the silhouette benchmark"
     notes = ["AP: COCO AP (pycocotools, 0-100), mean and sample std over the detector seeds listed (one "
