@@ -275,3 +275,19 @@ def test_export_refuses_what_it_cannot_deploy_with_one_line(plain, tmp_path):
     with pytest.raises(USER_ERRORS, match="not plain nms"):
         backend.export_onnx(plain["weights"], plain["config"], dst, opts=["model.test_cfg.rcnn.nms.type=soft_nms"])
     assert not os.path.exists(dst)
+
+
+def test_export_detector_writes_the_onnx_graph_with_onnx(plain, tmp_path):
+    """``tools/export_detector.py ... --onnx DST.onnx`` as a user runs it: the plain detector and its graph, which
+    runs in onnxruntime with the plain detector's outputs."""
+    from us3l.mmdet.onnx_export import OnnxDetector, check_onnx
+
+    dst, onnx_path = tmp_path / "plain.pth", tmp_path / "plain.onnx"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    run = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "export_detector.py"), plain["calibrated"],
+                          str(dst), "--width", "0.5", "--config", plain["slimmable_config"], "--onnx", str(onnx_path),
+                          "--opts", *_cli(MODEL_OPTS)], env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plain.onnx", "plain.pth", "plain.py"]
+    assert check_onnx(str(onnx_path))["ops"]
+    assert OnnxDetector(str(onnx_path)).with_mask == plain["mask"]
