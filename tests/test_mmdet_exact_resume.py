@@ -144,7 +144,7 @@ def test_sigkill_in_mid_epoch_then_resume_ends_where_the_uninterrupted_run_ends(
     again = _run(case, tmp_path / "killed", tmp_path, resume=True, workers=workers)
     assert again.returncode == 0, again.stderr[-3000:]
     log = again.stdout + again.stderr
-    assert "iter_6.pth (named in last_checkpoint) is truncated or corrupt" in log and "resuming from" in log, log[-2000:]
+    assert "iter_6.pth (named in last_checkpoint) is truncated or corrupt" in log, log[-2000:]
     assert "iter_4.pth, the newest intact checkpoint beside it" in log
     got = _weights(tmp_path / "killed" / "iter_6.pth")
     assert not [k for k in want if not torch.equal(got[k], want[k])]
