@@ -17,7 +17,6 @@ DST with .onnx). A budget no width meets: exit 2, naming the cheapest width and 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 
@@ -26,11 +25,10 @@ from us3l.output_paths import check_output_file
 
 
 def _results_rows(path: str, widths) -> list[dict]:
-    with open(path) as f:
-        data = json.load(f)
-    rows = data.get("rows") if isinstance(data, dict) else None
-    if not isinstance(rows, list) or not all(isinstance(r, dict) and "width" in r for r in rows):
-        raise ValueError(f"--results {path}: not a tools/eval_widths.py results.json (no list of rows with 'width')")
+    """The rows of the ``results.json`` tools/eval_widths.py wrote (format checked), limited to ``widths``."""
+    from us3l.pipeline.results_table import load_results
+
+    rows = load_results(path)["rows"]
     if widths:
         rows = [r for r in rows if any(abs(r["width"] - w) < 1e-9 for w in widths)]
     if not rows:

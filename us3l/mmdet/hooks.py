@@ -95,6 +95,11 @@ class RNGStateHook(Hook):
         states = (checkpoint.get("meta") or {}).get("rng_states")
         if not states or not runner._resume:  # a checkpoint loaded as weights (load_from) keeps this run's seeds
             return
+        if "current" not in states:  # a checkpoint of an older us3l (one flat set of states): not restored
+            runner.logger.warning("--resume: this checkpoint's RNG states are in an older layout and are not "
+                                  "restored; augmentation and sampling after the resume differ from the "
+                                  "uninterrupted run")
+            return
         set_rng_state(states["current"])
         if hasattr(runner.train_loop, "resume_rng"):
             runner.train_loop.resume_rng = states
