@@ -90,6 +90,8 @@ PARENT_IS_FILE = {
     "tools/make_embedded_dataset.py": lambda p: (["--root", p.blocker / "set", "--num-train", "2", "--num-val", "1"],
                                                  p.blocker / "set"),
     "tools/make_random_backbone.py": lambda p: ([p.blocker / "random.pth"], p.blocker / "random.pth"),
+    "tools/pick_width.py": lambda p: ([p.missing, "--config", repo(MM_FASTER), "--gflops", "1", "--export",
+                                       p.blocker / "plain.pth"], p.blocker / "plain.pth"),
     "tools/pretrain.py": lambda p: (["--config", repo(PRETRAIN_CFG), "--output-dir", p.blocker / "run"],
                                     p.blocker / "run"),
     "tools/profile_widths.py": lambda p: (["--arch", "resnet18", "--widths", "0.5", "--runs", "0", "--image-size",
@@ -149,6 +151,9 @@ BAD_INPUT = {
     "tools/export_static.py": lambda p: [p.corrupt, p.out / "static.pth", "--width", "0.5"],
     "tools/make_embedded_dataset.py": lambda p: ["--root", p.out / "set", "--num-train", "0"],
     "tools/make_random_backbone.py": lambda p: [p.out / "random.pth", "--arch", "resnet7"],
+    # --results of another format: refused before any detector is built or exported
+    "tools/pick_width.py": lambda p: [p.corrupt, "--config", repo(MM_FASTER), "--gflops", "1", "--results",
+                                      _results_not_ours(p), "--export", p.out / "plain.pth", "--onnx"],
     "tools/pretrain.py": lambda p: ["--config", repo(PRETRAIN_CFG), "--output-dir", p.out, "data.dataset=imagefolder",
                                     f"data.root={p.root / 'no_images'}"],
     "tools/profile_widths.py": lambda p: ["--arch", "resnet18", "--widths", "5", "--runs", "0", "--image-size", "32",
