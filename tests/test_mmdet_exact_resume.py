@@ -1,4 +1,4 @@
-"""MMDetection fine-tuning resumes exactly: a run stopped after epoch 1, or killed with SIGKILL in the middle of an
+"""MMDetection fine-tuning resumes exactly: a run killed with SIGKILL at an epoch boundary or in the middle of an
 epoch, and continued with --resume ends with the weights of the run that was never stopped, bit for bit, for the
 slimmable Mask R-CNN (sandwich steps) and a plain Faster R-CNN. mmengine saves model, optimizer, schedulers and
 the epoch; its data order is a function of seed and epoch, the sandwich widths of seed and iteration; what it does
@@ -13,7 +13,6 @@ import torch
 from ckpt_helpers import ROOT
 
 from us3l.checkpoint.safe_load import load_torch
-from us3l.mmdet import RNGStateHook
 from us3l.mmdet.engine import train_main
 
 SEG = os.path.join(ROOT, "projects", "segmentation", "mmdet_configs")
@@ -42,26 +41,6 @@ def _train(case, work, epochs, resume=False):
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def test_resume_after_epoch_one_ends_where_the_uninterrupted_run_ends(tmp_path, monkeypatch):
-    case = "slimmable"  # the plain detector resumes through the same loop and hook (the SIGKILL test below)
-    straight = _train(case, tmp_path / "straight", 2)
-    _train(case, tmp_path / "resumed", 1)  # the process ends after epoch 1 (as a kill after its checkpoint would)
-    ckpt = load_torch(str(tmp_path / "resumed" / "epoch_1.pth"))
-    assert set(ckpt["meta"]["rng_states"]) == {"current", "epoch_start"}
-    torch.manual_seed(12345)  # a new process starts from other RNG states
-    resumed = _train(case, tmp_path / "resumed", 2, resume=True)
-    assert resumed.keys() == straight.keys()
-    differ = [k for k in straight if not torch.equal(resumed[k], straight[k])]
-    assert not differ, f"{len(differ)} of {len(straight)} tensors differ, e.g. {differ[:5]}"
-
-    # control: the same resume without restoring the RNG states ends elsewhere
-    (tmp_path / "resumed" / "epoch_2.pth").unlink()
-    (tmp_path / "resumed" / "last_checkpoint").write_text(str(tmp_path / "resumed" / "epoch_1.pth"))
-    monkeypatch.setattr(RNGStateHook, "after_load_checkpoint", lambda self, runner, checkpoint: None)
-    control = _train(case, tmp_path / "resumed", 2, resume=True)
-    assert any(not torch.equal(control[k], straight[k]) for k in straight if k.endswith("weight"))
-
-
 # -- killed in mid-epoch (a real SIGKILL), resumed from an iteration checkpoint --------------------------------------
 KILL_SCRIPT = """
 import os, signal, sys
@@ -70,6 +49,10 @@ from mmengine.hooks import Hook
 from us3l.mmdet import engine
 
 KILL_AFTER = int(os.environ.get("KILL_AFTER", "0"))
+if os.environ.get("SKIP_RNG_RESTORE"):  # the control: a resume that does not restore the saved RNG states
+    from us3l.mmdet import RNGStateHook
+
+    RNGStateHook.after_load_checkpoint = lambda self, runner, checkpoint: None
 
 
 @HOOKS.register_module()
@@ -95,22 +78,25 @@ engine.build_cfg = with_kill
 
 engine.train_main(sys.argv[1:])
 """
-# 6 images in batches of 2: 3 iterations per epoch, 2 epochs; a checkpoint every 2 iterations (iter_2, iter_4,
-# iter_6); the kill comes after iteration 4, one batch into epoch 2
-MID_EPOCH = ["train_dataloader.dataset.indices=6", "default_hooks.checkpoint.interval=2",
-             "default_hooks.checkpoint.by_epoch=False", "train_cfg.max_epochs=2"]
+# 6 images in batches of 2: 3 iterations per epoch, 2 epochs, the kill after iteration 4 (one batch into epoch 2).
+# Slimmable: a checkpoint every 2 iterations (iter_2, iter_4, iter_6), so the resume is in mid-epoch (one batch
+# replayed); plain: every 3 (iter_3, iter_6), so it resumes at the epoch boundary (nothing replayed)
+MID_EPOCH = ["train_dataloader.dataset.indices=6", "default_hooks.checkpoint.by_epoch=False", "train_cfg.max_epochs=2"]
+EVERY = {"slimmable": 2, "plain": 3}
 
 
-def _run(case, work, tmp_path, kill_after=0, resume=False, workers=0):
+def _run(case, work, tmp_path, kill_after=0, resume=False, workers=0, skip_rng_restore=False):
     import subprocess
     import sys
 
     script = tmp_path / "train_kill.py"
     script.write_text(KILL_SCRIPT)
     args = [sys.executable, str(script), *CASES[case][:1], "--work-dir", str(work), *(["--resume"] if resume else []),
-            *CASES[case][1:], *MID_EPOCH, f"train_dataloader.num_workers={workers}",
+            *CASES[case][1:], *MID_EPOCH, f"default_hooks.checkpoint.interval={EVERY[case]}",
+            f"train_dataloader.num_workers={workers}",
             "train_dataloader.persistent_workers=False"]
     env = dict(os.environ, KILL_AFTER=str(kill_after), OMP_NUM_THREADS="1",
+               SKIP_RNG_RESTORE="1" if skip_rng_restore else "",
                PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     return subprocess.run(args, capture_output=True, text=True, env=env, cwd=ROOT)
 
@@ -120,24 +106,27 @@ def _weights(path):
 
 
 @pytest.mark.parametrize("case,workers", [("slimmable", 0), ("plain", 1)])
-def test_sigkill_in_mid_epoch_then_resume_ends_where_the_uninterrupted_run_ends(case, workers, tmp_path):
+def test_sigkill_then_resume_ends_where_the_uninterrupted_run_ends(case, workers, tmp_path):
     straight = _run(case, tmp_path / "straight", tmp_path, workers=workers)
     assert straight.returncode == 0, straight.stderr[-3000:]
     killed = _run(case, tmp_path / "killed", tmp_path, kill_after=4, workers=workers)
     assert killed.returncode == -9, killed.stderr[-3000:]
+    latest = "iter_4.pth" if case == "slimmable" else "iter_3.pth"
     names = sorted(p.name for p in (tmp_path / "killed").glob("*.pth"))
-    assert names == ["iter_2.pth", "iter_4.pth"]
-    assert (tmp_path / "killed" / "last_checkpoint").read_text().strip().endswith("iter_4.pth")
+    assert names == (["iter_2.pth", "iter_4.pth"] if case == "slimmable" else ["iter_3.pth"])
+    assert (tmp_path / "killed" / "last_checkpoint").read_text().strip().endswith(latest)
+    assert set(load_torch(str(tmp_path / "killed" / latest))["meta"]["rng_states"]) == {"current", "epoch_start"}
     resumed = _run(case, tmp_path / "killed", tmp_path, resume=True, workers=workers)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resumed in epoch 2: 1 of 3 batches replayed" in resumed.stdout + resumed.stderr
+    replayed = "resumed in epoch 2: 1 of 3 batches replayed" in resumed.stdout + resumed.stderr
+    assert replayed == (case == "slimmable"), (resumed.stdout + resumed.stderr)[-2000:]  # plain: at the boundary
     want, got = _weights(tmp_path / "straight" / "iter_6.pth"), _weights(tmp_path / "killed" / "iter_6.pth")
     assert got.keys() == want.keys()
     differ = [k for k in want if not torch.equal(got[k], want[k])]
     assert not differ, f"{len(differ)} of {len(want)} tensors differ, e.g. {differ[:5]}"
 
     if case != "slimmable":
-        return  # the fallback is the same code for every detector: shown once
+        return  # the fallback and the control are the same code for every detector: shown once
     # a damaged latest checkpoint: --resume says so, falls back to iter_4.pth and still ends in the same place
     data = (tmp_path / "killed" / "iter_6.pth").read_bytes()
     (tmp_path / "killed" / "iter_6.pth").write_bytes(data[: len(data) // 2])
@@ -148,6 +137,15 @@ def test_sigkill_in_mid_epoch_then_resume_ends_where_the_uninterrupted_run_ends(
     assert "iter_4.pth, the newest intact checkpoint beside it" in log
     got = _weights(tmp_path / "killed" / "iter_6.pth")
     assert not [k for k in want if not torch.equal(got[k], want[k])]
+
+    # control: the same resume without restoring the saved RNG states ends elsewhere
+    (tmp_path / "killed" / "iter_6.pth").unlink()
+    (tmp_path / "killed" / "last_checkpoint").write_text(str(tmp_path / "killed" / "iter_4.pth"))
+    control = _run(case, tmp_path / "killed", tmp_path, resume=True, workers=workers, skip_rng_restore=True)
+    assert control.returncode == 0, control.stderr[-3000:]
+    assert "the checkpoint has no RNG states" in control.stdout + control.stderr
+    got = _weights(tmp_path / "killed" / "iter_6.pth")
+    assert any(not torch.equal(got[k], want[k]) for k in want if k.endswith("weight"))
 
 
 def test_a_damaged_checkpoint_named_on_the_command_line_or_with_nothing_intact_is_refused_before_anything_is_written(

@@ -83,7 +83,12 @@ def test_a_gflops_budget_picks_a_width_that_meets_it_and_an_impossible_one_exits
     assert chosen in (0.5, 0.25) and gflops[chosen] <= budget
     assert _costs(run.stdout) == pytest.approx(gflops, rel=1e-3)
 
-    run = _pick(calibrated, "--gflops", f"{gflops[0.25] / 2:.6f}")
+    # the same rows as tools/eval_widths.py writes them: read, not measured again
+    from us3l.pipeline.results_table import write_results
+
+    write_results(rows, str(calibrated["work"] / "eval"))
+    run = _pick(calibrated, "--gflops", f"{gflops[0.25] / 2:.6f}", "--results",
+                str(calibrated["work"] / "eval" / "results.json"))
     assert run.returncode == 2, run.stderr[-3000:]
     assert run.stderr.strip().splitlines()[-1].startswith(
         f"error: no width meets the budget of {gflops[0.25] / 2:.6g} GFLOPs: the cheapest is width 0.25 at")

@@ -276,6 +276,23 @@ def demo(checkpoint: str, config: str, images, widths, opts=(), score_thresh: fl
     return panels
 
 
+# -------------------------------------------------------------------------------------------------- ONNX
+def export_onnx(weights: str, config: str, dst: str, opts=(), opset: int = 17) -> dict:
+    """The plain detector ``export`` wrote (``weights`` + its ``config``) as an ONNX graph that onnxruntime's CPU
+    provider runs with standard operators only (:mod:`us3l.d2.onnx_export`)."""
+    from . import onnx_export
+
+    return onnx_export.export_onnx(weights, config, dst, list(opts), opset=opset)
+
+
+def evaluate_onnx(onnx_path: str, config: str, opts=(), threads: int | None = None) -> dict:
+    """COCO box / mask AP of an exported ONNX graph in onnxruntime on the plain ``config``'s test set
+    (Detectron2's test loader and ``COCOEvaluator``)."""
+    from . import onnx_export
+
+    return onnx_export.evaluate_onnx(onnx_path, config, list(opts), threads=threads)
+
+
 def deployed_latency_ms(weights: str, config: str, runtime: str = "torch", threads: int | None = None, runs: int = 10,
                         opts=(), onnx_path: str | None = None) -> float:
     """Median wall time of one test image through the deployed plain detector (``export``'s files; with

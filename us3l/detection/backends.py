@@ -1,5 +1,5 @@
 """Framework backends of the slimmable-detector tools (``tools/export_detector.py``, ``tools/calibrate_detector.py``,
-``tools/eval_widths.py``): the tools are thin front ends, each framework implements the same five functions.
+``tools/eval_widths.py``): the tools are thin front ends, each framework implements the same functions.
 
 A backend is a module (``us3l.d2.detector_tools`` for Detectron2, ``us3l.mmdet.detector_tools`` for
 MMDetection) with:
@@ -24,6 +24,13 @@ MMDetection) with:
 ``demo(checkpoint, config, images, widths, opts, score_thresh, runs) -> list[dict]``
     one panel per (image, width): the detections drawn by the framework's own visualizer (``rgb``), ``boxes`` /
     ``scores`` / ``classes`` above ``score_thresh``, ``latency_ms`` and ``gflops`` (``tools/demo.py``).
+``export_onnx(weights, config, dst, opts, opset=17) -> dict``
+    write the plain detector ``export`` wrote as an ONNX graph with standard operators only (contract:
+    :func:`us3l.detection.onnx_graph.check_onnx`); ``{"onnx", "opset", "inputs", "outputs", "mask", ...}``.
+``evaluate_onnx(onnx_path, config, opts, threads) -> dict``
+    COCO ``box_AP`` / ``mask_AP`` (and AP50) of that graph in onnxruntime on the plain config's test set.
+``deployed_latency_ms(weights, config, runtime, threads, runs, opts, onnx_path) -> float``
+    median wall time of one test image through the deployed detector in ``torch`` or ``onnxruntime``.
 
 Errors a user can fix are raised as ``ValueError`` / ``FileNotFoundError`` / :class:`us3l.checkpoint.CheckpointError`
 / :class:`us3l.UncalibratedWidthError`; the tools print them as one line and exit with code 2.

@@ -42,14 +42,13 @@ from torchvision.ops import nms, roi_align
 
 from ..checkpoint.frameworks import read_mmdet_checkpoint
 from ..checkpoint.model_io import load_state_dict_checked
+from ..detection.onnx_graph import check_onnx, check_opset, ort_session
 from ..output_paths import check_output_file
 from .slimmable_eval import coco_metrics, slimmable_config
 
-MIN_OPSET = 16  # RoiAlign's coordinate_transformation_mode (half_pixel = mmcv's aligned=True) exists from 16 on
 INPUTS = ["image"]
 BOX_OUTPUTS = ["boxes", "scores", "labels"]
 MASK_OUTPUT = "masks"
-DEFAULT_DOMAINS = ("", "ai.onnx")
 SUPPORTED_DETECTORS = ("FasterRCNN", "MaskRCNN")
 META_MASK_THR = "us3l.mask_thr_binary"
 
@@ -338,53 +337,11 @@ def _example_image(cfg: Config) -> torch.Tensor:
     return torch.rand(1, 3, int(h) - 3, int(w) - 5, generator=g) * 255
 
 
-def graph_nodes(graph):
-    """Every node of ``graph`` and of its subgraphs (If / Loop bodies)."""
-    import onnx
-
-    for node in graph.node:
-        yield node
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                yield from graph_nodes(attr.g)
-            elif attr.type == onnx.AttributeProto.GRAPHS:
-                for sub in attr.graphs:
-                    yield from graph_nodes(sub)
-
-
-def check_onnx(path: str) -> dict:
-    """The deployment contract of a written graph: a valid model, no operator outside the default ONNX domain
-    (no mmcv or other custom op), every RoiAlign half-pixel (mmcv's aligned=True), loadable by onnxruntime's CPU
-    provider. Returns ``{"ops": {op: count}, "roi_align": [modes]}``; a broken contract raises ValueError (the
-    model holds a part that onnxruntime's CPU provider cannot run with standard operators)."""
-    import onnx
-    import onnxruntime as ort
-
-    model = onnx.load(path)
-    onnx.checker.check_model(model)
-    ops, custom, modes = {}, [], []
-    for node in graph_nodes(model.graph):
-        ops[node.op_type] = ops.get(node.op_type, 0) + 1
-        if node.domain not in DEFAULT_DOMAINS:
-            custom.append(f"{node.domain}::{node.op_type}")
-        if node.op_type == "RoiAlign":
-            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-            modes.append(attrs.get("coordinate_transformation_mode", b"half_pixel").decode())  # ONNX default
-    if custom:
-        raise ValueError(f"{path}: operators outside the default ONNX domain: {sorted(set(custom))}")
-    if not modes or any(m != "half_pixel" for m in modes):
-        raise ValueError(f"{path}: RoiAlign modes {modes}: every RoiAlign must be half_pixel (aligned=True)")
-    ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-    return {"ops": ops, "roi_align": modes}
-
-
 def export_onnx(weights: str, config: str, dst: str, cfg_options: Mapping | None = None, opset: int = 17) -> dict:
     """Write the plain detector (``weights`` + the ``config`` that ``tools/export_detector.py`` wrote beside them,
     ``cfg_options`` merged as ``--cfg-options``) to ``dst`` as ONNX with dynamic H / W, then check it
     (:func:`check_onnx`) and run it once in onnxruntime. The test-time settings of the config are baked in."""
-    if int(opset) < MIN_OPSET:
-        raise ValueError(f"opset {opset}: RoiAlign drops MMDetection's half-pixel shift below opset {MIN_OPSET}; "
-                         f"use --opset {MIN_OPSET} or later (default 17)")
+    opset = check_opset(opset, "MMDetection")
     check_output_file(dst, "DST", inputs=[weights, config])  # not an input, not under a file
     if not os.path.isdir(os.path.dirname(os.path.abspath(dst))):
         raise FileNotFoundError(f"the folder of DST {dst} does not exist")
@@ -441,13 +398,7 @@ class OnnxDetector:
     ``DetDataSample``s with ``pred_instances`` in the original image's pixels out (what ``CocoMetric`` reads)."""
 
     def __init__(self, onnx_path: str, threads: int | None = None):
-        import onnxruntime as ort
-
-        _require_file(onnx_path, "ONNX file")
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = int(threads)
-        self.session = ort.InferenceSession(onnx_path, options, providers=["CPUExecutionProvider"])
+        self.session = ort_session(onnx_path, threads)
         self.outputs = [o.name for o in self.session.get_outputs()]
         if self.outputs[:3] != BOX_OUTPUTS:
             raise ValueError(f"{onnx_path}: outputs {self.outputs} are not those of an exported MMDetection detector "
