@@ -265,6 +265,26 @@ def test_a_missing_dataset_leaves_the_output_folder_as_it_was(tool, argv, tmp_pa
     assert changes(before, snapshot(tmp_path)) == [], stderr[-2000:]
 
 
+def test_a_truncated_pickle_as_model_weights_leaves_the_output_folder_as_it_was(tmp_path, monkeypatch):
+    """A Detectron2 ``.pkl`` cut short (a download that stopped): a pickle has no directory to check, so it is read
+    before ``default_setup`` writes config.yaml and log.txt; the error names the file."""
+    import pickle
+
+    import numpy as np
+
+    paths = Paths(tmp_path)
+    weights = tmp_path / "backbone.pkl"
+    data = pickle.dumps({"model": {"stem.conv1.weight": np.ones((64, 3, 7, 7), np.float32)}, "__author__": "user"},
+                        protocol=4)
+    weights.write_bytes(data[: len(data) // 2])
+    before = snapshot(tmp_path)
+    rc, stderr = run_as_user(f"{DET}/train_net.py", ["--config-file", repo(D2_FASTER), "MODEL.WEIGHTS", weights,
+                                                     "OUTPUT_DIR", paths.out], paths, monkeypatch, in_process=False)
+    line = assert_one_error_line(rc, stderr, names=str(weights))
+    assert "corrupt or truncated" in line, line
+    assert changes(before, snapshot(tmp_path)) == [], stderr[-2000:]
+
+
 def test_every_writing_tool_is_swept():
     """A new tool under tools/ (or a framework entry point) must join both sweeps."""
     scripts = {os.path.relpath(p, ROOT) for folder in ("tools", DET, SEG)

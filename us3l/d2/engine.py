@@ -11,7 +11,8 @@ import os
 import torch
 from detectron2.engine import default_argument_parser, default_setup, launch
 
-from ..checkpoint.safe_load import check_checkpoint_file
+from ..checkpoint import CheckpointError
+from ..checkpoint.safe_load import check_checkpoint_file, is_pickle_file, load_pickle
 from ..cli import run_tool
 from ..output_paths import check_output_dir
 from .checkpoint import US3LCheckpointer, check_resumable
@@ -51,14 +52,19 @@ def setup(args):
 
 
 def check_weights(cfg, resume: bool) -> None:
-    """A local ``MODEL.WEIGHTS`` exists and is not a cut-short zip (URLs and catalog names are Detectron2's to fetch),
-    unless ``--resume`` continues from OUTPUT_DIR's own last checkpoint instead."""
+    """A local ``MODEL.WEIGHTS`` exists and is not a cut-short zip or pickle (URLs and catalog names are Detectron2's
+    to fetch), unless ``--resume`` continues from OUTPUT_DIR's own last checkpoint instead."""
     weights = cfg.MODEL.WEIGHTS
     if not weights or "://" in weights:
         return
     if resume and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint")):
         return
     check_checkpoint_file(weights, "MODEL.WEIGHTS checkpoint")
+    if is_pickle_file(weights):  # a pickle has no directory to check: a truncated one only fails when read
+        try:
+            load_pickle(weights)
+        except CheckpointError as e:
+            raise CheckpointError(f"MODEL.WEIGHTS: {e}") from None
 
 
 def register_datasets(args) -> None:
