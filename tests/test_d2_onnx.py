@@ -183,7 +183,6 @@ def test_box_and_mask_ap_of_onnxruntime_equal_pytorch(exported, tmp_path):
 
     from us3l.d2 import detector_tools
     from us3l.d2.evaluation import build_test_loader
-
     from us3l.d2.onnx_export import OnnxDetector
 
     model, cfg = _plain_model(exported, ALL_DETECTIONS + ["TEST.IMS_PER_BATCH", "1"])

@@ -227,6 +227,3 @@ def main(argv: Optional[List[str]] = None) -> dict:
     pipe.say(f"done in {meta['total_seconds']:.0f}s: {out}")
     return doc
 
-
-def cli() -> None:
-    main()

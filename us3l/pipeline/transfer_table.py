@@ -303,6 +303,3 @@ def _probe_runs(probes: dict) -> dict:
             runs.setdefault(method, {}).setdefault(seed, []).extend(rows)
     return runs
 
-
-def cli() -> None:
-    main()
