@@ -55,6 +55,11 @@ COMMANDS = {
     "projects/segmentation/configs/mask_rcnn_US-R50_FPN_1x.yaml MODEL.WEIGHTS runs/r50/us3l_r50.pkl "
     "MODEL.US3L.WIDTH_MULT $w OUTPUT_DIR runs/mask_w$w done":
         covered_by("tests/test_d2_train_eval.py, tests/test_d2_cpu_launch.py (the same entry point, tiny config)"),
+    "python tools/pick_width.py model_calibrated.pth --config CFG --results eval/results.json --latency-ms 300 "
+    "--runtime onnxruntime --threads 1 --export deploy/plain.pth --onnx":
+        covered_by("tests/test_pick_width.py (a real tiny checkpoint: GFLOPs and onnxruntime latency budgets)"),
+    "python tools/export_detector.py model_calibrated.pth plain_w0.50.pth --width 0.5 --config CFG --onnx "
+    "plain_w0.50.onnx": covered_by("tests/test_d2_onnx.py and tests/test_mmdet_onnx.py (export_detector --onnx)"),
 }
 
 
