@@ -263,3 +263,16 @@ def test_export_detector_writes_the_onnx_graph_with_onnx(plain, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["plain.onnx", "plain.pth", "plain.yaml"]
     assert check_onnx(str(onnx_path))["ops"]
     assert OnnxDetector(str(onnx_path)).with_mask == plain["mask"]
+
+
+def test_deployed_latency_in_both_runtimes(exported):
+    """What tools/pick_width.py --latency-ms measures for a Detectron2 detector: the plain detector's call in
+    PyTorch and the graph's in onnxruntime, on the first test image."""
+    from us3l.d2 import detector_tools
+
+    for runtime in ("torch", "onnxruntime"):
+        ms = detector_tools.deployed_latency_ms(exported["weights"], exported["config"], runtime, threads=1, runs=2,
+                                                onnx_path=exported["onnx"])
+        assert 0 < ms < 60_000, (runtime, ms)
+    with pytest.raises(ValueError, match="runtime 'tvm'"):
+        detector_tools.deployed_latency_ms(exported["weights"], exported["config"], "tvm")

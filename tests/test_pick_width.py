@@ -1,6 +1,6 @@
 """tools/pick_width.py: the width to deploy for a budget. The Pareto front and the choice from rows (including
 ties and an impossible budget), then the tool on a real tiny slimmable MMDetection Mask R-CNN (trained one
-iteration, calibrated at 1.0 / 0.5 / 0.25) as a user runs it: a GFLOPs budget between two widths' costs, an
+iteration, calibrated at 1.0 / 0.5) as a user runs it: a GFLOPs budget between two widths' costs, an
 impossible one (exit 2 naming the cheapest width), and a latency budget measured in onnxruntime with the chosen
 plain detector and its ONNX graph written."""
 import os
@@ -52,7 +52,7 @@ def calibrated(datasets, tmp_path_factory):
     work = tmp_path_factory.mktemp("pick_width")
     train_main([CONFIG, "--work-dir", str(work / "train"), "--cfg-options", *_cli({**MODEL_OPTS, **RUN_OPTS})])
     path = str(work / "calibrated.pth")
-    detector_tools.calibrate(str(work / "train" / "epoch_1.pth"), path, CONFIG, [1.0, 0.5, 0.25], 1,
+    detector_tools.calibrate(str(work / "train" / "epoch_1.pth"), path, CONFIG, [1.0, 0.5], 1,
                              opts=_cli(MODEL_OPTS))
     return {"path": path, "work": work}
 
@@ -60,7 +60,7 @@ def calibrated(datasets, tmp_path_factory):
 def _pick(calibrated, *args):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     return subprocess.run([sys.executable, os.path.join(ROOT, "tools", "pick_width.py"), calibrated["path"],
-                           "--config", CONFIG, "--widths", "1.0", "0.5", "0.25", *args, "--opts", *_cli(MODEL_OPTS)],
+                           "--config", CONFIG, "--widths", "1.0", "0.5", *args, "--opts", *_cli(MODEL_OPTS)],
                           env=env, capture_output=True, text=True, timeout=900, cwd=ROOT)
 
 
@@ -72,26 +72,25 @@ def _costs(stdout: str) -> dict[float, float]:
 def test_a_gflops_budget_picks_a_width_that_meets_it_and_an_impossible_one_exits_2(calibrated):
     from us3l.mmdet.detector_tools import evaluate
 
-    rows = evaluate(calibrated["path"], CONFIG, [1.0, 0.5, 0.25], str(calibrated["work"] / "eval"),
-                    _cli(MODEL_OPTS))
+    rows = evaluate(calibrated["path"], CONFIG, [1.0, 0.5], str(calibrated["work"] / "eval"), _cli(MODEL_OPTS))
     gflops = {r["width"]: r["detector_gflops"] for r in rows}
-    assert gflops[0.25] < gflops[0.5] < gflops[1.0]
-    budget = (gflops[0.5] + gflops[1.0]) / 2  # 1.0 does not fit; 0.5 and 0.25 do
+    assert gflops[0.5] < gflops[1.0]
+    budget = (gflops[0.5] + gflops[1.0]) / 2  # 1.0 does not fit; 0.5 does
     run = _pick(calibrated, "--gflops", f"{budget:.6f}")
     assert run.returncode == 0, run.stderr[-3000:]
     chosen = float(re.search(r"^chosen: width ([\d.]+)", run.stdout, re.M)[1])
-    assert chosen in (0.5, 0.25) and gflops[chosen] <= budget
+    assert chosen == 0.5 and gflops[chosen] <= budget
     assert _costs(run.stdout) == pytest.approx(gflops, rel=1e-3)
 
     # the same rows as tools/eval_widths.py writes them: read, not measured again
     from us3l.pipeline.results_table import write_results
 
     write_results(rows, str(calibrated["work"] / "eval"))
-    run = _pick(calibrated, "--gflops", f"{gflops[0.25] / 2:.6f}", "--results",
+    run = _pick(calibrated, "--gflops", f"{gflops[0.5] / 2:.6f}", "--results",
                 str(calibrated["work"] / "eval" / "results.json"))
     assert run.returncode == 2, run.stderr[-3000:]
     assert run.stderr.strip().splitlines()[-1].startswith(
-        f"error: no width meets the budget of {gflops[0.25] / 2:.6g} GFLOPs: the cheapest is width 0.25 at")
+        f"error: no width meets the budget of {gflops[0.5] / 2:.6g} GFLOPs: the cheapest is width 0.5 at")
 
 
 def test_a_latency_budget_in_onnxruntime_exports_the_chosen_width_and_its_onnx(calibrated, tmp_path):
@@ -101,7 +100,7 @@ def test_a_latency_budget_in_onnxruntime_exports_the_chosen_width_and_its_onnx(c
                 "--export", str(dst), "--onnx")
     assert run.returncode == 0, run.stderr[-3000:]
     latency = _costs(run.stdout)
-    assert sorted(latency) == [0.25, 0.5, 1.0] and all(v > 0 for v in latency.values())
+    assert sorted(latency) == [0.5, 1.0] and all(v > 0 for v in latency.values())
     chosen = float(re.search(r"^chosen: width ([\d.]+)", run.stdout, re.M)[1])
     assert sorted(p.name for p in dst.parent.iterdir()) == ["chosen.onnx", "chosen.pth", "chosen.py"]
     from mmengine.config import Config

@@ -228,7 +228,6 @@ def evaluate(checkpoint: str, config: str, widths, output_dir: str, opts=(), cal
             set_width(model, w)
             add_cost(row, detector_gflops(model, batch), backbone_gflops(model, batch), batch[0]["image"].shape)
         rows.append(row)
-    set_width(model, get_width(model))
     return rows
 
 
