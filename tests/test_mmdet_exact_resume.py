@@ -1,9 +1,10 @@
-"""MMDetection fine-tuning resumes exactly: a run killed with SIGKILL after an epoch's last iteration or in the middle of an
-epoch, and continued with --resume ends with the weights of the run that was never stopped, bit for bit, for the
-slimmable Mask R-CNN (sandwich steps) and a plain Faster R-CNN. mmengine saves model, optimizer, schedulers and
-the epoch; its data order is a function of seed and epoch, the sandwich widths of seed and iteration; what it does
-not save are the RNG states behind random flips and RoI / anchor sampling (us3l.mmdet.RNGStateHook), nor where in
-an epoch the run was (us3l.mmdet.loops). Control: the same resume without the RNG states ends elsewhere."""
+"""MMDetection fine-tuning resumes exactly: a run killed with SIGKILL after an epoch's last iteration or in the
+middle of an epoch, and continued with --resume, ends with the weights of the run that was never stopped, bit for
+bit, for the slimmable Mask R-CNN (sandwich steps) and a plain Faster R-CNN. mmengine saves model, optimizer,
+schedulers and the epoch; its data order is a function of seed and epoch, the sandwich widths of seed and
+iteration; what it does not save are the RNG states behind random flips and RoI / anchor sampling
+(us3l.mmdet.RNGStateHook), nor where in an epoch the run was (us3l.mmdet.loops). Control: the same resume without
+the RNG states ends elsewhere."""
 import os
 
 import mmcv.ops  # noqa: F401
