@@ -276,3 +276,24 @@ def test_deployed_latency_in_both_runtimes(exported):
         assert 0 < ms < 60_000, (runtime, ms)
     with pytest.raises(ValueError, match="runtime 'tvm'"):
         detector_tools.deployed_latency_ms(exported["weights"], exported["config"], "tvm")
+
+
+def test_a_traced_per_class_nms_loop_is_refused_unless_every_class_is_in_it():
+    """Detectron2's batched_nms loops over the classes present at 40000 candidate boxes or more; a trace of that
+    loop at a score threshold above 0 would keep only the example image's classes."""
+    from onnx import helper
+
+    from us3l.d2 import load_config
+    from us3l.d2.onnx_export import _check_nms_loop
+
+    def graph(n):
+        nodes = [helper.make_node("NonMaxSuppression", ["b", "s"], [f"k{i}"]) for i in range(n)]
+        return helper.make_model(helper.make_graph(nodes, "g", [], []))
+
+    cfg = load_config(CONFIGS["mask"], R18)
+    _check_nms_loop(graph(2), cfg)  # the RPN's and the box head's one offset NMS each
+    with pytest.raises(ValueError, match="per-class NMS loop"):
+        _check_nms_loop(graph(6), cfg)
+    cfg.defrost()
+    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0
+    _check_nms_loop(graph(6), cfg)  # every class is a candidate: the loop covers them all

@@ -111,6 +111,21 @@ def _example_image(cfg) -> torch.Tensor:
     return torch.rand(3, short - 3, long - 5, generator=g) * 255
 
 
+def _check_nms_loop(proto, cfg) -> None:
+    """Refuse a graph that kept Detectron2's per-class NMS loop for only some classes. ``batched_nms`` loops over
+    ``torch.unique(classes)`` at 40000 candidate boxes or more, and the trace keeps the classes of its example
+    image. At ``SCORE_THRESH_TEST 0`` every class is a candidate, so the loop covers them all."""
+    from ..detection.onnx_graph import graph_nodes
+
+    count = sum(n.op_type == "NonMaxSuppression" for n in graph_nodes(proto.graph))
+    score = float(cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST)
+    if count > 2 and score > 0:
+        raise ValueError(f"the traced graph has {count} NMS nodes: Detectron2's per-class NMS loop over the example "
+                         f"image's classes at SCORE_THRESH_TEST {score:g}; export with MODEL.ROI_HEADS."
+                         "SCORE_THRESH_TEST 0 (then every class is in the loop) or with fewer ROI_HEADS / RPN "
+                         "proposals")
+
+
 def export_onnx(weights: str, config: str, dst: str, opts: Sequence[str] = (), opset: int = 17) -> dict:
     """Write the plain detector (``weights`` + the ``config`` that ``tools/export_detector.py`` wrote beside them,
     ``opts`` as KEY VALUE overrides) to ``dst`` as ONNX with dynamic H / W, check it (:func:`check_onnx`) and run it
@@ -138,6 +153,7 @@ def export_onnx(weights: str, config: str, dst: str, opts: Sequence[str] = (), o
                       "normalisation and padding", "us3l.boxes": "pixels of the resized image"})
     onnx.save(proto, dst)
     try:
+        _check_nms_loop(proto, cfg)
         checked = check_onnx(dst)
         OnnxDetector(dst).raw(_example_image(cfg))
     except Exception:
