@@ -79,16 +79,3 @@ def datasets(tiny_coco):
     else:
         os.environ["US3L_DATASETS"] = old
 
-
-# files that take minutes (measured: bash scripts/test.sh --durations), run first: pytest-xdist's --dist loadfile
-# hands files out in collection order, and the two test processes end together when the long ones start early
-SLOW_FIRST = ("test_transfer_table.py", "test_main_job_mmdet.py", "test_cross_framework.py", "test_user_project.py",
-              "test_mmdet_exact_resume.py", "test_main_job.py", "test_pick_width.py",
-              "test_slimmable_detector_mmdet.py", "test_safe_loading.py", "test_mmdet_onnx.py",
-              "test_slimmable_detector_d2.py")
-
-
-def pytest_collection_modifyitems(config, items):
-    rank = {name: i for i, name in enumerate(SLOW_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(SLOW_FIRST)))  # stable: the rest keep their order
-

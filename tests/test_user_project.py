@@ -204,7 +204,8 @@ test_evaluator = None
 test_cfg = None
 train_cfg = dict(max_epochs=10, val_interval=100)
 param_scheduler = [dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=20)]
-optim_wrapper = dict(optimizer=dict(lr=0.005))
+# clipped as MMDetection's single-stage configs clip: batch 4 with BN trained diverged after 35 iterations (seed 0)
+optim_wrapper = dict(optimizer=dict(lr=0.005), clip_grad=dict(max_norm=35, norm_type=2))
 model = dict(
     rpn_head=dict(anchor_generator=dict(scales=[4])),
     roi_head=dict(bbox_head=dict(num_classes=4), mask_head=dict(num_classes=4)),
@@ -212,6 +213,7 @@ model = dict(
                    rcnn=dict(sampler=dict(num=32))))
 default_hooks = dict(logger=dict(interval=2), checkpoint=dict(interval=100))
 env_cfg = dict(dist_cfg=dict(backend='gloo'))
+randomness = dict(seed=0)  # the loss curve the test reads is the same run after run
 """
 
 
