@@ -17,7 +17,6 @@ threads, and onnxruntime / PyTorch at the same width and threads. GFLOPs: fvcore
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -26,9 +25,7 @@ import tempfile
 import time
 
 import torch
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+from bench_report import write_report
 
 DEFAULT_CONFIG = "projects/segmentation/configs/mask_rcnn_US-R50_FPN_slimmable_1x.yaml"
 # BN in place of SyncBN (one CPU process; the same cost at inference), every detection kept
@@ -131,15 +128,8 @@ def main(argv=None):
         lines.append(f"| {r['threads']} | {r['runtime']} | {r['width']:.2f} | {r['detector_gflops']:.2f} | "
                      f"{r['gflops_ratio']:.3f} | {r['latency_ms']:.0f} ({r['latency_min_ms']:.0f}-"
                      f"{r['latency_max_ms']:.0f}) | {r['latency_ratio']:.3f} | {r['ort_over_torch']:.2f} |")
-    table = "\n".join(lines)
-    print(table)
-    print(json.dumps(meta))
-    if args.output:
-        with open(args.output, "w") as f:
-            f.write(table + "\n")
-        with open(os.path.splitext(args.output)[0] + ".json", "w") as f:
-            json.dump({"rows": rows, "meta": meta,
-                       "times_ms": {f"t{t}_{rt}_w{w:g}": v for (t, rt, w), v in times.items()}}, f, indent=1)
+    write_report("\n".join(lines), meta, args.output, rows=rows,
+                 times_ms={f"t{t}_{rt}_w{w:g}": v for (t, rt, w), v in times.items()})
     return 0
 
 

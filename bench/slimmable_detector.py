@@ -14,13 +14,13 @@ ratio to width 1.0 of the same mode. GFLOPs: fvcore on the same image (one multi
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
 import time
 
 import torch
+from bench_report import write_report
 
 import us3l
 import us3l.d2  # noqa: F401  (registers the slimmable components)
@@ -102,15 +102,8 @@ def main(argv=None):
         lines.append(f"| {r['neck_heads']} | {r['width']:.2f} | {r['detector_gflops']:.2f} | {r['gflops_ratio']:.3f} | "
                      f"{r['backbone_gflops']:.2f} | {r['latency_ms']:.0f} ({r['latency_min_ms']:.0f}-"
                      f"{r['latency_max_ms']:.0f}) | {r['latency_ratio']:.3f} |")
-    table = "\n".join(lines)
-    print(table)
-    print(json.dumps(meta))
-    if args.output:
-        with open(args.output, "w") as f:
-            f.write(table + "\n")
-        with open(os.path.splitext(args.output)[0] + ".json", "w") as f:
-            json.dump({"rows": rows, "meta": meta, "times_ms": {f"{'slim' if s else 'full'}_w{w}": v
-                                                                for (s, w), v in times.items()}}, f, indent=2)
+    write_report("\n".join(lines), meta, args.output, rows=rows,
+                 times_ms={f"{'slim' if s else 'full'}_w{w}": v for (s, w), v in times.items()})
 
 
 if __name__ == "__main__":
