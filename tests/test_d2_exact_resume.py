@@ -1,7 +1,8 @@
-"""Detectron2 fine-tuning resumes exactly: a slimmable Mask R-CNN interrupted after a checkpoint and continued with
-resume ends with the same weights, bit for bit, as the run that was never interrupted (optimizer momentum, data
-order, augmentations, RoI sampling and the sandwich widths all replay), even when the resumed process starts
-with other RNG states. Control: the same resume without the optimizer state in the checkpoint ends elsewhere."""
+"""Detectron2 fine-tuning resumes exactly: a slimmable Mask R-CNN or a plain Faster R-CNN killed with SIGKILL after a
+checkpoint and continued with train_net.py --resume (a new process, other RNG states) ends with the same weights,
+bit for bit, as the run that was never interrupted (optimizer momentum, data order, augmentations, RoI sampling
+and the sandwich widths all replay). In this process: the control (the same resume without the optimizer state in
+the checkpoint ends elsewhere) and the fallback from damaged checkpoints."""
 import os
 import random
 
@@ -82,15 +83,68 @@ def _interrupted(tiny_coco, out):
     return cfg
 
 
-def test_resume_after_an_interruption_ends_where_the_uninterrupted_run_ends(uninterrupted, tiny_coco, tmp_path):
-    cfg = _interrupted(tiny_coco, tmp_path / "resumed")
-    ckpt = read_framework_checkpoint(str(tmp_path / "resumed" / "model_0000002.pth"))
+# -- killed with a real SIGKILL, continued with train_net.py --resume, as a user runs it -----------------------------
+KILL_SCRIPT = """
+import os, signal, sys
+from detectron2.engine import HookBase
+from us3l.d2 import engine
+from us3l.d2.trainer import US3LTrainer
+
+KILL_AFTER = int(os.environ.get("KILL_AFTER", "0"))
+
+
+class KillAfter(HookBase):
+    def after_step(self):
+        if self.trainer.iter + 1 == KILL_AFTER:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+build_hooks = US3LTrainer.build_hooks
+US3LTrainer.build_hooks = lambda self: [*build_hooks(self), KillAfter()]  # the slimmable trainer extends these
+sys.exit(engine.cli())
+"""
+R18 = ["MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64", "SEED", "7", "MODEL.WEIGHTS", "",
+       "SOLVER.MAX_ITER", str(ITERS), "SOLVER.STEPS", "(4,)", "SOLVER.CHECKPOINT_PERIOD", str(PERIOD),
+       "DATALOADER.NUM_WORKERS", "0", "DATASETS.TEST", "()", "TEST.PRECISE_BN.ENABLED", "False"]
+CASES = {"slimmable": [D2_CONFIG, *R18, "MODEL.US3L.CALIBRATION.WIDTHS", "[0.25]",
+                       "MODEL.US3L.CALIBRATION.NUM_BATCHES", "1"],
+         "plain": [os.path.join(ROOT, "projects", "detection", "configs", "faster_rcnn_US-R50_FPN_tiny.yaml"), *R18,
+                   "MODEL.US3L.WIDTH_MULT", "0.5"]}
+
+
+def _train_net(case, out, tiny_coco, tmp_path, kill_after=0, resume=False):
+    import subprocess
+    import sys
+
+    script = tmp_path / "train_kill.py"
+    script.write_text(KILL_SCRIPT)
+    config, *opts = CASES[case]
+    env = dict(os.environ, KILL_AFTER=str(kill_after), OMP_NUM_THREADS="1", US3L_DATASETS=tiny_coco["datasets_dir"],
+               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run([sys.executable, str(script), "--config-file", config, *(["--resume"] if resume else []),
+                           *opts, "OUTPUT_DIR", str(out)], capture_output=True, text=True, env=env, cwd=ROOT,
+                          timeout=600)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_sigkill_then_resume_ends_where_the_uninterrupted_run_ends(case, tiny_coco, tmp_path):
+    """The slimmable Mask R-CNN (sandwich steps) and a plain Faster R-CNN at width 0.5: ``kill -9`` one iteration
+    after model_0000002.pth, then ``train_net.py --resume`` in a new process."""
+    straight = _train_net(case, tmp_path / "straight", tiny_coco, tmp_path)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    killed = _train_net(case, tmp_path / "killed", tiny_coco, tmp_path, kill_after=PERIOD + 1)
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "killed").glob("*.pth")) == ["model_0000002.pth"]
+    ckpt = read_framework_checkpoint(str(tmp_path / "killed" / "model_0000002.pth"))
     assert ckpt["trainer"]["_trainer"]["optimizer"]["state"]  # the momentum buffers travel
     assert ckpt["trainer"]["data_seed"] == 7 and ckpt["trainer"]["iteration"] == PERIOD - 1
-    resumed = _train(cfg, resume=True)
-    assert resumed.keys() == uninterrupted.keys()
-    differ = [k for k in resumed if not torch.equal(resumed[k], uninterrupted[k])]
-    assert not differ, f"{len(differ)} of {len(resumed)} tensors differ, e.g. {differ[:5]}"
+    resumed = _train_net(case, tmp_path / "killed", tiny_coco, tmp_path, resume=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    want = read_framework_checkpoint(str(tmp_path / "straight" / "model_final.pth"))["model"]
+    got = read_framework_checkpoint(str(tmp_path / "killed" / "model_final.pth"))["model"]
+    assert got.keys() == want.keys()
+    differ = [k for k in want if not torch.equal(torch.as_tensor(got[k]), torch.as_tensor(want[k]))]
+    assert not differ, f"{len(differ)} of {len(want)} tensors differ, e.g. {differ[:5]}"
 
 
 def test_control_without_optimizer_state_the_resume_ends_elsewhere(uninterrupted, tiny_coco, tmp_path, caplog):
