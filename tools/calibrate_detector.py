@@ -26,7 +26,8 @@ def main(argv=None) -> int:
     p.add_argument("dst", help="where to write the calibrated checkpoint (must differ from SRC)")
     p.add_argument("--config", required=True)
     p.add_argument("--widths", type=float, nargs="+", required=True)
-    p.add_argument("--num-batches", type=int, required=True, help="training batches per width")
+    p.add_argument("--num-batches", type=int, required=True,
+                   help="training batches per width (at most one pass over the training set: more is capped)")
     p.add_argument("--framework", choices=("d2", "mmdet"), default=None, help="default: from the config's suffix")
     p.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides")
     args = p.parse_args(argv)

@@ -121,11 +121,11 @@ def calibrate(src: str, dst: str, config: str, widths, num_batches: int, opts=()
             pass
     from detectron2.data import get_detection_dataset_dicts
 
-    from ..detection.calibration import check_calibration_batches
+    from ..detection.calibration import capped_calibration_batches
 
     images = get_detection_dataset_dicts(cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
-    check_calibration_batches(num_batches, len(images), cfg.SOLVER.IMS_PER_BATCH,
-                              f"DATASETS.TRAIN {list(cfg.DATASETS.TRAIN)}")
+    num_batches = capped_calibration_batches(num_batches, len(images), cfg.SOLVER.IMS_PER_BATCH,
+                                             f"DATASETS.TRAIN {list(cfg.DATASETS.TRAIN)}", log=logger.warning)
     used = calibrate_widths(model, cfg, widths, num_batches, loader=_train_loader(cfg, images))  # read once
     _save_detector(model, dst, {"source": os.path.abspath(src), "calibrated_widths": calibrated_widths(model)})
     return {"weights": dst, "widths": used}

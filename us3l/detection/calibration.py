@@ -113,15 +113,18 @@ def reset_bn_statistics(model: nn.Module) -> int:
 
 
 @torch.no_grad()
-def check_calibration_batches(num_batches: int, num_images: int, batch_size: int, source: str) -> None:
-    """Refuse more calibration batches than one pass over the training set holds: the loaders repeat forever,
-    so such a request would run for hours on the same images (one equal-weight average needs each image once)."""
+def capped_calibration_batches(num_batches: int, num_images: int, batch_size: int, source: str, log=print) -> int:
+    """``num_batches``, at most the batches of one pass over the training set: the loaders repeat forever, so a
+    larger request would run for hours on the same images (one equal-weight average needs each image once).
+    A capped request is said in one ``log`` line."""
     if num_batches <= 0:
         raise ValueError(f"--num-batches must be positive, got {num_batches}")
     available = -(-num_images // max(1, batch_size))
     if num_batches > available:
-        raise ValueError(f"--num-batches {num_batches} exceeds the {available} batches of one pass over {source} "
-                         f"({num_images} images, {batch_size} per batch): more batches would only repeat images")
+        log(f"--num-batches {num_batches} exceeds the {available} batches of one pass over {source} "
+            f"({num_images} images, {batch_size} per batch): capped at {available} (more would only repeat images)")
+        return available
+    return num_batches
 
 
 def calibrate_detector(model: nn.Module, parts: nn.Module | Sequence[nn.Module], images: Iterable[torch.Tensor],

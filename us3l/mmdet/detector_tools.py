@@ -79,11 +79,13 @@ def calibrate(src: str, dst: str, config: str, widths, num_batches: int, opts=()
     from mmengine.registry import DATASETS
     from mmengine.runner import Runner
 
-    from ..detection.calibration import check_calibration_batches
+    from ..detection.calibration import capped_calibration_batches
 
     loader_cfg = dict(cfg.train_dataloader)
     dataset = loader_cfg["dataset"] = DATASETS.build(loader_cfg["dataset"])  # read once: counted, then loaded
-    check_calibration_batches(num_batches, len(dataset), int(loader_cfg["batch_size"]), "train_dataloader")
+    num_batches = capped_calibration_batches(num_batches, len(dataset), int(loader_cfg["batch_size"]),
+                                             "train_dataloader",
+                                             log=lambda msg: print_log(msg, logger="current", level=30))
     used = calibrate_widths(model, cfg, widths, num_batches, loader=Runner.build_dataloader(loader_cfg))
     save_slimmable_detector(model, dst, {"source": os.path.abspath(src)})
     return {"weights": dst, "widths": used}
