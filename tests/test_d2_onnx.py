@@ -12,7 +12,7 @@ import onnx
 import pytest
 import torch
 from ckpt_helpers import ROOT
-from scipy.optimize import linear_sum_assignment
+from onnx_helpers import export_graph, match
 
 CONFIGS = {"faster": os.path.join(ROOT, "projects", "detection", "configs",
                                   "faster_rcnn_US-R50_FPN_slimmable_tiny.yaml"),
@@ -56,11 +56,7 @@ def plain(request, tiny_coco, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def exported(plain):
-    from us3l.d2 import detector_tools
-
-    dst = str(plain["work"] / "plain_w0.5.onnx")
-    info = detector_tools.export_onnx(plain["weights"], plain["config"], dst, opts=ALL_DETECTIONS)
-    return dict(plain, onnx=dst, info=info)
+    return export_graph(plain, "d2", ALL_DETECTIONS)
 
 
 def _plain_model(plain, opts=ALL_DETECTIONS):
@@ -90,12 +86,7 @@ def _pytorch_raw(model, image):
 
 
 def _match(ref, got):
-    """One-to-one pairs (same class) with the least box / score distance: equal scores leave NMS in any order."""
-    dist = np.maximum(np.abs(ref["boxes"][:, None] - got["boxes"][None]).max(-1),
-                      np.abs(ref["scores"][:, None] - got["scores"][None]))
-    dist[ref["classes"][:, None] != got["classes"][None]] = 1e9
-    rows, cols = linear_sum_assignment(dist)
-    return rows, cols, dist[rows, cols]
+    return match(ref, got, "classes")
 
 
 # ------------------------------------------------------------------------------------------------ graph

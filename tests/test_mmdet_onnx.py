@@ -15,7 +15,7 @@ import torch
 from ckpt_helpers import ROOT
 from mmdet_helpers import MODEL_OPTS
 from mmdet_helpers import cli_options as _cli
-from scipy.optimize import linear_sum_assignment
+from onnx_helpers import export_graph, match
 
 CONFIGS = {"faster": os.path.join(ROOT, "projects", "detection", "mmdet_configs",
                                   "faster-rcnn_us-r50_fpn_slimmable_tiny.py"),
@@ -52,11 +52,7 @@ def plain(request, datasets, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def exported(plain):
-    from us3l.mmdet import detector_tools
-
-    dst = str(plain["work"] / "plain_w0.5.onnx")
-    info = detector_tools.export_onnx(plain["weights"], plain["config"], dst, opts=ALL_DETECTIONS)
-    return dict(plain, onnx=dst, info=info)
+    return export_graph(plain, "mmdet", ALL_DETECTIONS)
 
 
 def _plain_model(plain, opts=ALL_DETECTIONS):
@@ -67,13 +63,7 @@ def _plain_model(plain, opts=ALL_DETECTIONS):
 
 
 def _match(ref, got):
-    """One-to-one pairs (same label) of PyTorch and onnxruntime detections with the least box / score distance:
-    detections of equal score may come out of NMS in either order."""
-    dist = np.maximum(np.abs(ref["boxes"][:, None] - got["boxes"][None]).max(-1),
-                      np.abs(ref["scores"][:, None] - got["scores"][None]))
-    dist[ref["labels"][:, None] != got["labels"][None]] = 1e9
-    rows, cols = linear_sum_assignment(dist)
-    return rows, cols, dist[rows, cols]
+    return match(ref, got, "labels")
 
 
 def _pytorch_raw(model, image, sample):

@@ -144,6 +144,7 @@ def test_uncalibrated_width_is_refused_and_calibrated_on_request(trained, tmp_pa
     run = _tool("calibrate_detector.py", trained["final"], cal, "--config", CONFIG, "--widths", "0.75",
                 "--num-batches", "2", "--opts", *R18, tiny=trained["tiny"])
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    assert "BN calibrated at width 0.75 on 2 batches (1 of 1 widths)" in run.stderr, run.stderr[-2000:]  # progress
     state = torch.load(cal, map_location="cpu", weights_only=True)["model"]
     assert "backbone.bottom_up.layer1.0.bn1.running_mean_w0750" in state
     assert "backbone.bottom_up.layer1.0.bn1.running_mean_w0500" in state  # earlier widths kept

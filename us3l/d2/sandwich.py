@@ -15,6 +15,7 @@ per-width statistics. Evaluation refuses a width without statistics (:mod:`us3l.
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 import weakref
 
@@ -165,7 +166,8 @@ def calibrate_d2_detector(model, loader, widths, num_batches: int) -> dict[float
     """
     net = unwrap(model)
     with torch.no_grad():
-        return calibrate_detector(net, net.backbone, _PreprocessedImages(net, loader), widths, num_batches)
+        return calibrate_detector(net, net.backbone, _PreprocessedImages(net, loader), widths, num_batches,
+                                  log=logging.getLogger("detectron2.us3l.sandwich").info)
 
 
 def calibration_widths(cfg) -> list[float]:
@@ -196,8 +198,6 @@ class WidthCalibrationHook(hooks.HookBase):
             used = calibrate_d2_detector(self._model, loader, self._widths, self._num_batches)
             comm.synchronize()
             if comm.is_main_process():
-                import logging
-
                 logging.getLogger("detectron2.us3l.sandwich").info(
                     "calibrated BN statistics at widths %s (%s batches each)", list(used), list(used.values()))
 

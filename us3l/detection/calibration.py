@@ -128,7 +128,7 @@ def capped_calibration_batches(num_batches: int, num_images: int, batch_size: in
 
 
 def calibrate_detector(model: nn.Module, parts: nn.Module | Sequence[nn.Module], images: Iterable[torch.Tensor],
-                       widths: Sequence[float], num_batches: int | None = None) -> dict[float, int]:
+                       widths: Sequence[float], num_batches: int | None = None, log=None) -> dict[float, int]:
     """Calibrate the BN statistics of ``model`` at each of ``widths``; returns ``{width: batches used}``.
 
     ``parts``: the module(s) that hold every slimmable BN of the detector, run in order on a batch of
@@ -136,6 +136,7 @@ def calibrate_detector(model: nn.Module, parts: nn.Module | Sequence[nn.Module],
     A slimmable BN outside them (e.g. a BN in a box head, which only sees sampled regions) is refused.
     ``images``: re-iterable batches of preprocessed image tensors ``[N, 3, H, W]`` (normalized, padded), on
     the model's device. The whole detector is set to each width while its parts are calibrated, and restored.
+    ``log``: called with one progress line per calibrated width (a long calibration says where it is).
     """
     runner = parts if isinstance(parts, nn.Module) else _Chain(list(parts))
     inside = {id(m) for m in slimmable_bns(runner)}
@@ -148,7 +149,10 @@ def calibrate_detector(model: nn.Module, parts: nn.Module | Sequence[nn.Module],
     from ..width import width as width_ctx
 
     used = {}
-    for w in sorted({canonical_width(w) for w in widths}, reverse=True):
+    todo = sorted({canonical_width(w) for w in widths}, reverse=True)
+    for i, w in enumerate(todo, 1):
         with width_ctx(model, w):
             used[w] = calibrate_bn(runner, images, w, num_batches, batch_to_input=lambda b: b)
+        if log is not None:
+            log(f"BN calibrated at width {w:g} on {used[w]} batches ({i} of {len(todo)} widths)")
     return used

@@ -76,7 +76,7 @@ def calibrate_widths(model, cfg: Config, widths: Sequence[float], num_batches: i
     """Calibrate BN statistics at ``widths`` on training images (``cfg.train_dataloader``); ``{width: batches}``."""
     loader = loader if loader is not None else Runner.build_dataloader(cfg.train_dataloader)
     return calibrate_detector(model, [model.backbone, model.neck], _PreprocessedImages(model, loader), widths,
-                              num_batches)
+                              num_batches, log=lambda msg: print_log(msg, logger="current"))
 
 
 def evaluate_widths(model, cfg: Config, widths: Sequence[float], loader: Iterable | None = None
