@@ -17,6 +17,7 @@ threads, and onnxruntime / PyTorch at the same width and threads. GFLOPs: fvcore
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import platform
 import statistics
@@ -87,8 +88,8 @@ def main(argv=None):
             torch.set_num_threads(threads)
             calls = {}
             for w in widths:
-                calls[("torch", w)] = (lambda m: lambda: m(batch))(models[w])
-                calls[("onnxruntime", w)] = (lambda d: lambda: d(batch))(OnnxDetector(files[w][2], threads))
+                calls[("torch", w)] = functools.partial(models[w], batch)
+                calls[("onnxruntime", w)] = functools.partial(OnnxDetector(files[w][2], threads), batch)
             cells = list(calls)
             with torch.no_grad():
                 for c in cells:  # warm-up

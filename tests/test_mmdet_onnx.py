@@ -270,7 +270,8 @@ def test_export_refuses_what_it_cannot_deploy_with_one_line(plain, tmp_path):
 def test_export_detector_writes_the_onnx_graph_with_onnx(plain, tmp_path):
     """``tools/export_detector.py ... --onnx DST.onnx`` as a user runs it: the plain detector and its graph, which
     runs in onnxruntime with the plain detector's outputs."""
-    from us3l.mmdet.onnx_export import OnnxDetector, check_onnx
+    from us3l.detection.onnx_graph import check_onnx
+    from us3l.mmdet.onnx_export import OnnxDetector
 
     dst, onnx_path = tmp_path / "plain.pth", tmp_path / "plain.onnx"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))

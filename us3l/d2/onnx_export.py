@@ -22,18 +22,16 @@ The test-time settings (``MODEL.RPN.*_TEST``, ``MODEL.ROI_HEADS.{SCORE,NMS}_THRE
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-from ..detection.onnx_graph import check_onnx, check_opset, ort_session
-from ..output_paths import check_output_file
+from ..detection.onnx_graph import INPUT, check_destination, check_opset, graph_nodes, ort_session, write_graph
 from .config import load_config
 
-INPUTS = ["image"]
+INPUTS = [INPUT]
 BOX_OUTPUTS = ["boxes", "scores", "classes"]
 MASK_OUTPUT = "masks"
 
@@ -115,8 +113,6 @@ def _check_nms_loop(proto, cfg) -> None:
     """Refuse a graph that kept Detectron2's per-class NMS loop for only some classes. ``batched_nms`` loops over
     ``torch.unique(classes)`` at 40000 candidate boxes or more, and the trace keeps the classes of its example
     image. At ``SCORE_THRESH_TEST 0`` every class is a candidate, so the loop covers them all."""
-    from ..detection.onnx_graph import graph_nodes
-
     count = sum(n.op_type == "NonMaxSuppression" for n in graph_nodes(proto.graph))
     score = float(cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST)
     if count > 2 and score > 0:
@@ -128,37 +124,23 @@ def _check_nms_loop(proto, cfg) -> None:
 
 def export_onnx(weights: str, config: str, dst: str, opts: Sequence[str] = (), opset: int = 17) -> dict:
     """Write the plain detector (``weights`` + the ``config`` that ``tools/export_detector.py`` wrote beside them,
-    ``opts`` as KEY VALUE overrides) to ``dst`` as ONNX with dynamic H / W, check it (:func:`check_onnx`) and run it
-    once in onnxruntime. A graph that breaks the contract is removed."""
+    ``opts`` as KEY VALUE overrides) to ``dst`` as ONNX with dynamic H / W, check it (the contract of
+    :func:`us3l.detection.onnx_graph.check_onnx`, no per-class NMS loop) and run it once in onnxruntime. A graph that
+    breaks the contract is removed."""
     opset = check_opset(opset, "Detectron2")
-    check_output_file(dst, "DST", inputs=[weights, config])
-    if not os.path.isdir(os.path.dirname(os.path.abspath(dst))):
-        raise FileNotFoundError(f"the folder of DST {dst} does not exist")
-    import onnx
-
+    check_destination(dst, [weights, config])
     model, cfg = load_plain_detector(weights, config, opts)
     graph = DetectorGraph(model).eval()
     outputs = BOX_OUTPUTS + ([MASK_OUTPUT] if graph.with_mask else [])
-    dynamic = {"image": {1: "height", 2: "width"}, **{k: {0: "detections"} for k in outputs}}
-    with torch.no_grad(), warnings.catch_warnings():
-        # Detectron2's asserts (finite boxes) and shape arithmetic: constants of the trace, no branch on data
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        warnings.filterwarnings("ignore", message="Constant folding - Only steps=1")
-        torch.onnx.export(graph, (_example_image(cfg),), dst, input_names=INPUTS, output_names=outputs,
-                          dynamic_axes=dynamic, opset_version=opset, do_constant_folding=True, dynamo=False)
-    proto = onnx.load(dst)
-    onnx.helper.set_model_props(proto, {
-        "us3l.framework": "d2", "us3l.weights": os.path.basename(weights), "us3l.config": os.path.basename(config),
-        "us3l.input": f"float32 [3,H,W]: the test mapper's resized image in {cfg.INPUT.FORMAT}, before "
-                      "normalisation and padding", "us3l.boxes": "pixels of the resized image"})
-    onnx.save(proto, dst)
-    try:
-        _check_nms_loop(proto, cfg)
-        checked = check_onnx(dst)
-        OnnxDetector(dst).raw(_example_image(cfg))
-    except Exception:
-        os.remove(dst)
-        raise
+    example = _example_image(cfg)
+    props = {"us3l.framework": "d2", "us3l.weights": os.path.basename(weights),
+             "us3l.config": os.path.basename(config),
+             "us3l.input": f"float32 [3,H,W]: the test mapper's resized image in {cfg.INPUT.FORMAT}, before "
+                           "normalisation and padding", "us3l.boxes": "pixels of the resized image"}
+    checked = write_graph(graph, example, dst, outputs, {INPUT: {1: "height", 2: "width"},
+                                                          **{k: {0: "detections"} for k in outputs}}, opset, props,
+                          checks=[lambda proto: _check_nms_loop(proto, cfg),
+                                  lambda proto: OnnxDetector(dst).raw(example)])  # runs: run-time shapes hold
     return {"onnx": dst, "opset": opset, "inputs": list(INPUTS), "outputs": outputs, "mask": graph.with_mask,
             "weights": weights, "config": config, "ops": checked["ops"]}
 

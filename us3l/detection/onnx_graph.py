@@ -4,6 +4,12 @@ RoIAlign; opset >= 16 writes the attribute, older opsets silently drop the shift
 provider."""
 from __future__ import annotations
 
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+
+from ..output_paths import check_output_file
+
+INPUT = "image"  # the one input of both frameworks' graphs: the test pipeline's resized image
 MIN_OPSET = 16  # RoiAlign's coordinate_transformation_mode exists from opset 16 on
 DEFAULT_DOMAINS = ("", "ai.onnx")
 
@@ -55,8 +61,6 @@ def check_onnx(path: str) -> dict:
 
 def ort_session(path: str, threads: int | None = None):
     """onnxruntime's CPU session of ``path`` with ``threads`` intra-op threads (default: onnxruntime's)."""
-    import os
-
     import onnxruntime as ort
 
     if not os.path.isfile(path):
@@ -65,3 +69,42 @@ def ort_session(path: str, threads: int | None = None):
     if threads:
         options.intra_op_num_threads = int(threads)
     return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+
+def check_destination(dst: str, inputs: Sequence[str]) -> None:
+    """``dst`` may be written: not one of ``inputs``, not under a file, in a folder that exists (checked before any
+    model is built)."""
+    check_output_file(dst, "DST", inputs=list(inputs))
+    if not os.path.isdir(os.path.dirname(os.path.abspath(dst))):
+        raise FileNotFoundError(f"the folder of DST {dst} does not exist")
+
+
+def write_graph(module, example, dst: str, outputs: Sequence[str], dynamic_axes: Mapping, opset: int,
+                props: Mapping[str, str], checks: Iterable[Callable] = ()) -> dict:
+    """Trace ``module`` on ``example`` (its one input, :data:`INPUT`) into ``dst`` with torch's TorchScript-based
+    exporter (the dynamo one needs onnxscript), write ``props`` as the model's metadata, then check the contract
+    (:func:`check_onnx`) and run ``checks`` (each called with the ONNX model). A graph that fails any of them is
+    removed. Returns :func:`check_onnx`'s result."""
+    import warnings
+
+    import onnx
+    import torch
+
+    with torch.no_grad(), warnings.catch_warnings():
+        # the frameworks' shape asserts and shape arithmetic become constants of the trace: no branch on data
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message="Constant folding - Only steps=1")  # a slice left to run time
+        torch.onnx.export(module, (example,), dst, input_names=[INPUT], output_names=list(outputs),
+                          dynamic_axes=dict(dynamic_axes), opset_version=int(opset), do_constant_folding=True,
+                          dynamo=False)
+    proto = onnx.load(dst)
+    onnx.helper.set_model_props(proto, dict(props))
+    onnx.save(proto, dst)
+    try:
+        checked = check_onnx(dst)
+        for check in checks:
+            check(proto)
+    except Exception:
+        os.remove(dst)
+        raise
+    return checked

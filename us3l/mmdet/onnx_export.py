@@ -29,7 +29,6 @@ from __future__ import annotations
 import inspect
 import math
 import os
-import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -42,11 +41,10 @@ from torchvision.ops import nms, roi_align
 
 from ..checkpoint.frameworks import read_mmdet_checkpoint
 from ..checkpoint.model_io import load_state_dict_checked
-from ..detection.onnx_graph import check_onnx, check_opset, ort_session
-from ..output_paths import check_output_file
+from ..detection.onnx_graph import INPUT, check_destination, check_opset, ort_session, write_graph
 from .slimmable_eval import coco_metrics, slimmable_config
 
-INPUTS = ["image"]
+INPUTS = [INPUT]
 BOX_OUTPUTS = ["boxes", "scores", "labels"]
 MASK_OUTPUT = "masks"
 SUPPORTED_DETECTORS = ("FasterRCNN", "MaskRCNN")
@@ -340,37 +338,24 @@ def _example_image(cfg: Config) -> torch.Tensor:
 def export_onnx(weights: str, config: str, dst: str, cfg_options: Mapping | None = None, opset: int = 17) -> dict:
     """Write the plain detector (``weights`` + the ``config`` that ``tools/export_detector.py`` wrote beside them,
     ``cfg_options`` merged as ``--cfg-options``) to ``dst`` as ONNX with dynamic H / W, then check it
-    (:func:`check_onnx`) and run it once in onnxruntime. The test-time settings of the config are baked in."""
+    (:func:`us3l.detection.onnx_graph.check_onnx`) and run it once in onnxruntime. The test-time settings of the
+    config are baked in."""
     opset = check_opset(opset, "MMDetection")
-    check_output_file(dst, "DST", inputs=[weights, config])  # not an input, not under a file
-    if not os.path.isdir(os.path.dirname(os.path.abspath(dst))):
-        raise FileNotFoundError(f"the folder of DST {dst} does not exist")
-    import onnx
-
+    check_destination(dst, [weights, config])  # not an input, not under a file
     model, cfg = load_plain_detector(weights, config, cfg_options)
     graph = DetectorGraph(model).eval()
     outputs = BOX_OUTPUTS + ([MASK_OUTPUT] if graph.with_mask else [])
-    dynamic = {"image": {2: "height", 3: "width"}, **{k: {0: "detections"} for k in outputs}}
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # torchvision's shape asserts: no branch on data
-        warnings.filterwarnings("ignore", message="Constant folding - Only steps=1")  # a slice left to run time
-        torch.onnx.export(graph, (_example_image(cfg),), dst, input_names=INPUTS, output_names=outputs,
-                          dynamic_axes=dynamic, opset_version=int(opset), do_constant_folding=True, dynamo=False)
-    proto = onnx.load(dst)
+    example = _example_image(cfg)
     meta = {"us3l.framework": "mmdet", "us3l.detector": type(model).__name__,
             "us3l.weights": os.path.basename(weights), "us3l.config": os.path.basename(config),
             "us3l.input": "float32 [1,3,H,W]: the test pipeline's resized image in its channel order, before "
                           "normalisation and padding", "us3l.boxes": "pixels of the resized image"}
     if graph.with_mask:
         meta[META_MASK_THR] = repr(float(graph.rcnn_cfg["mask_thr_binary"]))
-    onnx.helper.set_model_props(proto, meta)
-    onnx.save(proto, dst)
-    try:
-        checked = check_onnx(dst)
-        OnnxDetector(dst)(_example_image(cfg)[0])  # runs: shapes inferred at run time hold
-    except Exception:
-        os.remove(dst)  # no graph left behind that breaks the contract
-        raise
+    # the run: shapes inferred at run time hold
+    checked = write_graph(graph, example, dst, outputs, {INPUT: {2: "height", 3: "width"},
+                                                          **{k: {0: "detections"} for k in outputs}}, opset, meta,
+                          checks=[lambda proto: OnnxDetector(dst)(example[0])])
     return {"onnx": dst, "opset": int(opset), "inputs": list(INPUTS), "outputs": outputs, "mask": graph.with_mask,
             "weights": weights, "config": config, "ops": checked["ops"]}
 
