@@ -35,16 +35,11 @@ OPTS = ["MODEL.RESNETS.NORM", "BN", "MODEL.FPN.NORM", "BN", "MODEL.ROI_HEADS.SCO
 
 def export_widths(config: str, widths, size, folder: str, opts) -> dict:
     """``{width: (plain weights, plain config, onnx)}`` of one randomly initialised, calibrated slimmable detector."""
-    from detectron2.modeling import build_model
+    from slimmable_detector import build  # the same detector, seed and calibration as that benchmark's
 
-    from us3l.d2 import detector_tools, load_config
-    from us3l.detection import calibrate_detector
+    from us3l.d2 import detector_tools
 
-    cfg = load_config(config, ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", *opts])
-    torch.manual_seed(0)
-    model = build_model(cfg)
-    padded = [-(-s // 32) * 32 for s in size]  # what preprocess_image pads to (FPN size divisibility)
-    calibrate_detector(model, model.backbone, [torch.randn(1, 3, *padded) for _ in range(2)], widths)
+    _, model = build(config, True, widths, size, 0, opts)
     src = os.path.join(folder, "slimmable.pth")
     detector_tools.save_slimmable_detector(model, src)
     files = {}
