@@ -24,6 +24,12 @@ blocks in a rotating order, so that load from other processes hits all cells ali
 rounds. Before timing, the script checks once per width (untimed) that the slimmable model's detections after
 a switch sequence equal the plain export's (boxes allclose, atol 1e-3), for k=4 and k=1, and raises if not.
 
+``--paired``: each timed ``switch`` and ``random`` call is followed at once by a call of the plain export at the
+same width, and the ratio of the two is recorded per pair (columns ``paired``: median of those per-call ratios).
+Adjacent calls share the machine's state of the moment, so slow drift (another process, frequency changes) that
+moves whole rounds cancels out of each ratio; the medians of separate cells cannot resolve a few percent when
+single calls of the same work spread by 30 % (``bench/width_switch_mmdet_1thread.md``).
+
 Memory: ``us3l.inference.cached_bytes`` of the k=4 model after the timed rounds (every width visited), and
 with a single width cached, in MiB and as a fraction of the model's full-width conv/linear weight bytes.
 The JSON beside ``--output`` holds every raw timing.
@@ -201,14 +207,17 @@ def check(bench, k1_model, widths) -> dict:
     return result
 
 
-def run_round(bench, k1_model, widths, r, rng, times, set_ms, random_seq, timed_run=True):
-    """One round: every (mode, width) cell at least once; blocks in an order rotating with ``r``."""
+def run_round(bench, k1_model, widths, r, rng, times, set_ms, random_seq, timed_run=True, pairs=None):
+    """One round: every (mode, width) cell at least once; blocks in an order rotating with ``r``. With ``pairs``
+    (a dict mode -> width -> list), every switch / random call is followed by the plain export's at its width."""
     n = len(widths)
 
     def record(mode, w, t):
         if timed_run:
             times[mode][w].append(t[0])
             set_ms[mode].append(t[1])
+            if pairs is not None and mode in pairs:
+                pairs[mode][w].append(t[0] / timed(bench, bench.plain[w])[0])
 
     def switch_block(mode, model):
         start = r % n
@@ -284,6 +293,14 @@ def table(widths, times) -> str:
     return "\n".join(lines)
 
 
+def paired_table(widths, pairs) -> str:
+    lines = ["| width | switch / plain, paired (n) | random / plain, paired (n) |", "|---:|---:|---:|"]
+    for w in widths:
+        lines.append(f"| {w:.2f} | {med(pairs['switch'][w]):.3f} ({len(pairs['switch'][w])}) | "
+                     f"{med(pairs['random'][w]):.3f} ({len(pairs['random'][w])}) |")
+    return "\n".join(lines)
+
+
 def memory_table(widths, mem) -> str:
     full = mem["full_width_conv_linear_weight_bytes"]
     lines = [f"Full-width conv/linear weights: {full / MIB:.1f} MiB.", "",
@@ -322,11 +339,12 @@ def bench_framework(name, args, widths, thread_settings, default_threads):
         times = {mode: {w: [] for w in widths} for mode in MODES}
         set_ms = {mode: [] for mode in MODES}
         random_seq, load = [], []
+        pairs = {m: {w: [] for w in widths} for m in ("switch", "random")} if args.paired else None
         rng = random.Random(args.seed)
         run_round(bench, k1_model, widths, 0, rng, times, set_ms, random_seq, timed_run=False)  # warm-up
         t0 = time.perf_counter()
         for r in range(args.rounds):
-            run_round(bench, k1_model, widths, r, rng, times, set_ms, random_seq)
+            run_round(bench, k1_model, widths, r, rng, times, set_ms, random_seq, pairs=pairs)
             load.append(round(os.getloadavg()[0], 2))
             print(f"[{name}] threads {n_threads}: round {r + 1}/{args.rounds} done", flush=True)
         label = f"{n_threads} thread(s)" + (" (torch's default)" if t == 0 else "")
@@ -336,11 +354,16 @@ def bench_framework(name, args, widths, thread_settings, default_threads):
                 + ", ".join(f"{m} {setw[m]:.2f}" for m in ("switch", "random", "switch_k1")) + "; "
                 + f"load average during the rounds: {', '.join(map(str, load))}; "
                 + f"{time.perf_counter() - t0:.0f} s for {args.rounds} rounds.")
+        if pairs is not None:
+            tab += ("\n\nPaired (each call followed at once by the plain export's at its width; median of the "
+                    "per-call ratios):\n\n" + paired_table(widths, pairs))
         sections.append(f"### {name}, {label}\n\n{tab}\n\n{note}")
         print(sections[-1], flush=True)
         out["threads"][str(t)] = {"num_threads": n_threads, "times_ms": {m: {str(w): v for w, v in d.items()}
                                                                          for m, d in times.items()},
                                   "set_width_ms": set_ms, "random_sequence": random_seq, "load_avg": load,
+                                  "paired_ratios": ({m: {str(w): v for w, v in d.items()} for m, d in pairs.items()}
+                                                    if pairs is not None else None),
                                   "median_ms": {m: {str(w): med(v) for w, v in d.items()} for m, d in times.items()}}
     mem = memory(bench, k1_model, widths)
     out["memory"] = mem
@@ -359,6 +382,8 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=7, help="timed rounds (each times every (mode, width) cell)")
     p.add_argument("--widths", type=float, nargs="+", default=[1.0, 0.5, 0.25], help="also the switch cycle order")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--paired", action="store_true",
+                   help="follow each switch / random call by the plain export's at its width; report per-pair ratios")
     p.add_argument("--output", default=None, help="markdown file (a .json twin is written beside it)")
     p.add_argument("--d2-config", default=D2_CONFIG)
     p.add_argument("--mmdet-config", default=MMDET_CONFIG)
@@ -391,6 +416,7 @@ def main(argv=None):
         sections += sec
     text = "\n".join(header) + "\n\n" + "\n\n".join(sections) + "\n"
     if args.output:
+        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
         with open(args.output, "w") as f:
             f.write(text)
         with open(os.path.splitext(args.output)[0] + ".json", "w") as f:
