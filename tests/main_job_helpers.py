@@ -34,3 +34,14 @@ def quick_summary_rows(out, numeric=()) -> tuple:
             assert is_number(r[key]), (key, r)
         assert 0.0 <= r["box_AP_mean"] <= 100.0
     return doc, rows
+
+
+def assert_demo_grid(out, widths) -> None:
+    """The main job's demo: OUT/demo.png, one panel per (val image, width) of the job, each with its cost."""
+    assert (out / "demo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    panels = json.load(open(out / "demo.json"))["panels"]
+    assert [(os.path.basename(p["image"]), p["width"]) for p in panels] == [
+        (f"{i:06d}.png", w) for i in (1, 2, 3) for w in widths]
+    for i in (1, 2, 3):  # a narrower detector costs less
+        gflops = [p["gflops"] for p in panels if p["image"].endswith(f"{i:06d}.png")]
+        assert all(a > b > 0 for a, b in zip(gflops, gflops[1:])), gflops

@@ -11,7 +11,7 @@ import subprocess
 import sys
 
 import pytest
-from main_job_helpers import is_number, quick_summary_rows, run_main
+from main_job_helpers import assert_demo_grid, is_number, quick_summary_rows, run_main
 
 from us3l.pipeline.main_job import parse_args
 from us3l.pipeline.results_table import load_results, write_results
@@ -61,6 +61,7 @@ def test_main_job_quick(tmp_path):
                                                                ("random", 0.5)]
     md = (out / "results.md").read_text()
     assert "| init | width |" in md and "width effect" in md
+    assert_demo_grid(out, [1.0, 0.5])
 
     # a rerun with the same command skips every finished stage
     n_stages = len(json.loads((out / "stages.json").read_text()))

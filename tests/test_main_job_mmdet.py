@@ -7,7 +7,7 @@ that pytest-xdist runs it beside the Detectron2 job.
 import json
 
 import pytest
-from main_job_helpers import is_number, run_main
+from main_job_helpers import assert_demo_grid, is_number, run_main
 
 from us3l.pipeline.results_table import load_results
 
@@ -33,3 +33,4 @@ def test_main_job_quick_mmdet(tmp_path):
         assert sorted(x["width"] for x in per_seed) == [0.5, 1.0]
         assert len({x["weights"] for x in per_seed}) == 1
     assert (out / "ap_vs_gflops.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert_demo_grid(out, [1.0, 0.5])

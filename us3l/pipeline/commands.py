@@ -176,6 +176,33 @@ def _eval(job: Job, weights: str, out_dir: str, title: str, extra: Sequence = ()
     return Stage("", cmd, [os.path.join(out_dir, "results.json")], report=lambda: eval_report(out_dir))
 
 
+def demo_stages(job: Job, init: str, seed: int, num_images: int = 3) -> List[Stage]:
+    """The README's picture: the first val images through ONE slimmable detector at every width of the job
+    (``tools/demo.py``: boxes, masks and classes drawn by the framework's visualizer, each panel titled with its
+    latency and GFLOPs) into ``OUT/demo.png``. MMDetection's training calibrates no width, so its checkpoint is
+    calibrated first (``tools/calibrate_detector.py``, the evaluation's batches)."""
+    if job.recipe != "slimmable":
+        return []
+    tdir = os.path.join(job.out, init, f"seed{seed}", "train")
+    opts = dataset_opts(job)
+    stages = []
+    if job.framework == "d2":
+        ckpt = _finished(job, tdir)  # calibrated at the job's widths by the training run
+    else:
+        ckpt = os.path.join(job.out, init, f"seed{seed}", "demo_calibrated.pth")
+        stages.append(Stage(f"{init}_seed{seed}_demo_calibrate", [
+            job.py, "tools/calibrate_detector.py", os.path.join(tdir, f"epoch_{job.finetune_epochs}.pth"), ckpt,
+            "--config", job.config, "--widths", *job.widths, "--num-batches", job.calib_batches, "--opts", *opts],
+            [ckpt]))
+    images = [os.path.join(job.data_root, "val", f"{i:06d}.png") for i in range(1, num_images + 1)]
+    grid = os.path.join(job.out, "demo.png")
+    stages.append(Stage("demo", [job.py, "tools/demo.py", ckpt, *images, "--config", job.config, "--widths",
+                                 *job.widths, "--output", grid, "--runs", 3, "--title",
+                                 f"{init} init, seed {seed}: one checkpoint at every width", "--opts", *opts],
+                        [grid]))
+    return stages
+
+
 def eval_report(out_dir: str) -> str:
     """One console line per evaluation, so the first result shows where the job is watched: box AP at the
     widest and the narrowest width, and the table's path."""

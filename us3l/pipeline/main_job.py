@@ -97,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="timed CPU forward passes per width (default 0: skip; runs side by side would distort "
                         "them, see bench/slimmable_detector.md for latency)")
     p.add_argument("--profile-size", type=int, default=224, help="input side for backbone GFLOPs/latency")
+    p.add_argument("--demo-images", type=int, default=3,
+                   help="slimmable recipe: val images drawn at every width into OUTPUT/demo.png by tools/demo.py "
+                        "(the first init's first seed; 0: no demo)")
     add_stage_options(p)
     return p
 
@@ -193,13 +196,18 @@ def main(argv: Optional[List[str]] = None) -> dict:
     chains = [C.detector_stages(job, init, seed, backbone if init == "us3l" else "")
               for init in args.inits for seed in args.seeds]
     jobs = args.jobs or default_jobs(len(chains), args.num_gpus)
-    total = len(stages) + sum(len(c) for c in chains) + 1
+    demo = (C.demo_stages(job, args.inits[0], args.seeds[0], min(args.demo_images, args.num_val))
+            if args.demo_images > 0 else [])
+    total = len(stages) + sum(len(c) for c in chains) + len(demo) + 1
 
     pipe.say(f"main job: {args.arch}, {framework}, {recipe} detector, widths {args.widths}, seeds {args.seeds}, "
              f"inits {args.inits}, {args.dataset_style} set, output {out}")
     for i, st in enumerate(stages, 1):
         pipe.run(st.name, st.cmd, st.outputs, f"[{i}/{total}]")
     pipe.run_parallel(chains, jobs, len(stages) + 1, total, lead=args.num_gpus == 0)
+    done = len(stages) + sum(len(c) for c in chains)
+    for i, st in enumerate(demo, done + 1):  # after every training: its latencies are measured alone
+        pipe.run(st.name, st.cmd, st.outputs, f"[{i}/{total}]")
     if args.dry_run:
         return {}
 
