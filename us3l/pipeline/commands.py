@@ -168,6 +168,12 @@ def _finished(job: Job, out_dir: str) -> str:
     return os.path.join(out_dir, "model_final.pth" if job.framework == "d2" else "last_checkpoint")
 
 
+def _slimmable_checkpoint(job: Job, train_dir: str) -> str:
+    """The ONE checkpoint of every width a slimmable training run leaves (mmengine: the last epoch's)."""
+    return _finished(job, train_dir) if job.framework == "d2" else os.path.join(
+        train_dir, f"epoch_{job.finetune_epochs}.pth")
+
+
 def _eval(job: Job, weights: str, out_dir: str, title: str, extra: Sequence = ()) -> Stage:
     cmd = [job.py, "tools/eval_widths.py", weights, "--widths", *job.widths, "--framework", job.framework,
            "--config", job.config, "--output-dir", out_dir, "--arch", job.arch, "--profile-size", job.profile_size,
@@ -186,15 +192,16 @@ def demo_stages(job: Job, init: str, seed: int, num_images: int = 3) -> List[Sta
     tdir = os.path.join(job.out, init, f"seed{seed}", "train")
     opts = dataset_opts(job)
     stages = []
-    if job.framework == "d2":
-        ckpt = _finished(job, tdir)  # calibrated at the job's widths by the training run
-    else:
-        ckpt = os.path.join(job.out, init, f"seed{seed}", "demo_calibrated.pth")
+    ckpt = _slimmable_checkpoint(job, tdir)  # Detectron2: calibrated at the job's widths by the training run
+    if job.framework == "mmdet":
+        trained, ckpt = ckpt, os.path.join(job.out, init, f"seed{seed}", "demo_calibrated.pth")
         stages.append(Stage(f"{init}_seed{seed}_demo_calibrate", [
-            job.py, "tools/calibrate_detector.py", os.path.join(tdir, f"epoch_{job.finetune_epochs}.pth"), ckpt,
+            job.py, "tools/calibrate_detector.py", trained, ckpt,
             "--config", job.config, "--widths", *job.widths, "--num-batches", job.calib_batches, "--opts", *opts],
             [ckpt]))
-    images = [os.path.join(job.data_root, "val", f"{i:06d}.png") for i in range(1, num_images + 1)]
+    from ..data.synthetic.writers import detection_file_name  # numpy / PIL: only when a demo is planned
+
+    images = [os.path.join(job.data_root, "val", detection_file_name(i)) for i in range(1, num_images + 1)]
     grid = os.path.join(job.out, "demo.png")
     stages.append(Stage("demo", [job.py, "tools/demo.py", ckpt, *images, "--config", job.config, "--widths",
                                  *job.widths, "--output", grid, "--runs", 3, "--title",
@@ -238,8 +245,7 @@ def detector_stages(job: Job, init: str, seed: int, weights: str) -> List[Stage]
                if job.framework == "d2" else _mmdet_train(job, weights, tdir, seed, [], [
                    f"model.sandwich.num_random={job.sandwich_random_widths}"]))
         stages.append(Stage(f"{init}_seed{seed}_train", cmd, [_finished(job, tdir)]))
-        # the ONE checkpoint of every width (mmengine saves the last epoch as epoch_<N>.pth)
-        ckpt = _finished(job, tdir) if job.framework == "d2" else os.path.join(tdir, f"epoch_{job.finetune_epochs}.pth")
+        ckpt = _slimmable_checkpoint(job, tdir)
         # widths the training run did not calibrate (mmdet) are calibrated here, on training images
         ev = _eval(job, ckpt, run_dir, title, ["--calibrate-batches", job.calib_batches])
     ev.name = f"{init}_seed{seed}_evaluate"

@@ -33,6 +33,11 @@ GENERATOR_VERSION = 1
 PARAMS_FILE = "us3l_dataset.json"
 
 
+def detection_file_name(image_id: int) -> str:
+    """The file name of detection image ``image_id`` (1-based) in a split folder of the generated set."""
+    return f"{image_id:06d}.png"
+
+
 def default_dataset_root() -> str:
     """Where the default dataset lives: ``$US3L_DATASETS/us3l_shapes`` (``datasets/us3l_shapes`` if unset)."""
     return os.path.join(datasets_root(), DEFAULT_DATASET_NAME)
@@ -129,7 +134,7 @@ def generate_coco_dataset(root: Optional[str] = None, num_train: int = 256, num_
                 img, objs = detection_image(style, seed, split_idx, i, image_size, max_objects,
                                             params["min_visible_area"])
                 image_id = i + 1
-                file_name = f"{image_id:06d}.png"
+                file_name = detection_file_name(image_id)
                 Image.fromarray(img).save(os.path.join(tmp, split, file_name))
                 images.append({"id": image_id, "file_name": file_name, "height": image_size, "width": image_size})
                 for cat_id, vis in objs:
