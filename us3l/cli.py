@@ -74,6 +74,7 @@ def pretrain_main(argv=None) -> int:
                     "reference pre-training checkpoint or us3l.pretrain/1); same as model.init_from=PATH")
     ap.add_argument("overrides", nargs="*", help="section.key=value")
     args = ap.parse_args(argv)
+    summary = None
     try:
         check_output_dir(args.output_dir, "--output-dir", inputs=[args.config, args.init_from])
         init = [f"model.init_from={json.dumps(args.init_from)}"] if args.init_from else []  # quoted YAML scalar
@@ -82,7 +83,7 @@ def pretrain_main(argv=None) -> int:
         print(error_line(e), file=sys.stderr)
         return BAD_INPUT
     finally:
-        du.cleanup()
+        du.cleanup(finished=summary is not None)  # after an error: no barrier the others may never reach
     return STOPPED if summary["stopped"] == "signal" else 0
 
 

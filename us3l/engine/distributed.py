@@ -85,13 +85,18 @@ def barrier() -> None:
         dist.barrier()
 
 
-def cleanup() -> None:
+def cleanup(finished: bool = True) -> None:
     """End this process's group before the interpreter exits.
 
     Left to the exit, gloo's worker threads can still hold tensors while Python shuts down, and a process whose
     work is done aborts ("terminate called without an active exception", SIGABRT); torchrun then reports the
-    run as failed. Call it once the run finished well: after an error the other processes may still be in a
-    collective, and destroying the group there can hang.
+    run as failed. A run that finished well (``finished``) first meets the other processes in a barrier, so no
+    process shuts its group down while another is still in its last collective (rank 0 gathering the metrics
+    while rank 1 is already leaving: the order seen when CI's run aborted after its evaluation had printed).
+    After an error (``finished=False``) there is no barrier: the other processes may never reach it.
     """
-    if is_distributed():
-        dist.destroy_process_group()
+    if not is_distributed():
+        return
+    if finished:
+        dist.barrier()
+    dist.destroy_process_group()
