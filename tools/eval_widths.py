@@ -42,16 +42,13 @@ import time
 
 from us3l.cli import exit_with
 from us3l.errors import BAD_INPUT_ERRORS
+from us3l.frameworks import DETECTRON2, FRAMEWORKS, MMDETECTION, get_framework
 from us3l.output_paths import check_output_dir
 from us3l.pipeline.live_log import tee_process
 from us3l.pipeline.results_table import render_markdown, write_results
 from us3l.width import width_tag, width_text
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-D2_CONFIG = "projects/segmentation/configs/mask_rcnn_US-R50_FPN_tiny.yaml"
-MMDET_CONFIG = "projects/segmentation/mmdet_configs/mask-rcnn_us-r50_fpn_1x_coco_tiny.py"
-
 
 def weights_for(template: str, w: float) -> str:
     """``template`` with ``{width}`` replaced by the width as its tag writes it (``0.50``, ``0.375``)."""
@@ -60,7 +57,7 @@ def weights_for(template: str, w: float) -> str:
 
 # ------------------------------------------------------------------------------------------ Detectron2
 def d2_eval_command(py, config, weights, out_dir, width, num_gpus, opts, dataset=None) -> list:
-    cmd = [py, "projects/segmentation/train_net.py", "--eval-only", *(["--dataset", *dataset] if dataset else []),
+    cmd = [py, DETECTRON2.test_script, "--eval-only", *(["--dataset", *dataset] if dataset else []),
            "--config-file", config,
            "--num-gpus", str(max(1, num_gpus)), "OUTPUT_DIR", out_dir, "MODEL.WEIGHTS", weights,
            "MODEL.US3L.WIDTH_MULT", str(width)]
@@ -102,7 +99,7 @@ def d2_arch(config: str) -> str:
 
 # ----------------------------------------------------------------------------------------- MMDetection
 def mmdet_eval_command(py, config, weights, out_dir, width, num_gpus, opts, dataset=None) -> list:
-    cmd = [py, "projects/segmentation/mmdet_test.py", config, weights, "--width", str(width), "--work-dir", out_dir]
+    cmd = [py, MMDETECTION.test_script, config, weights, "--width", str(width), "--work-dir", out_dir]
     if opts:
         cmd += ["--cfg-options", *opts]
     if num_gpus > 1:
@@ -135,22 +132,14 @@ def mmdet_arch(config: str) -> str:
 
 
 def resolve_weights(path: str, framework: str) -> str:
-    """A run folder stands for its final checkpoint (Detectron2 ``model_final.pth``, mmengine ``last_checkpoint``)."""
-    if not os.path.isdir(path):
-        return path
-    if framework == "d2":
-        return os.path.join(path, "model_final.pth")
-    marker = os.path.join(path, "last_checkpoint")
-    if not os.path.isfile(marker):
-        raise FileNotFoundError(f"{path} holds no mmengine last_checkpoint")
-    with open(marker) as f:
-        ckpt = f.read().strip()
-    return ckpt if os.path.isabs(ckpt) else os.path.join(path, os.path.basename(ckpt))
+    """A run folder stands for its final checkpoint (:meth:`us3l.frameworks.Framework.run_weights`)."""
+    return get_framework(framework).run_weights(path) if os.path.isdir(path) else path
 
 
-FRAMEWORKS = {
-    "d2": (D2_CONFIG, d2_eval_command, d2_read_metrics, d2_arch),
-    "mmdet": (MMDET_CONFIG, mmdet_eval_command, mmdet_read_metrics, mmdet_arch),
+# what this tool runs and reads per framework (the facts themselves: us3l.frameworks)
+PER_WIDTH = {
+    "d2": (d2_eval_command, d2_read_metrics, d2_arch),
+    "mmdet": (mmdet_eval_command, mmdet_read_metrics, mmdet_arch),
 }
 
 
@@ -192,7 +181,7 @@ def run_logged(cmd: list, log_path: str, env: dict) -> None:
 def evaluate_each_width(args, config: str, out: str, widths, weights: dict, env: dict, created: bool) -> list[dict]:
     """One evaluation process per width (the framework's test entry point); its metrics as rows. A refusal by the
     entry point (exit 2) is reported as its own error line, exit 2, and leaves nothing behind."""
-    _, eval_command, read_metrics, _ = FRAMEWORKS[args.framework]
+    eval_command, read_metrics, _ = PER_WIDTH[args.framework]
     rows = []
     for i, w in enumerate(widths, 1):
         t0 = time.time()
@@ -242,9 +231,10 @@ def main(argv=None) -> dict:
             print(f"error: {e}".splitlines()[0], file=sys.stderr)
             raise SystemExit(2) from None
 
-    default_config, _, _, arch_of_config = FRAMEWORKS[args.framework]
+    arch_of_config = PER_WIDTH[args.framework][2]
     # defaults live in the repository; a user's path is relative to where they stand (stages run in REPO)
-    config = os.path.abspath(args.config) if args.config else os.path.join(REPO, default_config)
+    config = (os.path.abspath(args.config) if args.config
+              else os.path.join(REPO, get_framework(args.framework).configs["per-width"]))
     out = os.path.abspath(args.output_dir)
     if "{width}" not in args.weights and not os.path.isdir(args.weights):
         slim = slimmable_main(args, config, out)

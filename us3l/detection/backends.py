@@ -40,29 +40,27 @@ from __future__ import annotations
 import importlib
 import os
 
-BACKENDS = {"d2": "us3l.d2.detector_tools", "mmdet": "us3l.mmdet.detector_tools"}
-CONFIG_SUFFIX = {"d2": ".yaml", "mmdet": ".py"}
+from ..frameworks import FRAMEWORKS, get_framework
+
 USER_ERRORS = (ValueError, FileNotFoundError, KeyError)
 
 
 def framework_of(config: str, framework: str | None = None) -> str:
     """``d2`` for a ``.yaml`` config, ``mmdet`` for a ``.py`` one (or the explicit choice)."""
     if framework:
-        if framework not in BACKENDS:
-            raise ValueError(f"unknown framework {framework!r}; choose from {sorted(BACKENDS)}")
-        return framework
-    for name, suffix in CONFIG_SUFFIX.items():
-        if config.endswith(suffix):
-            return name
+        return get_framework(framework).name
+    for fw in FRAMEWORKS.values():
+        if config.endswith(fw.config_suffix):
+            return fw.name
     raise ValueError(f"cannot tell the framework of config {config!r}: Detectron2 configs end in .yaml, "
                      "MMDetection configs in .py (or pass --framework)")
 
 
 def load_backend(framework: str):
     """The backend module of ``framework`` (imports the framework)."""
-    return importlib.import_module(BACKENDS[framework_of("", framework)])
+    return importlib.import_module(get_framework(framework).backend)
 
 
 def export_config_path(dst: str, framework: str) -> str:
     """Where the exported config goes: DST with the framework's config suffix (``model.pth`` -> ``model.yaml``)."""
-    return os.path.splitext(dst)[0] + CONFIG_SUFFIX[framework]
+    return os.path.splitext(dst)[0] + get_framework(framework).config_suffix

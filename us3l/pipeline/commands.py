@@ -17,24 +17,11 @@ import os
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Sequence
 
+from ..frameworks import Framework, get_framework
 from ..width import width_tag, width_text
 from .results_table import load_results
 
 DEPTHS = {"resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101}
-FRAMEWORKS = {
-    "d2": {
-        "convert": "tools/convert_pretrain_to_d2.py",
-        "converted": "backbone_d2.pkl",
-        "per-width": "projects/segmentation/configs/mask_rcnn_US-R50_FPN_tiny.yaml",
-        "slimmable": "projects/segmentation/configs/mask_rcnn_US-R50_FPN_slimmable_tiny.yaml",
-    },
-    "mmdet": {
-        "convert": "tools/convert_pretrain_to_mmdet.py",
-        "converted": "backbone_mmdet.pth",
-        "per-width": "projects/segmentation/mmdet_configs/mask-rcnn_us-r50_fpn_1x_coco_tiny.py",
-        "slimmable": "projects/segmentation/mmdet_configs/mask-rcnn_us-r50_fpn_slimmable_tiny.py",
-    },
-}
 RECIPES = ("slimmable", "per-width")
 
 
@@ -70,8 +57,12 @@ class Job:
     extra: dict = field(default_factory=dict)
 
     @property
+    def fw(self) -> Framework:
+        return get_framework(self.framework)
+
+    @property
     def config(self) -> str:
-        return self.detector_config or FRAMEWORKS[self.framework][self.recipe]
+        return self.detector_config or self.fw.configs[self.recipe]
 
 
 # ------------------------------------------------------------------------------------------ data / backbone
@@ -105,10 +96,9 @@ def calibrate_backbone_stage(job: Job, pretrained: str, batches: int, batch_size
 
 
 def convert_stage(job: Job, calibrated: str, name: str = "convert") -> Stage:
-    fw = FRAMEWORKS[job.framework]
-    converted = os.path.join(job.out, fw["converted"] if name == "convert" else
-                             f"{name}_{fw['converted']}")
-    return Stage(name, [job.py, fw["convert"], calibrated, converted], [converted])
+    converted = os.path.join(job.out, job.fw.converted_file if name == "convert" else
+                             f"{name}_{job.fw.converted_file}")
+    return Stage(name, [job.py, job.fw.convert_tool, calibrated, converted], [converted])
 
 
 # ------------------------------------------------------------------------------------------------ detector
@@ -135,7 +125,7 @@ def dataset_opts(job: Job) -> list:
 
 def _d2_train(job: Job, weights: str, out_dir: str, seed: int, width_opts: list) -> list:
     it = job.finetune_iters
-    cmd = [job.py, "projects/segmentation/train_net.py", "--config-file", job.config,
+    cmd = [job.py, job.fw.train_script, "--config-file", job.config,
            "--num-gpus", max(1, job.num_gpus), "OUTPUT_DIR", out_dir, "MODEL.WEIGHTS", weights, *width_opts,
            "SEED", seed, "SOLVER.MAX_ITER", it,
            # the learning-rate drop at 80% of whatever budget was asked for (must precede MAX_ITER)
@@ -155,7 +145,7 @@ def _mmdet_train(job: Job, weights: str, out_dir: str, seed: int, width_args: li
         opts.insert(0, f"model.backbone.init_cfg.checkpoint={weights}")
     else:  # random init: no pretrained checkpoint for the backbone
         opts.insert(0, "model.backbone.init_cfg=None")
-    cmd = [job.py, "projects/segmentation/mmdet_train.py", job.config, *width_args, "--work-dir", out_dir,
+    cmd = [job.py, job.fw.train_script, job.config, *width_args, "--work-dir", out_dir,
            "--cfg-options", *opts]
     if job.num_gpus > 1:
         cmd = [job.py, "-m", "torch.distributed.run", f"--nproc_per_node={job.num_gpus}", *cmd[1:],
@@ -165,7 +155,7 @@ def _mmdet_train(job: Job, weights: str, out_dir: str, seed: int, width_args: li
 
 def _finished(job: Job, out_dir: str) -> str:
     """The file whose existence says a training run finished."""
-    return os.path.join(out_dir, "model_final.pth" if job.framework == "d2" else "last_checkpoint")
+    return os.path.join(out_dir, job.fw.final_checkpoint)
 
 
 def _slimmable_checkpoint(job: Job, train_dir: str) -> str:

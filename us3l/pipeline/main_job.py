@@ -24,6 +24,7 @@ import time
 from typing import List, Optional
 
 from ..data.paths import checkout_root
+from ..frameworks import get_framework
 from ..output_paths import check_output_dir
 from . import commands as C
 from .results_table import load_results
@@ -134,7 +135,8 @@ def default_jobs(num_runs: int, num_gpus: int) -> int:
 def resolve_recipe(recipe: str, framework: str, repo: str) -> str:
     if recipe != "auto":
         return recipe
-    return "slimmable" if os.path.isfile(os.path.join(repo, C.FRAMEWORKS[framework]["slimmable"])) else "per-width"
+    slimmable = get_framework(framework).configs["slimmable"]
+    return "slimmable" if os.path.isfile(os.path.join(repo, slimmable)) else "per-width"
 
 
 def check_inputs(args: argparse.Namespace, repo: str) -> None:

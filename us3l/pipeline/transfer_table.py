@@ -42,8 +42,6 @@ PRETRAINED = ("simsiam_naive", "simsiam_inplace", "us3l")  # the slimmable SSL r
 # with the outline augmentation, as measured in bench/feature_probe.md
 RECIPE = ["method.proj_hidden=512", "method.proj_dim=128", "method.pred_hidden=128", "sampling.num_widths=3",
           "sampling.dynamic=false", "optim.lr=0.5", "optim.schedule=cosine", "train.progress=false"]
-FROZEN = {"d2": ["MODEL.BACKBONE.FREEZE_AT", 5], "mmdet": ["model.backbone.frozen_stages=4"]}
-TRAINED = {"d2": ["MODEL.BACKBONE.FREEZE_AT", 0], "mmdet": ["model.backbone.frozen_stages=-1"]}
 DEFAULTS = {"widths": [1.0, 0.75, 0.5, 0.25], "seeds": [0, 1, 2], "num_train": 64, "num_val": 64, "image_size": 96,
             "pool_size": 4096, "pool_image_size": 64, "probe_per_class": 128, "probe_val_per_class": 200,
             "pretrain_iters": 1500, "pretrain_batch": 64, "pretrain_size": 32, "finetune_iters": 170,
@@ -57,9 +55,6 @@ QUICK = {"widths": [1.0, 0.5], "seeds": [0, 1], "num_train": 6, "num_val": 4, "i
          "frozen_epochs": 1, "calib_batches": 1,
          "calib_batch_size": 8, "probe_epochs": 1, "finetune_methods": ["random", "us3l"]}
 SCALED = ("pretrain_iters", "pool_size", "finetune_iters", "finetune_epochs", "frozen_iters", "frozen_epochs")
-# frozen detectors: only the neck and heads learn, from scratch, so they get a longer schedule and twice the LR
-# (measured: at 170 iterations of LR 0.01 every row was at box AP 1-3 and within noise; docs/transfer_benchmark.md)
-FROZEN_LR = {"d2": "SOLVER.BASE_LR", "mmdet": "optim_wrapper.optimizer.lr"}  # what --scale multiplies
 
 
 def one_width(framework: str, w: float) -> list:
@@ -222,14 +217,15 @@ def main(argv: Optional[List[str]] = None) -> dict:
     det_chains, results = [], {}
     for protocol in args.protocols:
         if protocol == "frozen":
-            lr = [FROZEN_LR[framework], args.frozen_lr] if framework == "d2" else [
-                f"{FROZEN_LR[framework]}={args.frozen_lr}"]
+            # only the neck and heads learn, from scratch: a longer schedule and twice the LR (measured: at 170
+            # iterations of LR 0.01 every row was at box AP 1-3 and within noise; docs/transfer_benchmark.md)
+            lr = job.fw.overrides({job.fw.lr_key: args.frozen_lr})
             pjob = dataclasses.replace(job, out=os.path.join(out, protocol), finetune_iters=args.frozen_iters,
                                        finetune_epochs=args.frozen_epochs,
-                                       finetune_opts=[*FROZEN[framework], *lr, *args.finetune_opts])
+                                       finetune_opts=[*job.fw.frozen_backbone, *lr, *args.finetune_opts])
         else:
             pjob = dataclasses.replace(job, out=os.path.join(out, protocol),
-                                       finetune_opts=[*TRAINED[framework], *args.finetune_opts])
+                                       finetune_opts=[*job.fw.trained_backbone, *args.finetune_opts])
         methods = args.methods if protocol == "frozen" else [m for m in args.methods if m in args.finetune_methods]
         for method in methods:
             for s in args.seeds:
