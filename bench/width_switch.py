@@ -76,7 +76,7 @@ class D2Bench:
 
         import us3l.d2  # noqa: F401  (registers the slimmable components)
         from us3l.d2 import load_config
-        from us3l.d2.slimmable import export_plain_detector
+        from us3l.d2.export import export_plain_detector
         from us3l.detection import calibrate_detector
 
         self.config = config

@@ -83,7 +83,7 @@ def _rois(n=12, size=64, seed=0):
 def test_converted_detector_computes_the_same_at_every_width(crossed, source):
     from detectron2.structures import Boxes
 
-    from us3l.d2.slimmable import prepare_for_width
+    from us3l.d2.evaluation import prepare_for_width
 
     d2, mm = _pair(crossed[0][source])
     x = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(1))

@@ -111,7 +111,7 @@ def test_every_config_builds_at_a_width():
             assert cfg.MODEL.DEVICE == ("cuda" if name.endswith("_1x.yaml") else "cpu"), name
             cfg.MODEL.DEVICE = "cpu"
             model = build_model(cfg)
-            if "slimmable" in name:  # ONE detector for every width, built at WIDTH_MULT (us3l.d2.slimmable)
+            if "slimmable" in name:  # ONE detector for every width, built at WIDTH_MULT (us3l.d2.slimmable_backbone)
                 assert us3l.get_width(model) == 0.5, name
                 assert cfg.MODEL.MASK_ON == (folder == SEG), name
                 continue

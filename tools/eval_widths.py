@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Per-width COCO table of one slimmable detector: box/mask AP, backbone GFLOPs, parameters, CPU latency.
 
-ONE universally slimmable detector (a ``*_slimmable_*`` config, :mod:`us3l.d2.slimmable`): one checkpoint
+ONE universally slimmable detector (a ``*_slimmable_*`` config, :mod:`us3l.d2.slimmable_backbone`): one checkpoint
 evaluated in this process at every width, with a ``detector_gflops`` column (whole detector, fvcore, one test
 image) next to the backbone's, and the plot against it::
 

@@ -85,7 +85,7 @@ def rename_all(state: dict, fn, context: str) -> dict:
 #   "trunk": a bare ResNet as MoCo / tools/convert_pretrain_to_d2.py write it (``stem.*``, ``res2.*``, ...)
 #   "fpn":   a ResNet-FPN detector (trunk under ``backbone.bottom_up.``)
 #   "c4":    a C4 detector (res2-res4 under ``backbone.``, res5 in ``roi_heads.res5.``)
-#   "slimmable": the slimmable ResNet-FPN detector of ``us3l.d2.slimmable``: the trunk keeps its TORCHVISION
+#   "slimmable": the slimmable ResNet-FPN detector of ``us3l.d2.slimmable_backbone``: the trunk keeps its TORCHVISION
 #            names under ``backbone.bottom_up.`` (``conv1.weight``, ``layer1.0.bn1.running_mean_w0500``...), the
 #            FPN and heads are named as in "fpn"
 # MMDetection always keeps the trunk under ``backbone.``; a C4 model's res5 is ``roi_head.shared_head.layer4``.

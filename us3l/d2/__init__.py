@@ -2,9 +2,10 @@
 
 * backbones ``build_us3l_resnet_backbone`` (C4 trunk) and ``build_us3l_resnet_fpn_backbone``,
 * ROI heads ``US3LRes5ROIHeads`` (C4 models: a width-sized res5),
-* the universally slimmable detector (:mod:`us3l.d2.slimmable`): backbone
-  ``build_us3l_slimmable_resnet_fpn_backbone``, RPN head ``US3LSlimmableRPNHead``, ROI heads
-  ``US3LSlimmableROIHeads``; its sandwich trainer is in :mod:`us3l.d2.sandwich`,
+* the universally slimmable detector, laid out as its MMDetection twin: backbone
+  ``build_us3l_slimmable_resnet_fpn_backbone`` (:mod:`.slimmable_backbone`), RPN head ``US3LSlimmableRPNHead`` and
+  ROI heads ``US3LSlimmableROIHeads`` (:mod:`.slimmable_heads`), its loader (:mod:`.slimmable_checkpoint`), export to
+  a plain detector (:mod:`.export`) and sandwich trainer (:mod:`.sandwich`),
 * datasets ``us3l_shapes_train`` / ``us3l_shapes_val`` (``$US3L_DATASETS/us3l_shapes``),
 
 and provides ``add_us3l_config`` (``MODEL.US3L.WIDTH_MULT / WIDTH_RANGE / BN_STATS``; call it on ``get_cfg()``
@@ -22,14 +23,11 @@ from .config import add_us3l_config, bn_stats_policy, load_config, us3l_width
 from .datasets import DatasetFilesError, check_datasets, register_coco_json, register_us3l_datasets
 from .detector_tools import calibrate_widths, evaluate_widths, load_slimmable_detector, save_slimmable_detector
 from .evaluation import build_coco_evaluator, width_tag
+from .export import export_plain_detector
 from .roi_heads import US3LRes5ROIHeads
-from .slimmable import (
-                             SlimmableDetectorCheckpointer,
-                             US3LSlimmableROIHeads,
-                             US3LSlimmableRPNHead,
-                             build_us3l_slimmable_resnet_fpn_backbone,
-                             export_plain_detector,
-)
+from .slimmable_backbone import build_us3l_slimmable_resnet_fpn_backbone
+from .slimmable_checkpoint import SlimmableDetectorCheckpointer
+from .slimmable_heads import US3LSlimmableROIHeads, US3LSlimmableRPNHead
 from .trainer import US3LTrainer
 
 register_us3l_datasets()

@@ -19,7 +19,7 @@ def add_us3l_config(cfg: CN) -> CN:
       calibrated for ``WIDTH_MULT``) or ``"reset"`` (mean 0 / var 1, re-estimated while fine-tuning).
 
     Slimmable detectors (``MODEL.BACKBONE.NAME build_us3l_slimmable_resnet_fpn_backbone``, see
-    :mod:`us3l.d2.slimmable`): ``WIDTH_MULT`` is then the width it is evaluated at, and
+    :mod:`us3l.d2.slimmable_backbone`): ``WIDTH_MULT`` is then the width it is evaluated at, and
 
     * ``SLIM_NECK_HEADS``: FPN, RPN head and ROI heads slim with the width (False: full width, only the
       backbone slims);

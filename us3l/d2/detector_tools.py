@@ -20,14 +20,10 @@ from ..ops.width_state import canonical_width
 from ..width import get_width, set_width
 from ..width import width as width_ctx
 from .config import load_config
-from .evaluation import width_tag
-from .slimmable import (
-    SlimmableDetectorCheckpointer,
-    export_plain_detector,
-    is_slimmable_detector_cfg,
-    prepare_for_width,
-    unwrap,
-)
+from .evaluation import prepare_for_width, unwrap, width_tag
+from .export import export_plain_detector
+from .slimmable_backbone import is_slimmable_detector_cfg
+from .slimmable_checkpoint import SlimmableDetectorCheckpointer
 
 logger = logging.getLogger("detectron2.us3l.detector_tools")
 META = "__us3l_detector__"

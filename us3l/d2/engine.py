@@ -77,7 +77,7 @@ def main(args):
     """Runs in every process that ``launch`` starts."""
     register_datasets(args)
     cfg = setup(args)  # datasets and weights checked there, before anything is written
-    trainer_cls = trainer_class(cfg)  # slimmable detectors (us3l.d2.slimmable) train with sandwich steps
+    trainer_cls = trainer_class(cfg)  # slimmable detectors (us3l.d2.slimmable_backbone) train with sandwich steps
     if args.eval_only:
         model = trainer_cls.build_model(cfg)
         checkpointer_cls = getattr(trainer_cls, "checkpointer_class", US3LCheckpointer)

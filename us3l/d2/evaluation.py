@@ -16,10 +16,12 @@ import math
 import os
 
 import torch
+import torch.nn as nn
 from detectron2.evaluation import COCOEvaluator
 from detectron2.utils import comm
 
-from ..width import width_tag
+from ..detection import require_calibrated
+from ..width import set_width, width_tag
 from .config import us3l_width
 from .resize import test_mapper
 
@@ -68,3 +70,15 @@ def key_by_width(width: float, results: dict) -> dict:
     """``{"bbox": {...}}`` -> ``{"w0.50/bbox": {...}}`` (what the event storage and logs then show)."""
     tag = width_tag(width)
     return {f"{tag}/{task}": metrics for task, metrics in results.items()}
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return getattr(model, "module", model)
+
+
+def prepare_for_width(model: nn.Module, width: float) -> float:
+    """Set the whole detector to ``width`` for evaluation; refuses a width without BN statistics."""
+    net = unwrap(model)
+    w = set_width(net, width)
+    require_calibrated(net, w)
+    return w

@@ -3,7 +3,7 @@
 Detectron2's newer projects describe a model as a Python file of ``LazyCall`` objects and train it with its
 ``tools/lazyconfig_train_net.py`` (``instantiate`` the model, optimizer and loaders; hooks; ``train.*`` keys).
 This is that script's twin for the slimmable detector: the config's ``model`` is built from explicit
-components (:func:`us3l.d2.slimmable.slimmable_resnet_fpn`, ``US3LSlimmableRPNHead``,
+components (:func:`us3l.d2.slimmable_backbone.slimmable_resnet_fpn`, ``US3LSlimmableRPNHead``,
 ``US3LSlimmableROIHeads``), and its ``us3l`` node holds what a YAML config keeps under ``MODEL.US3L``:
 ``sandwich`` (``num_random``, ``distill``, ``distill_weight``, ``seed``), ``width_range``, ``calibration``
 (``widths``, ``num_batches``) and ``eval_widths``. Training runs sandwich steps, calibrates BN at the
@@ -25,9 +25,9 @@ from ..checkpoint.safe_load import check_checkpoint_file
 from ..detection.sandwich import SandwichConfig, resolve_seed
 from ..output_paths import check_output_dir
 from ..width import get_width, set_width
-from .evaluation import key_by_width
+from .evaluation import key_by_width, prepare_for_width, unwrap
 from .sandwich import SandwichTrainer, WidthCalibrationHook
-from .slimmable import SlimmableDetectorCheckpointer, prepare_for_width, unwrap
+from .slimmable_checkpoint import SlimmableDetectorCheckpointer
 
 logger = logging.getLogger("detectron2.us3l.lazy")
 

@@ -70,7 +70,7 @@ def load_plain_detector(weights: str, config: str, opts: Sequence[str] = ()):
     from detectron2.modeling import build_model
 
     from .checkpoint import US3LCheckpointer
-    from .slimmable import is_slimmable_detector_cfg
+    from .slimmable_backbone import is_slimmable_detector_cfg
 
     for path, what in ((config, "config"), (weights, "weights")):
         if not os.path.isfile(path):

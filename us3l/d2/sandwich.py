@@ -36,8 +36,10 @@ from ..detection import (
 )
 from ..width import get_width, set_width
 from .config import calibration_widths_checked, us3l_width
+from .evaluation import prepare_for_width, unwrap
 from .resumable import is_resumable, mixed_seed, restart
-from .slimmable import SlimmableDetectorCheckpointer, is_slimmable_detector_cfg, prepare_for_width, unwrap
+from .slimmable_backbone import is_slimmable_detector_cfg
+from .slimmable_checkpoint import SlimmableDetectorCheckpointer
 from .trainer import US3LTrainer
 
 

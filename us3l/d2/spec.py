@@ -26,7 +26,7 @@ from ..models.resnet import ARCH_SETTINGS
 from ..ops import check_width
 from .config import add_us3l_config, us3l_width
 from .resize import resize_backend
-from .slimmable import SLIMMABLE_BACKBONE
+from .slimmable_backbone import SLIMMABLE_BACKBONE
 
 FPN_BACKBONES = ("build_us3l_resnet_fpn_backbone", SLIMMABLE_BACKBONE, "build_resnet_fpn_backbone")
 C4_BACKBONES = ("build_us3l_resnet_backbone", "build_resnet_backbone")

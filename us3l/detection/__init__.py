@@ -1,7 +1,7 @@
 """Universally slimmable detectors, framework-agnostic core (imports only torch).
 
 One detector (backbone, FPN, RPN head, ROI box/mask heads) runs at any width; the width logic is written
-here once and used by the thin Detectron2 (``us3l.d2.slimmable`` / ``us3l.d2.sandwich``) and MMDetection
+here once and used by the thin Detectron2 (``us3l.d2.slimmable_*`` / ``us3l.d2.sandwich``) and MMDetection
 (``us3l.mmdet``) glue:
 
 * :mod:`.layers`: slimmable conv / deconv / linear / BN and :func:`slimmify`, which converts a framework's

@@ -11,7 +11,8 @@ from detectron2.solver import WarmupParamScheduler
 from fvcore.common.param_scheduler import MultiStepParamScheduler
 
 import us3l.d2  # noqa: F401  (registers us3l_shapes_{train,val} from $US3L_DATASETS)
-from us3l.d2.slimmable import US3LSlimmableROIHeads, US3LSlimmableRPNHead, slimmable_resnet_fpn
+from us3l.d2.slimmable_backbone import slimmable_resnet_fpn
+from us3l.d2.slimmable_heads import US3LSlimmableROIHeads, US3LSlimmableRPNHead
 
 WIDTH_RANGE = (0.25, 1.0)
 FPN_CHANNELS = 64  # the tiny heads of the YAML twin (FPN 64, box head 256, mask head 64)
