@@ -17,10 +17,10 @@ from ..detection.backends import export_config_path
 from ..detection.calibration import prepare_widths
 from ..detection.width_rows import add_cost, width_row
 from ..ops.width_state import canonical_width
-from ..width import get_width, set_width
+from ..width import set_width
 from ..width import width as width_ctx
 from .config import load_config
-from .evaluation import prepare_for_width, unwrap, width_tag
+from .evaluation import evaluate_widths, prepare_for_width, unwrap
 from .export import export_plain_detector
 from .slimmable_backbone import is_slimmable_detector_cfg
 from .slimmable_checkpoint import SlimmableDetectorCheckpointer
@@ -179,29 +179,6 @@ def backbone_gflops(model, batch) -> float:
     with torch.no_grad():
         images = net.preprocess_image(batch).tensor
         return fvcore_total_gflops(FlopCountAnalysis(net.backbone.bottom_up, images))
-
-
-def evaluate_widths(model, cfg, widths, output_dir: str | None = None) -> dict[float, dict]:
-    """COCO evaluation of a slimmable detector on ``cfg.DATASETS.TEST`` at each width (widest first):
-    ``{width: {"bbox": {"AP": ...}, "segm": {...}}}`` (Detectron2's COCO results); needs each width calibrated.
-    Results files go to ``output_dir/eval/w0.50`` (default ``cfg.OUTPUT_DIR``); the model's width is restored."""
-    from .sandwich import SlimmableDetectorTrainer
-
-    before = get_width(model)
-    out = {}
-    try:
-        for w in sorted({canonical_width(w) for w in widths}, reverse=True):
-            require_calibrated(model, w)
-            c = cfg.clone()
-            c.defrost()
-            c.MODEL.US3L.WIDTH_MULT = w
-            tag = width_tag(w)
-            c.OUTPUT_DIR = os.path.join(output_dir or cfg.OUTPUT_DIR, "eval", tag)
-            out[w] = {k[len(tag) + 1:]: v for k, v in SlimmableDetectorTrainer.test(c, model).items()
-                      if k.startswith(tag + "/")}
-    finally:
-        set_width(model, before)
-    return out
 
 
 def evaluate(checkpoint: str, config: str, widths, output_dir: str, opts=(), calibrate_batches: int = 0,

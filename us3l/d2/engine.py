@@ -15,7 +15,7 @@ from ..checkpoint import CheckpointError
 from ..checkpoint.safe_load import check_checkpoint_file, is_pickle_file, load_pickle
 from ..cli import run_tool
 from ..output_paths import check_output_dir
-from .checkpoint import US3LCheckpointer, check_resumable
+from .checkpoint import check_resumable
 from .config import calibration_widths_checked, load_config, us3l_width
 from .datasets import check_datasets, register_coco_json, register_us3l_datasets
 from .sandwich import trainer_class
@@ -80,9 +80,8 @@ def main(args):
     trainer_cls = trainer_class(cfg)  # slimmable detectors (us3l.d2.slimmable_backbone) train with sandwich steps
     if args.eval_only:
         model = trainer_cls.build_model(cfg)
-        checkpointer_cls = getattr(trainer_cls, "checkpointer_class", US3LCheckpointer)
-        checkpointer_cls(model, save_dir=cfg.OUTPUT_DIR, cfg=cfg).resume_or_load(cfg.MODEL.WEIGHTS,
-                                                                                 resume=args.resume)
+        trainer_cls.checkpointer_class(model, save_dir=cfg.OUTPUT_DIR, cfg=cfg).resume_or_load(cfg.MODEL.WEIGHTS,
+                                                                                               resume=args.resume)
         return trainer_cls.test(cfg, model)
     trainer = trainer_cls(cfg)
     trainer.resume_or_load(resume=args.resume)

@@ -21,7 +21,8 @@ from detectron2.evaluation import COCOEvaluator
 from detectron2.utils import comm
 
 from ..detection import require_calibrated
-from ..width import set_width, width_tag
+from ..ops.width_state import canonical_width
+from ..width import get_width, set_width, width_tag
 from .config import us3l_width
 from .resize import test_mapper
 
@@ -51,16 +52,19 @@ def _finite(metrics: dict) -> dict:
     return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
 
 
-def save_width_metrics(cfg, dataset_name: str, results: dict) -> str | None:
-    """Write one dataset's metrics keyed by the configured width (main process only); returns the path."""
+def save_width_metrics(cfg, dataset_name: str, results: dict, width: float | None = None,
+                       output_dir: str | None = None) -> str | None:
+    """Write one dataset's metrics keyed by the width (default: the configured one) into ``output_dir`` (default
+    ``OUTPUT_DIR``), main process only; returns the path."""
     if not comm.is_main_process():
         return None
-    width = us3l_width(cfg)
+    width = us3l_width(cfg) if width is None else width
+    output_dir = output_dir or cfg.OUTPUT_DIR
     record = {"width": width, "arch": f"resnet{cfg.MODEL.RESNETS.DEPTH}", "dataset": dataset_name,
               "weights": cfg.MODEL.WEIGHTS}
     record.update({task: _finite(dict(m)) for task, m in results.items()})
-    os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
-    path = os.path.join(cfg.OUTPUT_DIR, f"metrics_{dataset_name}_{width_tag(width)}.json")
+    os.makedirs(output_dir, exist_ok=True)
+    path = os.path.join(output_dir, f"metrics_{dataset_name}_{width_tag(width)}.json")
     with open(path, "w") as f:
         json.dump(record, f, indent=2)
     return path
@@ -82,3 +86,34 @@ def prepare_for_width(model: nn.Module, width: float) -> float:
     w = set_width(net, width)
     require_calibrated(net, w)
     return w
+
+
+def evaluate_widths(model, cfg, widths, output_dir: str | None = None) -> dict[float, dict]:
+    """COCO results of ONE slimmable detector on the first of ``cfg.DATASETS.TEST`` at each width (widest first),
+    ``{width: {"bbox": {"AP": ...}, "segm": {...}}}``, as :func:`us3l.mmdet.slimmable_eval.evaluate_widths` does:
+    every width checked calibrated before the first is evaluated, then set on the model and run through
+    Detectron2's ``inference_on_dataset`` with the COCO evaluator. Each width's metrics file goes to
+    ``output_dir/eval/w0.50/`` (default ``cfg.OUTPUT_DIR``); the model's width is restored."""
+    from detectron2.evaluation import inference_on_dataset, print_csv_format
+
+    net = unwrap(model)
+    widths = sorted({canonical_width(w) for w in widths}, reverse=True)
+    for w in widths:
+        require_calibrated(net, w)
+    name = cfg.DATASETS.TEST[0]
+    loader = build_test_loader(cfg, name)
+    before = get_width(net)
+    out = {}
+    try:
+        for w in widths:
+            set_width(net, w)
+            folder = os.path.join(output_dir or cfg.OUTPUT_DIR, "eval", width_tag(w))
+            results = inference_on_dataset(model, loader,
+                                           build_coco_evaluator(cfg, name, os.path.join(folder, "inference", name)))
+            if comm.is_main_process():
+                print_csv_format(results)
+            save_width_metrics(cfg, name, results, width=w, output_dir=folder)
+            out[w] = dict(results)
+    finally:
+        set_width(net, before)
+    return out

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-import weakref
 
 import torch
 from detectron2.engine import SimpleTrainer, hooks
@@ -216,12 +215,7 @@ class SlimmableDetectorTrainer(US3LTrainer):
         else:
             set_width(unwrap(old.model), us3l_width(cfg))  # plain fine-tuning at WIDTH_MULT
         del old
-        ret = super().build_hooks()  # US3LTrainer sets its checkpointer there: replace it below
-        self.checkpointer = SlimmableDetectorCheckpointer(self._trainer.model, cfg.OUTPUT_DIR, cfg=cfg,
-                                                          trainer=weakref.proxy(self))
-        for h in ret:
-            if isinstance(h, hooks.PeriodicCheckpointer):
-                h.checkpointer = self.checkpointer
+        ret = super().build_hooks()  # with this class's checkpointer_class
         ret = [h for h in ret if not isinstance(h, hooks.PreciseBN)]
         if cfg.MODEL.US3L.CALIBRATION.NUM_BATCHES > 0:  # before the checkpointer and the evaluation
             at = next(i for i, h in enumerate(ret) if isinstance(h, hooks.LRScheduler)) + 1

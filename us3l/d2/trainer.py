@@ -31,11 +31,13 @@ def log_period(max_iter: int) -> int:
 class US3LTrainer(DefaultTrainer):
     """``DefaultTrainer`` with the US3L checkpointer, exact resume and per-width COCO evaluation."""
 
+    checkpointer_class = US3LCheckpointer  # the one place a trainer's loader is chosen (training and --eval-only)
+
     def build_hooks(self):
         # DefaultTrainer.__init__ creates its checkpointer just before building hooks: swap it in here so the
         # periodic checkpointer and resume_or_load both use ours.
-        self.checkpointer = US3LCheckpointer(self._trainer.model, self.cfg.OUTPUT_DIR, cfg=self.cfg,
-                                             trainer=weakref.proxy(self))
+        self.checkpointer = self.checkpointer_class(self._trainer.model, self.cfg.OUTPUT_DIR, cfg=self.cfg,
+                                                    trainer=weakref.proxy(self))
         ret = super().build_hooks()
         for h in ret:
             if isinstance(h, hooks.PeriodicWriter):  # Detectron2 writes every 20 iterations, whatever the run's length
