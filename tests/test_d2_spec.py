@@ -99,7 +99,7 @@ def test_changed_values_carry_into_their_keys(monkeypatch):
     # 7 classes on the embedded set's name: consistent only while its 4 class names are unknown, as before any test
     # of this process loaded the set (known names are checked against NUM_CLASSES:
     # test_class_names_come_from_the_test_set)
-    monkeypatch.delitem(MetadataCatalog, "us3l_shapes_val", raising=False)
+    monkeypatch.delitem(MetadataCatalog.data, "us3l_shapes_val", raising=False)  # its plain dict (UserDict)
     base = spec_from_cfg(load_config(MASK_FPN_TINY))
     spec = base.replace(input_format="BGR", pixel_mean=tuple(reversed(base.pixel_mean)),
                         anchor_sizes=((16,), (32,), (64,), (128,), (256,)), box_bbox_weights=(20.0, 20.0, 10.0, 10.0),
