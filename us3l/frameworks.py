@@ -8,14 +8,13 @@ framework, on demand), so every layer may read it.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Mapping
 
 
 @dataclass(frozen=True)
 class Framework:
     name: str                    # the command-line name: d2 | mmdet
-    title: str                   # as users know it
     config_suffix: str           # .yaml (Detectron2 yacs) | .py (mmengine)
     backend: str                 # module implementing us3l.detection.backends' functions
     train_script: str            # the fine-tuning entry point (relative to the repository)
@@ -26,8 +25,17 @@ class Framework:
     final_checkpoint: str        # what a finished run folder names its weights by
     pair_overrides: bool         # overrides as ``KEY VALUE`` pairs (yacs) rather than ``key=value`` (DictAction)
     lr_key: str                  # the base learning rate
-    frozen_backbone: tuple = field(default=())   # every backbone stage frozen (neck and heads learn)
-    trained_backbone: tuple = field(default=())  # every backbone stage trained
+    freeze_key: str              # how many backbone stages are frozen
+    freeze_all: int              # ... every one (neck and heads learn)
+    freeze_none: int             # ... none
+
+    @property
+    def frozen_backbone(self) -> list:
+        return self.overrides({self.freeze_key: self.freeze_all})
+
+    @property
+    def trained_backbone(self) -> list:
+        return self.overrides({self.freeze_key: self.freeze_none})
 
     def overrides(self, values: Mapping[str, object]) -> list:
         """``values`` as this framework's command-line overrides (``KEY VALUE ...`` or ``key=value ...``)."""
@@ -51,22 +59,22 @@ class Framework:
 
 
 DETECTRON2 = Framework(
-    name="d2", title="Detectron2", config_suffix=".yaml", backend="us3l.d2.detector_tools",
+    name="d2", config_suffix=".yaml", backend="us3l.d2.detector_tools",
     train_script="projects/segmentation/train_net.py", test_script="projects/segmentation/train_net.py",
     convert_tool="tools/convert_pretrain_to_d2.py", converted_file="backbone_d2.pkl",
     configs={"per-width": "projects/segmentation/configs/mask_rcnn_US-R50_FPN_tiny.yaml",
              "slimmable": "projects/segmentation/configs/mask_rcnn_US-R50_FPN_slimmable_tiny.yaml"},
     final_checkpoint="model_final.pth", pair_overrides=True, lr_key="SOLVER.BASE_LR",
-    frozen_backbone=("MODEL.BACKBONE.FREEZE_AT", 5), trained_backbone=("MODEL.BACKBONE.FREEZE_AT", 0))
+    freeze_key="MODEL.BACKBONE.FREEZE_AT", freeze_all=5, freeze_none=0)
 
 MMDETECTION = Framework(
-    name="mmdet", title="MMDetection", config_suffix=".py", backend="us3l.mmdet.detector_tools",
+    name="mmdet", config_suffix=".py", backend="us3l.mmdet.detector_tools",
     train_script="projects/segmentation/mmdet_train.py", test_script="projects/segmentation/mmdet_test.py",
     convert_tool="tools/convert_pretrain_to_mmdet.py", converted_file="backbone_mmdet.pth",
     configs={"per-width": "projects/segmentation/mmdet_configs/mask-rcnn_us-r50_fpn_1x_coco_tiny.py",
              "slimmable": "projects/segmentation/mmdet_configs/mask-rcnn_us-r50_fpn_slimmable_tiny.py"},
     final_checkpoint="last_checkpoint", pair_overrides=False, lr_key="optim_wrapper.optimizer.lr",
-    frozen_backbone=("model.backbone.frozen_stages=4",), trained_backbone=("model.backbone.frozen_stages=-1",))
+    freeze_key="model.backbone.frozen_stages", freeze_all=4, freeze_none=-1)
 
 FRAMEWORKS = {fw.name: fw for fw in (DETECTRON2, MMDETECTION)}
 

@@ -106,7 +106,7 @@ def evaluate_widths(model, cfg, widths, output_dir: str | None = None) -> dict[f
     out = {}
     try:
         for w in widths:
-            set_width(net, w)
+            prepare_for_width(net, w)
             folder = os.path.join(output_dir or cfg.OUTPUT_DIR, "eval", width_tag(w))
             results = inference_on_dataset(model, loader,
                                            build_coco_evaluator(cfg, name, os.path.join(folder, "inference", name)))
